@@ -1,0 +1,272 @@
+"""Offline checks of the GitHub Actions workflows: schema, inline scripts, the delivery rules."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / ".github" / "workflows"
+REUSABLE_PULUMI = "./.github/workflows/pulumi.yml"
+STACKS = ("dev", "prod")
+SHA_PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
+EXPRESSION = re.compile(r"\$\{\{.*?\}\}", re.DOTALL)
+
+
+def load(path: Path) -> dict[str, Any]:
+    workflow = yaml.safe_load(path.read_text(encoding="utf-8"))
+    # YAML 1.1 reads the key `on` as the boolean True.
+    workflow["on"] = workflow.pop(True, workflow.get("on"))
+    return workflow
+
+
+def workflow_files() -> list[Path]:
+    return sorted(WORKFLOWS.glob("*.yml"))
+
+
+def workflows() -> dict[str, dict[str, Any]]:
+    return {path.name: load(path) for path in workflow_files()}
+
+
+def steps() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for name, workflow in workflows().items():
+        for job_id, job in workflow["jobs"].items():
+            for step in job.get("steps", []):
+                yield name, job_id, step
+
+
+def triggered() -> dict[str, dict[str, Any]]:
+    """Workflows that run on events of their own (not only when another workflow calls them)."""
+    return {name: wf for name, wf in workflows().items() if set(wf["on"]) - {"workflow_call"}}
+
+
+def pulumi_calls() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for name, workflow in triggered().items():
+        for job_id, job in workflow["jobs"].items():
+            if job.get("uses") == REUSABLE_PULUMI:
+                yield name, job_id, job
+
+
+def call_stacks(job: dict[str, Any]) -> list[str]:
+    stack = job["with"]["stack"]
+    return list(job["strategy"]["matrix"]["stack"]) if stack == "${{ matrix.stack }}" else [stack]
+
+
+def test_expected_workflows_exist() -> None:
+    assert {p.name for p in workflow_files()} == {
+        "test.yml",
+        "pulumi.yml",
+        "pull-request.yml",
+        "deploy.yml",
+        "drift.yml",
+    }
+
+
+# --- schema ------------------------------------------------------------------------------------------
+
+
+def check_jsonschema(*paths: Path) -> subprocess.CompletedProcess[str]:
+    # The vendored schema ships inside check-jsonschema: no network.
+    cmd = [
+        sys.executable,
+        "-m",
+        "check_jsonschema",
+        "--builtin-schema",
+        "vendor.github-workflows",
+        *map(str, paths),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_workflows_match_the_vendored_github_schema() -> None:
+    result = check_jsonschema(*workflow_files())
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
+    broken = (
+        (WORKFLOWS / "drift.yml")
+        .read_text(encoding="utf-8")
+        .replace("cancel-in-progress: false", "cancel: no")
+    )
+    (tmp_path / "drift.yml").write_text(broken, encoding="utf-8")
+    assert check_jsonschema(tmp_path / "drift.yml").returncode != 0
+
+
+# --- shellcheck --------------------------------------------------------------------------------------
+
+
+def shell_script(run: str) -> str:
+    """An inline `run:` as a bash file; `${{ }}` expressions become an environment variable reference."""
+    return "#!/usr/bin/env bash\n" + EXPRESSION.sub("${GITHUB_EXPRESSION}", run)
+
+
+def shellcheck(script: str, tmp_path: Path, name: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / f"{name}.sh"
+    path.write_text(script, encoding="utf-8")
+    return subprocess.run(["shellcheck", str(path)], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_inline_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    scripts = [(f"{wf}-{job}-{i}", step["run"]) for i, (wf, job, step) in enumerate(steps()) if "run" in step]
+    assert len(scripts) >= 3
+    for name, run in scripts:
+        result = shellcheck(shell_script(run), tmp_path, name)
+        assert result.returncode == 0, f"{name}:\n{result.stdout}"
+
+
+def test_shellcheck_catches_an_unquoted_expression(tmp_path: Path) -> None:
+    result = shellcheck(shell_script("cd ${{ inputs.dir }}\nrm -rf $dir/*"), tmp_path, "bad")
+    assert result.returncode != 0 and "SC2086" in result.stdout
+
+
+# --- least privilege, fork guard -----------------------------------------------------------------------
+
+
+def test_triggered_workflows_grant_nothing_by_default_and_each_job_only_what_it_needs() -> None:
+    for name, workflow in triggered().items():
+        assert workflow["permissions"] == {}, name
+        for job_id, job in workflow["jobs"].items():
+            permissions = job["permissions"]
+            comments = job.get("with", {}).get("comment-on-pr") is True
+            expected = {"contents": "read", "pull-requests": "write"} if comments else {"contents": "read"}
+            assert permissions == expected, f"{name}:{job_id}"
+
+
+def test_reusable_workflows_never_widen_permissions() -> None:
+    for name in ("pulumi.yml", "test.yml"):
+        workflow = workflows()[name]
+        assert set(workflow["on"]) == {"workflow_call"}
+        assert workflow.get("permissions", {"contents": "read"}) == {"contents": "read"}
+        assert all("permissions" not in job for job in workflow["jobs"].values())
+
+
+def test_previews_run_only_for_same_repository_pull_requests() -> None:
+    workflow = workflows()["pull-request.yml"]
+    assert set(workflow["on"]) == {"pull_request"}
+    assert not any("pull_request_target" in wf["on"] for wf in workflows().values())
+    preview = workflow["jobs"]["preview"]
+    assert preview["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
+    assert preview["uses"] == REUSABLE_PULUMI and preview["needs"] == "test"
+    assert preview["with"]["command"] == "preview" and preview["with"]["comment-on-pr"] is True
+    assert call_stacks(preview) == list(STACKS)
+
+
+# --- deployments -------------------------------------------------------------------------------------
+
+
+def test_every_pulumi_operation_is_serialised_per_stack_and_never_cancelled() -> None:
+    calls = list(pulumi_calls())
+    assert len(calls) == 4
+    for name, job_id, job in calls:
+        concurrency = job["concurrency"]
+        assert concurrency["cancel-in-progress"] is False, f"{name}:{job_id}"
+        assert "${{ matrix.stack }}" in concurrency["group"] or job["with"]["stack"] in concurrency["group"]
+
+
+def test_merge_deploys_dev_and_prod_needs_a_dispatch_through_the_prod_environment() -> None:
+    workflow = workflows()["deploy.yml"]
+    assert set(workflow["on"]) == {"push", "workflow_dispatch"}
+    assert workflow["on"]["push"] == {"branches": ["main"]}
+    ups = {job["with"]["stack"]: job for _, _, job in pulumi_calls() if job["with"]["command"] == "up"}
+    assert set(ups) == set(STACKS)
+    assert ups["dev"]["if"] == "github.event_name == 'push'"
+    assert ups["prod"]["if"] == "github.event_name == 'workflow_dispatch' && github.ref == 'refs/heads/main'"
+    assert ups["prod"]["with"]["environment"] == "prod"
+    assert all(job["needs"] == "test" for job in ups.values())
+    reusable = workflows()["pulumi.yml"]["jobs"]["pulumi"]
+    assert reusable["environment"] == "${{ inputs.environment }}"
+
+
+def test_drift_check_fails_on_any_change_of_each_stack() -> None:
+    workflow = workflows()["drift.yml"]
+    assert workflow["on"]["schedule"]
+    [job] = workflow["jobs"].values()
+    assert job["with"] == {
+        "command": "preview",
+        "stack": "${{ matrix.stack }}",
+        "expect-no-changes": True,
+        "refresh": True,
+    }
+    assert call_stacks(job) == list(STACKS)
+
+
+def test_every_stack_has_its_stack_file() -> None:
+    assert all((ROOT / f"Pulumi.{stack}.yaml").is_file() for stack in STACKS)
+
+
+# --- pinning, timeouts, CLI version, policy pack -------------------------------------------------------
+
+
+def test_third_party_actions_are_pinned_by_commit_sha() -> None:
+    uses = [step["uses"] for _, _, step in steps() if "uses" in step]
+    assert uses
+    assert all(SHA_PINNED.match(u) for u in uses), uses
+
+
+def test_only_the_pulumi_step_sees_secrets() -> None:
+    for name, workflow in workflows().items():
+        for job_id, job in workflow["jobs"].items():
+            assert "secrets." not in str(job.get("env", {})), f"{name}:{job_id}"
+            for step in job.get("steps", []):
+                if "secrets." in str(step):
+                    assert "command" in step["with"] and set(step["env"]) >= {"DIGITALOCEAN_TOKEN"}, step
+
+
+def test_checkouts_leave_no_token_behind() -> None:
+    checkouts = [step for _, _, step in steps() if step.get("uses", "").startswith("actions/checkout@")]
+    assert len(checkouts) == 2
+    assert all(step["with"]["persist-credentials"] is False for step in checkouts)
+
+
+def test_every_job_that_runs_steps_has_a_timeout() -> None:
+    for name, workflow in workflows().items():
+        for job_id, job in workflow["jobs"].items():
+            if "steps" in job:
+                assert 0 < job["timeout-minutes"] <= 60, f"{name}:{job_id}"
+
+
+def test_the_cli_version_comes_from_the_one_pinned_file() -> None:
+    pulumi_steps = [step for _, _, step in steps() if step.get("uses", "").startswith("pulumi/actions@")]
+    assert len(pulumi_steps) == 2
+    for step in pulumi_steps:
+        assert step["with"]["pulumi-version-file"] == ".pulumi-version"
+        assert "pulumi-version" not in step["with"]
+    pinned = (ROOT / ".pulumi-version").read_text(encoding="utf-8").strip()
+    assert re.fullmatch(r"3\.\d+\.\d+", pinned)
+    # The engine must be at least as new as the SDK the program and its tests run against.
+    assert Version(pinned) >= Version(metadata.version("pulumi"))
+
+
+def test_every_pulumi_command_runs_the_policy_pack() -> None:
+    [run_step] = [step for _, _, step in steps() if "command" in step.get("with", {})]
+    assert run_step["with"]["policyPacks"] == "policy"
+    pack = yaml.safe_load((ROOT / "policy" / "PulumiPolicy.yaml").read_text(encoding="utf-8"))
+    venv = pack["runtime"]["options"]["virtualenv"]
+    install = next(step["run"] for _, _, step in steps() if "policy/requirements.txt" in step.get("run", ""))
+    assert f"python -m venv policy/{venv}\n" in install
+    assert f"policy/{venv}/bin/pip install" in install
+
+
+def test_readme_names_every_secret_and_variable_the_workflows_read() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[
+        readme.index("<!-- section: ci") : readme.index("<!-- /section -->", readme.index("<!-- section: ci"))
+    ]
+    text = "\n".join(path.read_text(encoding="utf-8") for path in workflow_files())
+    names = set(re.findall(r"\$\{\{\s*(?:secrets|vars)\.(\w+)\s*\}\}", text))
+    assert {
+        "PULUMI_ACCESS_TOKEN",
+        "DIGITALOCEAN_TOKEN",
+        "CLOUDFLARE_API_TOKEN",
+        "PULUMI_BACKEND_URL",
+    } <= names
+    assert {name for name in names if f"`{name}`" not in section} == set()
