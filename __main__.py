@@ -1,0 +1,202 @@
+"""owncr: composition only. settings -> providers -> components -> exports.
+
+`platform: digitalocean` builds the network, storage, the swarm managers, the edge and the firewall, then
+the registry services (block at the end). `platform: local` creates no DigitalOcean or Cloudflare
+resource: only the registry services on the local Docker engine (same block).
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_cloudflare as cloudflare
+import pulumi_digitalocean as digitalocean
+
+import settings as owncr_settings
+from components.edge import Edge, EdgeArgs, containerd_hosts, daemon_json
+from components.monitoring import NodeAlerts, NodeAlertsArgs
+from components.network import Network, NetworkArgs, NodeFirewall, NodeFirewallArgs
+from components.storage import NfsStorage, NfsStorageArgs, R2Storage, R2StorageArgs
+from components.swarm_cluster import NfsMount, SwarmCluster, SwarmClusterArgs
+
+settings = owncr_settings.load()
+registry = settings.registry
+upstream_pairs = [(u.host, u.url) for u in registry.upstreams]
+
+cloud = settings.cloud
+storage: R2Storage | NfsStorage | None = None
+nfs_mount: NfsMount | None = None
+cluster: SwarmCluster | None = None
+edge: Edge | None = None
+if cloud is not None:
+    # Explicit providers; each token is the secret stack config, or (None) the provider's env variable.
+    do_provider = digitalocean.Provider(
+        "digitalocean", token=pulumi.Config("digitalocean").get_secret("token")
+    )
+    cf_provider = cloudflare.Provider(
+        "cloudflare", api_token=pulumi.Config("cloudflare").get_secret("apiToken")
+    )
+    cloud_opts = pulumi.ResourceOptions(providers=[do_provider, cf_provider])
+
+    network = Network(
+        "network",
+        NetworkArgs(stack=settings.stack, region=cloud.region, cidr=cloud.vpc_cidr),
+        opts=cloud_opts,
+    )
+    if isinstance(cloud.storage, owncr_settings.R2):
+        storage = R2Storage(
+            "storage",
+            R2StorageArgs(
+                stack=settings.stack,
+                account_id=cloud.storage.account_id,
+                jurisdiction=cloud.storage.jurisdiction,
+                location=cloud.storage.location,
+                s3_endpoint=cloud.storage.s3_endpoint,
+            ),
+            opts=cloud_opts,
+        )
+    else:
+        storage = NfsStorage(
+            "storage",
+            NfsStorageArgs(
+                stack=settings.stack,
+                region=cloud.region,
+                size_gib=cloud.storage.size_gib,
+                vpc_id=network.vpc_id,
+            ),
+            opts=cloud_opts,
+        )
+        nfs_mount = NfsMount(host=storage.host, export_path=storage.mount_path)
+
+    cluster = SwarmCluster(
+        "swarm",
+        SwarmClusterArgs(
+            stack=settings.stack,
+            region=cloud.region,
+            node_count=cloud.node_count,
+            node_size=cloud.node_size,
+            node_image=cloud.node_image,
+            vpc_id=network.vpc_id,
+            vpc_cidr=cloud.vpc_cidr,
+            tags=network.node_tags,
+            ssh_public_key=cloud.ssh_public_key,
+            docker_version=cloud.docker_version,
+            monitoring=True,
+            nfs=nfs_mount,
+        ),
+        opts=cloud_opts,
+    )
+    edge = Edge(
+        "edge",
+        EdgeArgs(
+            stack=settings.stack,
+            region=cloud.region,
+            domain=cloud.domain,
+            mirror_domain=cloud.mirror_domain,
+            cloudflare_zone_id=cloud.cloudflare_zone_id,
+            vpc_id=network.vpc_id,
+            selector_tag=network.selector_tag,
+        ),
+        opts=cloud_opts,
+    )
+    NodeFirewall(
+        "firewall",
+        NodeFirewallArgs(
+            stack=settings.stack,
+            selector_tag=network.selector_tag,
+            admin_cidrs=cloud.admin_cidrs,
+            load_balancer_id=edge.load_balancer.id,
+        ),
+        opts=cloud_opts,
+    )
+    if cloud.monitoring_alerts:
+        NodeAlerts(
+            "alerts",
+            NodeAlertsArgs(
+                stack=settings.stack, selector_tag=network.selector_tag, emails=cloud.alert_emails
+            ),
+            opts=cloud_opts,
+        )
+
+    pulumi.export("registry_url", edge.registry_url)
+    pulumi.export("mirror_url", edge.mirror_url)
+    pulumi.export("load_balancer_ip", edge.ip)
+    pulumi.export("node_public_ips", cluster.public_ips)
+    pulumi.export("node_vpc_ips", cluster.vpc_ips)
+    if isinstance(storage, R2Storage):
+        pulumi.export("bucket_name", storage.bucket_name)
+        pulumi.export("s3_endpoint", storage.s3_endpoint)
+    else:
+        pulumi.export("nfs_host", storage.host)
+        pulumi.export("nfs_mount_path", storage.mount_path)
+    pulumi.export("ssh_command", pulumi.Output.concat("ssh root@", cluster.public_ips[0]))
+    pulumi.export("docker_daemon_json", daemon_json(edge.mirror_url))
+    pulumi.export("containerd_hosts_toml", containerd_hosts(edge.mirror_url, upstream_pairs))
+
+# --- registry services (issue 4): added by components/registry_services.py ---
+from components import gateway_wiring  # noqa: E402
+from components.local_swarm import LocalSwarm  # noqa: E402
+from components.registry_services import (  # noqa: E402
+    LOCAL_DOCKER_HOST,
+    DockerEngine,
+    RegistryServices,
+    RegistryServicesArgs,
+)
+
+if cloud is not None and cluster is not None and edge is not None and storage is not None:
+    services = RegistryServices(
+        "registry",
+        RegistryServicesArgs(
+            plan=gateway_wiring.cloud_plan(
+                settings.stack,
+                registry,
+                node_count=cloud.node_count,
+                nfs_mount_point=None if nfs_mount is None else nfs_mount.mount_point,
+            ),
+            build=gateway_wiring.cloud_build(
+                registry,
+                domain=cloud.domain,
+                mirror_domain=cloud.mirror_domain,
+                vpc_cidr=cloud.vpc_cidr,
+                s3=(storage.bucket_name, storage.s3_endpoint) if isinstance(storage, R2Storage) else None,
+            ),
+            secrets=gateway_wiring.secret_inputs(
+                settings.secrets,
+                (storage.access_key_id, storage.secret_access_key)
+                if isinstance(storage, R2Storage)
+                else None,
+            ),
+            engine=DockerEngine(
+                host=cluster.docker_host,
+                ca_pem=cluster.ca_cert_pem,
+                cert_pem=cluster.client_cert_pem,
+                key_pem=cluster.client_key_pem,
+            ),
+            registry_door=cloud.domain,
+            # The Engine API has no swarm (and no TLS) until the bootstrap has run.
+            depends_on=[cluster.bootstrap],
+        ),
+    )
+elif settings.local is not None:
+    local_swarm = LocalSwarm("local-swarm", LOCAL_DOCKER_HOST)
+    registry_door = f"{gateway_wiring.LOCAL_REGISTRY_HOST}:{settings.local.registry_port}"
+    local_mirror_url = f"http://{gateway_wiring.LOCAL_REGISTRY_HOST}:{settings.local.mirror_port}"
+    services = RegistryServices(
+        "registry",
+        RegistryServicesArgs(
+            plan=gateway_wiring.local_plan(settings.stack, registry, settings.local),
+            build=gateway_wiring.local_build(registry),
+            secrets=gateway_wiring.secret_inputs(settings.secrets, None),
+            values={gateway_wiring.LOCAL_CLIENT_CIDRS: local_swarm.bridge_cidrs},
+            engine=DockerEngine(host=LOCAL_DOCKER_HOST),
+            registry_door=registry_door,
+            # Services need the swarm.
+            depends_on=[local_swarm.init],
+        ),
+    )
+    pulumi.export("registry_url", f"http://{registry_door}")
+    pulumi.export("mirror_url", local_mirror_url)
+    pulumi.export("docker_daemon_json", daemon_json(local_mirror_url))
+    pulumi.export("containerd_hosts_toml", containerd_hosts(local_mirror_url, upstream_pairs))
+else:
+    raise AssertionError("settings.load() returns either cloud or local settings")
+pulumi.export("docker_login_command", services.docker_login_command)

@@ -1,0 +1,156 @@
+"""Blob storage of the registries: an R2 bucket with a token scoped to it, or a DigitalOcean NFS share.
+
+`R2Storage` (`owncr:storage:R2Storage`) creates the bucket and a Cloudflare user API token whose single
+policy allows only "Workers R2 Storage Bucket Item Read" and "... Item Write" (object read/write, no bucket
+administration) on exactly this bucket, and turns it into S3 credentials as Cloudflare documents
+(https://developers.cloudflare.com/r2/api/tokens/): access key id = token id, secret access key = SHA-256
+hex of the token value. Exposes `bucket_name`, `s3_endpoint`, `access_key_id`, `secret_access_key` (secret).
+The permission-group ids are looked up at run time by name (they are Cloudflare's, not ours).
+
+`NfsStorage` (`owncr:storage:NfsStorage`) creates a managed NFS share in the VPC and exposes `host` and
+`mount_path` for the nodes' mount (SwarmCluster's `NfsMount`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_cloudflare as cloudflare
+import pulumi_digitalocean as digitalocean
+
+from components import physical_name
+
+# Token permission groups, by the names Cloudflare lists (scope com.cloudflare.edge.r2.bucket).
+R2_OBJECT_GROUPS = ("Workers R2 Storage Bucket Item Read", "Workers R2 Storage Bucket Item Write")
+NFS_PERFORMANCE_TIER = "standard"  # `high` can never be downgraded; registry blob I/O is sequential
+
+
+def bucket_resource_key(account_id: str, jurisdiction: str, bucket: str) -> str:
+    """The token-policy resource naming ONE bucket (Cloudflare's `<account>_<jurisdiction>_<bucket>` form)."""
+    return f"com.cloudflare.edge.r2.bucket.{account_id}_{jurisdiction}_{bucket}"
+
+
+def s3_secret_key(token_value: str) -> str:
+    return hashlib.sha256(token_value.encode()).hexdigest()
+
+
+def permission_group_ids(results: Sequence[Any], names: Sequence[str]) -> list[dict[str, str]]:
+    """`[{"id": ...}]` for each name; results are output objects or, after Output.all, plain dicts."""
+    by_name = {_field(r, "name"): _field(r, "id") for r in results}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"Cloudflare lists no token permission group named {missing}")
+    return [{"id": by_name[n]} for n in names]
+
+
+def _field(result: Any, key: str) -> str:
+    return result[key] if isinstance(result, Mapping) else getattr(result, key)
+
+
+@dataclass(frozen=True, kw_only=True)
+class R2StorageArgs:
+    stack: str
+    account_id: str
+    jurisdiction: str  # "default" | "eu" | "fedramp" (settings.py)
+    location: str | None
+    s3_endpoint: str  # settings.R2.s3_endpoint (depends on the jurisdiction)
+
+    def __post_init__(self) -> None:
+        if not self.account_id or not self.s3_endpoint.startswith("https://"):
+            raise ValueError(f"account_id and an https S3 endpoint are required, got {self!r}")
+
+
+class R2Storage(pulumi.ComponentResource):
+    bucket: cloudflare.R2Bucket
+    token: cloudflare.ApiToken
+    bucket_name: str
+    s3_endpoint: str
+    access_key_id: pulumi.Output[str]
+    secret_access_key: pulumi.Output[str]
+
+    def __init__(self, name: str, args: R2StorageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("owncr:storage:R2Storage", name, None, opts)
+        self.bucket_name = physical_name(args.stack, "registry")
+        self.s3_endpoint = args.s3_endpoint
+        self.bucket = cloudflare.R2Bucket(
+            f"{name}-bucket",
+            account_id=args.account_id,
+            name=self.bucket_name,
+            jurisdiction=args.jurisdiction,
+            location=args.location,
+            storage_class="Standard",
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # Cloudflare honours `location` only at creation; a later change could not move the data.
+                # (No `protect`: R2 refuses to delete a bucket that still holds objects.)
+                ignore_changes=["location"],
+            ),
+        )
+        groups = cloudflare.get_api_token_permission_groups_list_output(
+            opts=pulumi.InvokeOutputOptions(parent=self)
+        ).results.apply(lambda results: permission_group_ids(results, R2_OBJECT_GROUPS))
+        self.token = cloudflare.ApiToken(
+            f"{name}-token",
+            name=physical_name(args.stack, "registry-r2"),
+            policies=[
+                cloudflare.ApiTokenPolicyArgs(
+                    effect="allow",
+                    permission_groups=groups,
+                    resources=json.dumps(
+                        {bucket_resource_key(args.account_id, args.jurisdiction, self.bucket_name): "*"}
+                    ),
+                )
+            ],
+            # The token names the bucket: create it once the bucket exists.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.bucket]),
+        )
+        self.access_key_id = self.token.id
+        # The provider marks `value` secret, the mocks do not: wrap it so it is secret either way.
+        self.secret_access_key = pulumi.Output.secret(self.token.value.apply(s3_secret_key))
+        self.register_outputs(
+            {
+                "bucket_name": self.bucket_name,
+                "s3_endpoint": self.s3_endpoint,
+                "access_key_id": self.access_key_id,
+                "secret_access_key": self.secret_access_key,
+            }
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class NfsStorageArgs:
+    stack: str
+    region: str
+    size_gib: int
+    vpc_id: pulumi.Input[str]
+
+    def __post_init__(self) -> None:
+        if self.size_gib < 50:
+            raise ValueError(f"size_gib {self.size_gib} is below DigitalOcean's 50 GiB minimum")
+
+
+class NfsStorage(pulumi.ComponentResource):
+    share: digitalocean.Nfs
+    host: pulumi.Output[str]
+    mount_path: pulumi.Output[str]
+
+    def __init__(self, name: str, args: NfsStorageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("owncr:storage:NfsStorage", name, None, opts)
+        self.share = digitalocean.Nfs(
+            f"{name}-share",
+            name=physical_name(args.stack, "registry"),
+            region=args.region,
+            size=args.size_gib,
+            vpc_id=args.vpc_id,
+            performance_tier=NFS_PERFORMANCE_TIER,
+            # Deleting the share deletes every private image (`pulumi state unprotect` to destroy a stack).
+            opts=pulumi.ResourceOptions(parent=self, protect=True),
+        )
+        self.host = self.share.host
+        self.mount_path = self.share.mount_path
+        self.register_outputs({"host": self.host, "mount_path": self.mount_path})

@@ -1,0 +1,99 @@
+"""The README's configuration and outputs tables stay in step with Pulumi.yaml and __main__.py.
+
+The configuration table is generated from Pulumi.yaml: `python tests/unit/test_readme.py` prints it, the
+test requires the README to hold exactly that text. The outputs table is hand-written (it says when each
+output exists); the test requires its names to be exactly the names __main__.py exports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+
+
+def section(name: str) -> str:
+    text = README.read_text(encoding="utf-8")
+    match = re.search(rf"<!-- section: {re.escape(name)} \([^)]*\) -->\n(.*?)<!-- /section -->", text, re.S)
+    assert match, f"README has no section {name}"
+    return match.group(1)
+
+
+def _type(decl: dict[str, Any]) -> str:
+    kind = {"array": "list of strings", None: "object"}.get(decl.get("type"), decl.get("type"))
+    if decl.get("type") is None and isinstance(decl.get("default"), str):
+        kind = "string"
+    return f"{kind}, secret" if decl.get("secret") else str(kind)
+
+
+def _default(decl: dict[str, Any]) -> str:
+    if "default" not in decl:
+        return "**required**"
+    value = decl["default"]
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, (list, dict)):
+        return f"`{json.dumps(value, separators=(', ', ': '))}`"
+    return f'`"{value}"`' if value == "" else f"`{value}`"
+
+
+def config_table() -> str:
+    """The configuration table, generated from Pulumi.yaml (owncr keys, in file order)."""
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text(encoding="utf-8"))
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+    for key, decl in project["config"].items():
+        if ":" in key:
+            continue
+        description = decl["description"].replace("|", "\\|")
+        rows.append(f"| `{key}` | {_type(decl)} | {_default(decl)} | {description} |")
+    return "\n".join(rows) + "\n"
+
+
+def exported_names() -> set[str]:
+    source = (ROOT / "__main__.py").read_text(encoding="utf-8")
+    return set(re.findall(r'pulumi\.export\(\s*"([a-z0-9_]+)"', source))
+
+
+def table_first_column(text: str) -> list[str]:
+    return [m.group(1) for m in re.finditer(r"^\| `([^`]+)` \|", text, re.M)]
+
+
+def test_configuration_table_is_generated_from_pulumi_yaml():
+    assert config_table() in section("configuration"), "regenerate: python tests/unit/test_readme.py"
+
+
+def test_configuration_table_lists_each_key_once():
+    keys = table_first_column(section("configuration"))
+    assert len(keys) == len(set(keys))
+
+
+def test_outputs_table_names_exactly_the_exports():
+    names = table_first_column(section("outputs"))
+    assert len(names) == len(set(names))
+    assert set(names) == exported_names()
+    assert all(re.fullmatch(r"[a-z0-9_]+", n) for n in names)  # snake_case: outputs are an API
+
+
+def test_exported_names_are_found():
+    # The regex above must see the program's exports, or the previous test would pass vacuously.
+    assert {"registry_url", "mirror_url", "containerd_hosts_toml"} <= exported_names()
+
+
+def test_prerequisites_list_the_cloudflare_token_permissions():
+    text = section("prerequisites").replace("\\|", "|")  # pipes are escaped inside the table
+    for permission in (
+        "Zone | DNS | Edit",
+        "Account | Workers R2 Storage | Edit",
+        "User | API Tokens | Edit",
+    ):
+        assert permission in text, permission
+
+
+if __name__ == "__main__":
+    print(config_table(), end="")
