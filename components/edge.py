@@ -30,9 +30,9 @@ import pulumi_cloudflare as cloudflare
 import pulumi_digitalocean as digitalocean
 
 from components import physical_name
+from gateway.layout import GATEWAY_PORT as NGINX_PORT
 
 DO_NAME_SERVERS = ("ns1.digitalocean.com", "ns2.digitalocean.com", "ns3.digitalocean.com")
-NGINX_PORT = 8080
 HEALTH_PATH = "/healthz"
 # DigitalOcean's maximum (https://docs.digitalocean.com/products/networking/load-balancers/details/limits/):
 # a multi-GB layer upload or download through a slow link must not be cut by the load balancer.

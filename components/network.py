@@ -25,10 +25,10 @@ import pulumi
 import pulumi_digitalocean as digitalocean
 
 from components import physical_name
+from components.cloud_init import DOCKER_API_PORT
+from gateway.layout import GATEWAY_PORT as NGINX_PORT
 
-NGINX_PORT = 8080
 SSH_PORT = 22
-DOCKER_API_PORT = 2376
 SWARM_PORTS = (("tcp", "2377"), ("tcp", "7946"), ("udp", "7946"), ("udp", "4789"))
 EVERYWHERE = ["0.0.0.0/0", "::/0"]
 
