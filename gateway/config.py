@@ -1,0 +1,204 @@
+"""The gateway's settings: one frozen, validated object every renderer reads.
+
+`GatewaySettings` is the contract between the control plane (which builds it from Pulumi config) and the
+data plane (which renders nginx, njs and Distribution files from it). Validation happens here, once, so
+the renderers can trust every field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+DOCKER_HUB = "docker.io"
+
+# Distribution's repository-name grammar, one path component:
+# https://github.com/distribution/reference/blob/main/regexp.go
+_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$")
+_HOST = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+(:[0-9]{1,5})?$"
+)
+_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DURATION = re.compile(r"^([0-9]+(ns|us|ms|s|m|h))+$")
+_MIN_SECRET = 16
+
+
+class SettingsError(ValueError):
+    """A gateway setting is invalid; the message names the field and the offending value."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise SettingsError(message)
+
+
+def _check_namespace(ns: str) -> None:
+    parts = ns.split("/")
+    _require(
+        bool(ns) and all(_COMPONENT.match(p) for p in parts),
+        f"namespace {ns!r} is not a valid repository path (lowercase letters, digits, '.', '_', '-', '/')",
+    )
+
+
+def _check_cidrs(name: str, cidrs: tuple[str, ...]) -> None:
+    _require(isinstance(cidrs, tuple), f"{name} must be a tuple of CIDRs, got {type(cidrs).__name__}")
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=True)
+        except ValueError as err:
+            raise SettingsError(f"{name}: {cidr!r} is not a CIDR ({err})") from None
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A registry the cache mirrors. `docker.io` is served at the root of the mirror namespace, any
+    other host under `/v2/<host>/...` (what containerd sends with `override_path = true`)."""
+
+    host: str
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        _require(bool(_HOST.match(self.host)), f"upstream host {self.host!r} is not a lowercase DNS name")
+        _require(
+            re.match(r"^https?://[^/\s]+/?$", self.url) is not None,
+            f"upstream {self.host}: url {self.url!r} must be http(s)://host[:port] without a path",
+        )
+        _require(
+            (self.username is None) == (self.password is None),
+            f"upstream {self.host}: username and password must be given together",
+        )
+
+    @property
+    def slug(self) -> str:
+        """`ghcr.io` -> `ghcr-io`: usable in service names, nginx identifiers and paths."""
+        return re.sub(r"[^a-z0-9]+", "-", self.host)
+
+
+@dataclass(frozen=True)
+class User:
+    """A registry-door login. `push` implies `pull` (a push reads blobs and manifests back)."""
+
+    name: str
+    password: str = field(repr=False)
+    pull: tuple[str, ...] = ()
+    push: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(bool(_USER.match(self.name)), f"user name {self.name!r} must match {_USER.pattern}")
+        _require(":" not in self.name, f"user name {self.name!r} must not contain ':'")
+        _require(len(self.password) >= 8, f"user {self.name}: password must have at least 8 characters")
+        # bcrypt only looks at the first 72 bytes: a longer password would silently accept its prefix.
+        _require(len(self.password.encode()) <= 72, f"user {self.name}: password longer than 72 bytes")
+        for label, spaces in (("pull", self.pull), ("push", self.push)):
+            _require(isinstance(spaces, tuple), f"user {self.name}: {label} must be a tuple")
+            for ns in spaces:
+                _check_namespace(ns)
+
+    @property
+    def pullable(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.pull + self.push))
+
+
+@dataclass(frozen=True)
+class FilesystemStorage:
+    """Local directory (or NFS mount) under which each registry gets its own root."""
+
+    root: str
+
+    def __post_init__(self) -> None:
+        _require(self.root.startswith("/"), f"filesystem storage root {self.root!r} must be absolute")
+
+
+@dataclass(frozen=True)
+class S3Storage:
+    """An S3-compatible bucket (Cloudflare R2 in production); each registry gets its own prefix."""
+
+    bucket: str
+    endpoint: str
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    region: str = "auto"
+    force_path_style: bool = True
+    # Multipart part size. R2 wants equal-sized parts; Distribution's minimum is 5 MiB.
+    chunk_size: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        _require(bool(self.bucket), "s3 storage: bucket is empty")
+        _require(
+            self.endpoint.startswith(("http://", "https://")), f"s3 endpoint {self.endpoint!r} is no URL"
+        )
+        _require(
+            bool(self.access_key and self.secret_key), "s3 storage: access_key and secret_key are required"
+        )
+        _require(self.chunk_size >= 5 * 1024 * 1024, "s3 storage: chunk_size must be at least 5 MiB")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the data plane is rendered from."""
+
+    namespaces: tuple[str, ...]
+    users: tuple[User, ...]
+    upstreams: tuple[Upstream, ...]
+    storage: FilesystemStorage | S3Storage
+    http_secret: str = field(repr=False)
+    private_replicas: int = 1
+    mirror_client_cidrs: tuple[str, ...] = ("127.0.0.0/8",)
+    # Sources whose PROXY protocol header is believed (the load balancer's range); empty = no PROXY protocol.
+    trusted_proxy_cidrs: tuple[str, ...] = ()
+    cache_ttl: str = "168h"
+    # Hostnames of the two doors in production (locally the doors are told apart by port).
+    registry_host: str = "cr.example.com"
+    mirror_host: str = "mirror.cr.example.com"
+    # How long a verified login and an upstream tag manifest are reused before they are checked again.
+    auth_cache_seconds: int = 60
+    tag_cache_seconds: int = 10
+    # Password checks per second and burst per client address before the registry door answers 429.
+    # Verified logins are cached, so in practice this counts failed logins.
+    login_rate: int = 5
+    login_burst: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("namespaces", "users", "upstreams"):
+            _require(isinstance(getattr(self, name), tuple), f"{name} must be a tuple")
+        _require(len(self.namespaces) > 0, "namespaces: at least one private namespace is required")
+        for ns in self.namespaces:
+            _check_namespace(ns)
+        _require(len(set(self.namespaces)) == len(self.namespaces), "namespaces: duplicates")
+        _require(
+            len(self.users) > 0, "users: at least one user is required (the registry door needs a login)"
+        )
+        names = [u.name for u in self.users]
+        _require(len(set(names)) == len(names), f"users: duplicate names in {names}")
+        for user in self.users:
+            outside = [ns for ns in user.pullable if ns not in self.namespaces]
+            _require(not outside, f"user {user.name}: {outside} are not private namespaces {self.namespaces}")
+        hosts = [u.host for u in self.upstreams]
+        _require(DOCKER_HUB in hosts, f"upstreams: {DOCKER_HUB!r} (served at the mirror root) is required")
+        _require(len(set(hosts)) == len(hosts), f"upstreams: duplicate hosts in {hosts}")
+        first = {ns.split("/")[0] for ns in self.namespaces}
+        clash = first & set(hosts)
+        _require(
+            not clash, f"namespaces {sorted(clash)} collide with upstream hosts (served under /v2/<host>/)"
+        )
+        _require(len(self.http_secret) >= _MIN_SECRET, f"http_secret must have at least {_MIN_SECRET} chars")
+        _require(1 <= self.private_replicas <= 16, "private_replicas must be between 1 and 16")
+        _check_cidrs("mirror_client_cidrs", self.mirror_client_cidrs)
+        _check_cidrs("trusted_proxy_cidrs", self.trusted_proxy_cidrs)
+        _require(
+            bool(_DURATION.match(self.cache_ttl)),
+            f"cache_ttl {self.cache_ttl!r} is no Go duration (e.g. 168h)",
+        )
+        for host_field in ("registry_host", "mirror_host"):
+            host = getattr(self, host_field)
+            _require(bool(_HOST.match(host)), f"{host_field} {host!r} is not a lowercase DNS name")
+        _require(self.registry_host != self.mirror_host, "registry_host and mirror_host must differ")
+        for int_field in ("auth_cache_seconds", "tag_cache_seconds", "login_rate", "login_burst"):
+            _require(getattr(self, int_field) >= 1, f"{int_field} must be at least 1")
+
+    @property
+    def docker_hub(self) -> Upstream:
+        return next(u for u in self.upstreams if u.host == DOCKER_HUB)

@@ -1,0 +1,89 @@
+"""Where everything lives: the Swarm service names, ports and container paths of production, and the
+loopback ports and data-directory paths of a local run. The one place these are decided; the Pulumi
+components import the production constants from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import GatewaySettings, Upstream
+
+# Production (Swarm). Service names are also the DNS names on the overlay network.
+NGINX_SERVICE = "owncr-gateway"
+PRIVATE_SERVICE = "owncr-registry-private"
+CACHE_SERVICE_PREFIX = "owncr-registry-cache-"
+GATEWAY_PORT = 8080  # host-mode port the load balancer forwards to, PROXY protocol, both doors + /healthz
+REGISTRY_PORT = 5000  # every registry container, overlay network only
+AUTH_PORT = 8099  # nginx's internal Basic-auth checker, bound to the container's loopback
+CONFIG_DIR = "/etc/owncr"  # Swarm configs (not secret)
+# Swarm secrets keep their default place, one flat file name each (a secret target without a directory).
+SECRET_DIR = "/run/secrets"  # noqa: S105 (a directory, not a secret)
+# nginx's pid, temp files and caches: a directory the official nginx image already has (nginx creates
+# the subdirectories, not this one).
+STATE_DIR = "/var/cache/nginx"
+NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"  # same path in Debian and the nginx image
+NGINX_USER = "nginx"  # the official nginx image's worker user
+
+# Local runs: Debian's binaries.
+LOCAL_NGINX_BIN = "/usr/sbin/nginx"
+LOCAL_REGISTRY_BIN = "/usr/bin/docker-registry"
+
+
+def cache_service(upstream: Upstream) -> str:
+    return CACHE_SERVICE_PREFIX + upstream.slug
+
+
+def cache_key(upstream: Upstream) -> str:
+    """Bundle key of an upstream's cache service."""
+    return "cache-" + upstream.slug
+
+
+def private_key(replica: int) -> str:
+    """Bundle key of a private registry (locally each replica is its own process and key)."""
+    return "private" if replica == 0 else f"private-{replica + 1}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every address and path one render needs; built by `production_layout` or `local_layout`."""
+
+    production: bool
+    config_dir: str  # nginx.conf, router.js, routes.json, each registry's config dir below it
+    secret_dir: str  # htpasswd, auth-cache salt, registry configs holding credentials
+    state_dir: str  # nginx pid, temp paths, caches, logs
+    registry_listen: str  # nginx `listen` argument of each door
+    mirror_listen: str
+    auth_listen: str
+    private_servers: tuple[str, ...]  # host:port entries of the nginx upstream block
+    cache_servers: dict[str, str]  # upstream host -> host:port
+    private_addrs: tuple[str, ...]  # each private registry's http.addr
+    cache_addrs: dict[str, str]  # upstream host -> the cache's http.addr
+    nginx_user: str | None
+
+
+def production_layout(settings: GatewaySettings, door_ports: tuple[int, int] | None = None) -> Layout:
+    """Swarm service names and container paths. Both doors share GATEWAY_PORT and are told apart by
+    hostname, unless `door_ports` gives each door its own container port (a single-node trial)."""
+    if door_ports is not None and (AUTH_PORT in door_ports or door_ports[0] == door_ports[1]):
+        raise ValueError(f"door ports {door_ports} must differ from each other and from {AUTH_PORT}")
+    proxy = " proxy_protocol" if settings.trusted_proxy_cidrs else ""
+    ports = (GATEWAY_PORT, GATEWAY_PORT) if door_ports is None else door_ports
+    # The private service is a Swarm VIP: one address that IPVS spreads over the replicas per TCP
+    # connection. Listing it once per replica (at least twice) gives nginx distinct peers to retry a
+    # failed read on; each retry opens a new connection, which IPVS sends to another replica.
+    private = f"{PRIVATE_SERVICE}:{REGISTRY_PORT}"
+    return Layout(
+        production=True,
+        config_dir=CONFIG_DIR,
+        secret_dir=SECRET_DIR,
+        state_dir=STATE_DIR,
+        registry_listen=f"{ports[0]}{proxy}",
+        mirror_listen=f"{ports[1]}{proxy}",
+        auth_listen=f"127.0.0.1:{AUTH_PORT}",
+        private_servers=(private,) * max(2, settings.private_replicas),
+        cache_servers={u.host: f"{cache_service(u)}:{REGISTRY_PORT}" for u in settings.upstreams},
+        private_addrs=(f":{REGISTRY_PORT}",),
+        cache_addrs={u.host: f":{REGISTRY_PORT}" for u in settings.upstreams},
+        nginx_user=NGINX_USER,
+    )

@@ -1,0 +1,99 @@
+"""nginx.conf (Jinja2 templates in gateway/templates) and routes.json (read by gateway/router.js).
+
+Every decision is made here in Python; the templates only place the values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import jinja2
+
+from gateway.config import DOCKER_HUB, GatewaySettings
+from gateway.layout import NJS_MODULE, Layout
+
+TEMPLATES = Path(__file__).parent / "templates"
+ROUTER_JS = Path(__file__).parent / "router.js"
+# Statuses router.js refuses with (its fail() calls), each an internal location with an OCI body.
+REFUSAL_STATUSES = (403, 404, 405)
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,  # nginx configuration, not HTML  # noqa: S701
+)
+
+
+def nginx_id(host: str) -> str:
+    """`ghcr.io` -> `ghcr_io`: an nginx upstream/location name."""
+    return "".join(c if c.isalnum() else "_" for c in host)
+
+
+def auth_salt(settings: GatewaySettings) -> str:
+    """Salt of the login cache keys, derived from the http secret so no extra secret is configured."""
+    return hmac.new(settings.http_secret.encode(), b"owncr-auth-cache", hashlib.sha256).hexdigest()
+
+
+def render_salt_conf(settings: GatewaySettings) -> str:
+    return f'js_var $owncr_auth_salt "{auth_salt(settings)}";\n'
+
+
+def render_routes(settings: GatewaySettings) -> str:
+    """What router.js decides from: private namespaces, rights per user, upstream host -> nginx id."""
+    data = {
+        "namespaces": sorted(settings.namespaces, key=len, reverse=True),
+        "users": {u.name: {"pull": list(u.pullable), "push": list(u.push)} for u in settings.users},
+        "hub": nginx_id(DOCKER_HUB),
+        "upstreams": {u.host: nginx_id(u.host) for u in settings.upstreams if u.host != DOCKER_HUB},
+    }
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def render_nginx_conf(
+    settings: GatewaySettings,
+    layout: Layout,
+    *,
+    router_file: str,
+    routes_file: str,
+    htpasswd_file: str,
+    salt_file: str,
+    access_log: str,
+    worker_processes: str,
+) -> str:
+    return _ENV.get_template("nginx.conf.j2").render(
+        njs_module=NJS_MODULE,
+        nginx_user=layout.nginx_user,
+        worker_processes=worker_processes,
+        state_dir=layout.state_dir,
+        access_log=access_log,
+        router_file=router_file,
+        routes_file=routes_file,
+        htpasswd_file=htpasswd_file,
+        salt_file=salt_file,
+        auth_listen=layout.auth_listen,
+        auth_cache_seconds=settings.auth_cache_seconds,
+        tag_cache_seconds=settings.tag_cache_seconds,
+        login_rate=settings.login_rate,
+        login_burst=settings.login_burst,
+        # TLS ends at the load balancer in production; Distribution builds relative URLs anyway.
+        forwarded_proto="https" if layout.production else "$scheme",
+        mirror_client_cidrs=settings.mirror_client_cidrs,
+        trusted_proxy_cidrs=settings.trusted_proxy_cidrs,
+        private_servers=layout.private_servers,
+        # The same Swarm VIP listed several times must never be taken out of rotation as a whole.
+        private_server_params=" max_fails=0" if layout.production else " max_fails=1 fail_timeout=5s",
+        caches=[{"id": nginx_id(u.host), "server": layout.cache_servers[u.host]} for u in settings.upstreams],
+        registry_listen=layout.registry_listen,
+        mirror_listen=layout.mirror_listen,
+        registry_host=settings.registry_host,
+        mirror_host=settings.mirror_host,
+        # Doors sharing one port are told apart by Host: a catch-all answers other names (/healthz only).
+        default_listen=layout.registry_listen if layout.registry_listen == layout.mirror_listen else "",
+        refusal_statuses=REFUSAL_STATUSES,
+    )

@@ -1,0 +1,25 @@
+"""Free loopback TCP ports (the one place the runner and the tests get them from)."""
+
+from __future__ import annotations
+
+import socket
+
+
+def free_port() -> int:
+    """A port nothing listens on right now. The kernel picks it from the ephemeral range, so two
+    calls in a row do not collide; another process could still take it before we bind (rare)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_ports(count: int) -> tuple[int, ...]:
+    """`count` distinct free ports (sockets held open together so the kernel cannot repeat one)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return tuple(sock.getsockname()[1] for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()

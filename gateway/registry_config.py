@@ -1,0 +1,92 @@
+"""Distribution `config.yml` for the private registry and for each upstream's pull-through cache.
+
+Plain dicts dumped with yaml. The same keys work on Distribution 2.8.2 (tests) and >= 3.1 (deployed):
+2.8 ignores keys it does not know (`proxy.ttl`, `storage.s3.forcepathstyle`), checked by the tests.
+Reference: https://distribution.github.io/distribution/about/configuration/
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, Upstream
+
+PRIVATE_ROOT = "/private"
+
+
+def cache_root(upstream: Upstream) -> str:
+    return f"/cache/{upstream.host}"
+
+
+def storage_section(storage: FilesystemStorage | S3Storage, root: str) -> dict[str, Any]:
+    """Each registry gets its own root, so cache expiry can never delete a private blob
+    (distribution/distribution#2367, #4191)."""
+    if isinstance(storage, FilesystemStorage):
+        driver: dict[str, Any] = {"filesystem": {"rootdirectory": storage.root.rstrip("/") + root}}
+    else:
+        driver = {
+            "s3": {
+                "bucket": storage.bucket,
+                "regionendpoint": storage.endpoint,
+                "region": storage.region,
+                "accesskey": storage.access_key,
+                "secretkey": storage.secret_key,
+                "forcepathstyle": storage.force_path_style,
+                "chunksize": storage.chunk_size,
+                "rootdirectory": root,
+                "secure": storage.endpoint.startswith("https://"),
+                "v4auth": True,
+            }
+        }
+    return driver | {
+        "delete": {"enabled": True},
+        "cache": {"blobdescriptor": "inmemory"},
+        # Blob GETs must not be redirected to presigned bucket URLs: clients behind the mirror door may
+        # not reach the bucket endpoint, and a presigned URL would hand out private blobs outside the
+        # registry door's auth.
+        "redirect": {"disable": True},
+    }
+
+
+def _base(settings: GatewaySettings, addr: str, root: str) -> dict[str, Any]:
+    return {
+        "version": 0.1,
+        # nginx logs every request with door, route and user; the registries log errors only.
+        "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
+        "storage": storage_section(settings.storage, root),
+        "http": {
+            "addr": addr,
+            # One secret for every replica: an upload's state token must verify on whichever replica
+            # receives the next chunk (distribution/distribution#2519, #1599).
+            "secret": settings.http_secret,
+            # Upload `Location` headers relative to the request: correct behind TLS termination
+            # without trusting X-Forwarded-* from the load balancer.
+            "relativeurls": True,
+            "headers": {"X-Content-Type-Options": ["nosniff"]},
+            "draintimeout": "30s",
+        },
+        "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
+    }
+
+
+def private_config(settings: GatewaySettings, addr: str) -> dict[str, Any]:
+    config = _base(settings, addr, PRIVATE_ROOT)
+    config["storage"]["maintenance"] = {
+        "uploadpurging": {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False}
+    }
+    return config
+
+
+def cache_config(settings: GatewaySettings, upstream: Upstream, addr: str) -> dict[str, Any]:
+    config = _base(settings, addr, cache_root(upstream))
+    proxy: dict[str, Any] = {"remoteurl": upstream.url, "ttl": settings.cache_ttl}
+    if upstream.username is not None:
+        proxy |= {"username": upstream.username, "password": upstream.password}
+    config["proxy"] = proxy
+    return config
+
+
+def dump(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,156 @@
+"""The data plane's files, rendered from one GatewaySettings: for production (Swarm services, container
+paths, Distribution 3.x) and for a local run (loopback ports, a data directory, Distribution 2.8.2).
+
+`Bundle.services` is keyed "nginx", "private" (locally also "private-2", ... one per replica) and
+"cache-<host-slug>"; each `ServiceFiles` lists the files to place at their absolute paths, and the
+command that runs with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway import layout as L
+from gateway import registry_config
+from gateway.config import GatewaySettings
+from gateway.htpasswd import render_htpasswd
+from gateway.nginx import ROUTER_JS, render_nginx_conf, render_routes, render_salt_conf
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    path: str  # absolute path the reader opens
+    content: str
+    secret: bool
+
+
+@dataclass(frozen=True)
+class ServiceFiles:
+    name: str  # Swarm service name (production) or process label (local)
+    command: tuple[str, ...]
+    files: tuple[RenderedFile, ...]
+    port: int
+
+
+@dataclass(frozen=True)
+class Bundle:
+    services: dict[str, ServiceFiles]
+
+    def files(self) -> tuple[RenderedFile, ...]:
+        return tuple(f for s in self.services.values() for f in s.files)
+
+
+def _port(listen: str) -> int:
+    """The port of an nginx `listen` or an http.addr: "8080 proxy_protocol", "127.0.0.1:5000", ":5000"."""
+    return int(listen.split()[0].rsplit(":", 1)[-1])
+
+
+def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, nginx_bin: str) -> Bundle:
+    conf = f"{lay.config_dir}/nginx/nginx.conf"
+    router = f"{lay.config_dir}/nginx/router.js"
+    routes = f"{lay.config_dir}/nginx/routes.json"
+    htpasswd = f"{lay.secret_dir}/htpasswd"
+    salt = f"{lay.secret_dir}/auth-salt.conf"
+    nginx_conf = render_nginx_conf(
+        settings,
+        lay,
+        router_file=router,
+        routes_file=routes,
+        htpasswd_file=htpasswd,
+        salt_file=salt,
+        # Production logs go to the container's stdout (docker service logs); locally to a file.
+        access_log="/dev/stdout" if lay.production else f"{lay.state_dir}/access.log",
+        worker_processes="auto" if lay.production else "2",
+    )
+    services = {
+        "nginx": ServiceFiles(
+            name=L.NGINX_SERVICE if lay.production else "nginx",
+            command=(nginx_bin, "-c", conf, "-p", lay.state_dir),
+            files=(
+                RenderedFile(conf, nginx_conf, secret=False),
+                RenderedFile(router, ROUTER_JS.read_text(), secret=False),
+                RenderedFile(routes, render_routes(settings), secret=False),
+                RenderedFile(htpasswd, render_htpasswd(settings.users), secret=True),
+                RenderedFile(salt, render_salt_conf(settings), secret=True),
+            ),
+            port=_port(lay.registry_listen),
+        )
+    }
+    # Registry configs hold the storage keys (and upstream tokens): secrets.
+    for i, addr in enumerate(lay.private_addrs):
+        key = L.private_key(i)
+        path = f"{lay.secret_dir}/{key}.yml"
+        services[key] = ServiceFiles(
+            name=L.PRIVATE_SERVICE if lay.production else key,
+            command=(registry_bin, "serve", path),
+            files=(
+                RenderedFile(
+                    path, registry_config.dump(registry_config.private_config(settings, addr)), True
+                ),
+            ),
+            port=_port(addr),
+        )
+    for upstream in settings.upstreams:
+        key = L.cache_key(upstream)
+        addr = lay.cache_addrs[upstream.host]
+        path = f"{lay.secret_dir}/{key}.yml"
+        content = registry_config.dump(registry_config.cache_config(settings, upstream, addr))
+        services[key] = ServiceFiles(
+            name=L.cache_service(upstream) if lay.production else key,
+            command=(registry_bin, "serve", path),
+            files=(RenderedFile(path, content, secret=True),),
+            port=_port(addr),
+        )
+    return Bundle(services)
+
+
+def render_production(settings: GatewaySettings, *, door_ports: tuple[int, int] | None = None) -> Bundle:
+    """The Swarm deployment: one private service (all replicas share config and http.secret).
+
+    Behind the load balancer (the default) both doors share GATEWAY_PORT with PROXY protocol, which
+    needs `trusted_proxy_cidrs`; `door_ports` puts the doors on two container ports instead (a
+    single-node swarm without a load balancer)."""
+    if door_ports is None and not settings.trusted_proxy_cidrs:
+        raise ValueError(
+            "production needs trusted_proxy_cidrs (the load balancer's range, e.g. the VPC CIDR)"
+        )
+    lay = L.production_layout(settings, door_ports)
+    return _render(settings, lay, registry_bin="registry", nginx_bin="nginx")
+
+
+def render_local(
+    settings: GatewaySettings,
+    *,
+    data_dir: str,
+    registry_port: int,
+    mirror_port: int,
+    auth_port: int,
+    private_ports: tuple[int, ...],
+    cache_ports: dict[str, int],
+    nginx_user: str | None = None,
+    registry_bin: str = L.LOCAL_REGISTRY_BIN,
+    nginx_bin: str = L.LOCAL_NGINX_BIN,
+) -> Bundle:
+    """Everything on 127.0.0.1 under `data_dir`; each private replica is its own process. The doors
+    expect PROXY protocol only when `settings.trusted_proxy_cidrs` is set."""
+    if len(private_ports) != settings.private_replicas:
+        raise ValueError(f"need {settings.private_replicas} private ports, got {private_ports}")
+    missing = {u.host for u in settings.upstreams} - set(cache_ports)
+    if missing:
+        raise ValueError(f"no cache port for upstreams {sorted(missing)}")
+    proxy = " proxy_protocol" if settings.trusted_proxy_cidrs else ""
+    lay = L.Layout(
+        production=False,
+        config_dir=f"{data_dir}/config",
+        secret_dir=f"{data_dir}/secrets",
+        state_dir=f"{data_dir}/state",
+        registry_listen=f"127.0.0.1:{registry_port}{proxy}",
+        mirror_listen=f"127.0.0.1:{mirror_port}{proxy}",
+        auth_listen=f"127.0.0.1:{auth_port}",
+        private_servers=tuple(f"127.0.0.1:{p}" for p in private_ports),
+        cache_servers={h: f"127.0.0.1:{p}" for h, p in cache_ports.items()},
+        private_addrs=tuple(f"127.0.0.1:{p}" for p in private_ports),
+        cache_addrs={h: f"127.0.0.1:{p}" for h, p in cache_ports.items()},
+        nginx_user=nginx_user,
+    )
+    return _render(settings, lay, registry_bin=registry_bin, nginx_bin=nginx_bin)

@@ -1,0 +1,187 @@
+// owncr gateway router (njs 0.7.9 and later). Decides, per request, which registry answers it, from
+// the generated routes.json (private namespaces, each user's rights, upstream hosts). Each door's
+// `js_set` function returns an internal URI (/_owncr/<route><uri>) that nginx rewrites to; the target
+// location authenticates (registry door) and proxies to a registry, or to nginx's own loopback server
+// for the ping and for refusals (the OCI error body travels in $owncr_error).
+// Why js_set and not js_content: js_content reads the whole request body before it runs (to disk for
+// large layers); the rewrite phase never touches the body, so pushes stream to the registry.
+// Routing contract: ../README.md, section "gateway".
+import fs from 'fs';
+import crypto from 'crypto';
+
+var routesCache = null;
+
+function routes(r) {
+    // Parsed once per VM; njs clones its VM per request, so this is cheap but not shared.
+    if (routesCache === null) {
+        routesCache = JSON.parse(fs.readFileSync(r.variables.owncr_routes_file));
+    }
+    return routesCache;
+}
+
+// /v2/<name>/<what>: the name is everything before the last endpoint suffix (names may contain "/").
+// References, digests and upload ids are restricted to the characters they can have: the URI is passed
+// on decoded, so nothing here may smuggle in a '?', '%' or '/'.
+var ENDPOINT = /^\/v2\/(.+?)\/(manifests\/([\w.:+=-]+)|blobs\/uploads\/?[\w.=-]*|blobs\/[\w.:+=-]+|tags\/list|referrers\/[\w.:+=-]+)$/;
+var COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$/;
+
+function parse(uri) {
+    var m = ENDPOINT.exec(uri);
+    if (m === null || !m[1].split('/').every(function (c) { return COMPONENT.test(c); })) {
+        return null;
+    }
+    var ref = m[3];
+    return {
+        name: m[1],
+        rest: m[2],
+        upload: m[2].indexOf('blobs/uploads') === 0,
+        tag: ref !== undefined && ref.indexOf(':') < 0,
+    };
+}
+
+function privateNamespace(cfg, name) {
+    for (var i = 0; i < cfg.namespaces.length; i++) {
+        var ns = cfg.namespaces[i];
+        if (name === ns || name.indexOf(ns + '/') === 0) {
+            return ns;
+        }
+    }
+    return null;
+}
+
+function isRead(r) {
+    return r.method === 'GET' || r.method === 'HEAD';
+}
+
+function fail(r, status, code, message, detail) {
+    r.variables.owncr_route = 'refused';
+    r.variables.owncr_error = JSON.stringify({errors: [{code: code, message: message, detail: detail || null}]});
+    return '/_owncr/answer/' + status;
+}
+
+function go(r, route, uri) {
+    // Backends get the normalized URI nginx matched on (no '..' or '%2F' tricks reach a registry).
+    r.variables.owncr_route = route;
+    return '/_owncr/' + route + uri;
+}
+
+function ping(r) {
+    r.variables.owncr_route = 'ping';
+    return '/_owncr/answer/ping';
+}
+
+function toCache(r, cfg, p) {
+    // Docker Hub at the root; any other upstream under /v2/<host>/..., stripped before its cache.
+    var slash = p.name.indexOf('/');
+    var id = cfg.hub;
+    var name = p.name;
+    if (slash > 0 && cfg.upstreams[p.name.slice(0, slash)] !== undefined) {
+        id = cfg.upstreams[p.name.slice(0, slash)];
+        name = p.name.slice(slash + 1);
+    }
+    return go(r, 'cache_' + id + (p.tag ? '_tag' : ''), '/v2/' + name + '/' + p.rest);
+}
+
+function deniedWrite(r, user, rights, name) {
+    var where = rights.push.length ? rights.push.join(', ') : 'no namespace';
+    return fail(r, 403, 'DENIED', 'push to ' + name + ' is denied; ' + user + ' may push to: ' + where,
+         {name: name, push: rights.push});
+}
+
+function registryTarget(r) {
+    // Runs in the rewrite phase, before auth_request has checked the login: every target location
+    // authenticates (refusals included), so an unverified $remote_user only ever picks which one.
+    var cfg = routes(r);
+    var user = r.variables.remote_user;
+    var rights = cfg.users[user] || {pull: [], push: []};
+    var read = isRead(r);
+    var uri = r.variables.uri;
+    if (uri === '/v2/' || uri === '/v2') {
+        return read ? ping(r) : fail(r, 405, 'UNSUPPORTED', 'only GET and HEAD on /v2/');
+    }
+    if (uri === '/v2/_catalog') {
+        return read ? go(r, 'private_read', uri) : fail(r, 405, 'UNSUPPORTED', 'only GET and HEAD on the catalog');
+    }
+    var p = parse(uri);
+    if (p === null) {
+        return fail(r, 404, 'NAME_INVALID', 'not a registry API path: ' + uri);
+    }
+    var ns = privateNamespace(cfg, p.name);
+    if (ns !== null) {
+        if (read && rights.pull.indexOf(ns) < 0) {
+            return fail(r, 403, 'DENIED', user + ' may not pull from ' + ns, {name: p.name, pull: rights.pull});
+        }
+        if (!read && rights.push.indexOf(ns) < 0) {
+            return deniedWrite(r, user, rights, p.name);
+        }
+        return go(r, read ? 'private_read' : 'private_write', uri);
+    }
+    if (!read) {
+        return deniedWrite(r, user, rights, p.name);
+    }
+    if (p.upload) {
+        // Upload status only exists on the private side (it answers BLOB_UPLOAD_UNKNOWN here).
+        return go(r, 'private_read', uri);
+    }
+    return toCache(r, cfg, p);
+}
+
+function mirrorTarget(r) {
+    var cfg = routes(r);
+    if (r.variables.owncr_mirror_client !== '1') {
+        return fail(r, 403, 'DENIED', 'client ' + r.variables.remote_addr + ' may not use this mirror');
+    }
+    if (!isRead(r)) {
+        return fail(r, 405, 'UNSUPPORTED', 'the mirror is read-only; push to the registry door');
+    }
+    var uri = r.variables.uri;
+    if (uri === '/v2/' || uri === '/v2') {
+        return ping(r);
+    }
+    if (uri === '/v2/_catalog') {
+        return fail(r, 403, 'DENIED', 'the catalog is served on the registry door only');
+    }
+    var p = parse(uri);
+    if (p === null) {
+        return fail(r, 404, 'NAME_INVALID', 'not a registry API path: ' + uri);
+    }
+    if (p.upload) {
+        return fail(r, 404, 'BLOB_UPLOAD_UNKNOWN', 'the mirror is read-only');
+    }
+    if (privateNamespace(cfg, p.name) !== null) {
+        // Private names do not exist on the mirror door (and never reach an upstream).
+        return fail(r, 404, 'NAME_UNKNOWN', 'repository name not known to registry', {name: p.name});
+    }
+    return toCache(r, cfg, p);
+}
+
+// nginx rewrites to whatever these return: anything but an internal /_owncr/ URI would be a bug here,
+// answered as a refusal rather than served from the file system.
+function checked(decide) {
+    return function (r) {
+        var target = decide(r);
+        if (typeof target !== 'string' || target.indexOf('/_owncr/') !== 0) {
+            return fail(r, 403, 'DENIED', 'no route');
+        }
+        return target;
+    };
+}
+
+var registry = checked(registryTarget);
+var mirror = checked(mirrorTarget);
+
+function authenticated(r) {
+    // Reached only after auth_basic accepted the login (content phase follows the access phase).
+    r.return(200);
+}
+
+function authCacheKey(r) {
+    // A salted hash, as nginx writes cache keys to disk (never the header itself). The client address
+    // is part of it: a guess from another address can never hit a login verified for someone else,
+    // so every guess passes the per-address limiter in front of bcrypt.
+    var header = r.headersIn['Authorization'] || '';
+    return crypto.createHash('sha256').update(r.variables.owncr_auth_salt).update(r.variables.remote_addr)
+        .update('\n').update(header).digest('hex');
+}
+
+export default {registry, mirror, authenticated, authCacheKey};

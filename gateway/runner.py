@@ -1,0 +1,241 @@
+"""Run the rendered data plane locally: nginx and every Distribution registry as child processes on
+127.0.0.1, from exactly the files `render_local` produces.
+
+`LocalGateway` is the Python API (a context manager, used by the tests); `python -m gateway run` is the
+command-line front end (gateway/__main__.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from gateway.config import FilesystemStorage, GatewaySettings
+from gateway.layout import LOCAL_NGINX_BIN, LOCAL_REGISTRY_BIN, NJS_MODULE
+from gateway.ports import free_ports
+from gateway.render import Bundle, ServiceFiles, render_local
+
+NGINX_BIN = LOCAL_NGINX_BIN
+REGISTRY_BIN = LOCAL_REGISTRY_BIN
+# What to install when a binary is missing (Debian/Ubuntu package names).
+NGINX_PACKAGE = "nginx-light (or nginx)"
+NJS_PACKAGE = "libnginx-mod-http-js"
+REGISTRY_PACKAGE = "docker-registry"
+
+
+class GatewayError(RuntimeError):
+    """A process of the local gateway is missing, failed to start or died."""
+
+
+def check_binaries(nginx_bin: str = NGINX_BIN, registry_bin: str = REGISTRY_BIN) -> None:
+    needed = ((nginx_bin, NGINX_PACKAGE), (NJS_MODULE, NJS_PACKAGE), (registry_bin, REGISTRY_PACKAGE))
+    for path, package in needed:
+        if not (os.path.exists(path) or shutil.which(path)):
+            raise GatewayError(
+                f"{path} not found: install the Debian package {package} "
+                f"(apt-get install {package.split()[0]})"
+            )
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _status(port: int, path: str) -> int | None:
+    """Status of GET 127.0.0.1:port/path (http.client: no proxy from the environment for loopback)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+class LocalGateway:
+    """Starts the private registry replica(s), one cache per upstream and nginx; stops them all.
+
+    Files go below `data_dir` (config, secrets, state, logs); storage is what `settings.storage` says.
+    Every child runs in its own process group so that stopping it also stops anything it spawned.
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        data_dir: str | os.PathLike[str],
+        registry_port: int,
+        mirror_port: int,
+        nginx_bin: str = NGINX_BIN,
+        registry_bin: str = REGISTRY_BIN,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.data_dir = Path(data_dir).resolve()
+        self.registry_port = registry_port
+        self.mirror_port = mirror_port
+        self.nginx_bin = nginx_bin
+        self.registry_bin = registry_bin
+        self.startup_timeout = startup_timeout
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.bundle: Bundle | None = None
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://127.0.0.1:{self.registry_port}"
+
+    @property
+    def mirror_url(self) -> str:
+        return f"http://127.0.0.1:{self.mirror_port}"
+
+    @property
+    def access_log(self) -> Path:
+        return self.data_dir / "state" / "access.log"
+
+    def log_path(self, key: str) -> Path:
+        return self.data_dir / "logs" / f"{key}.log"
+
+    def render(self) -> Bundle:
+        n_private = self.settings.private_replicas
+        ports = free_ports(1 + n_private + len(self.settings.upstreams))
+        return render_local(
+            self.settings,
+            data_dir=str(self.data_dir),
+            registry_port=self.registry_port,
+            mirror_port=self.mirror_port,
+            auth_port=ports[0],
+            private_ports=ports[1 : 1 + n_private],
+            cache_ports={
+                u.host: p for u, p in zip(self.settings.upstreams, ports[1 + n_private :], strict=True)
+            },
+            # Run as root, nginx would switch its workers to `nobody`, which cannot read the 0600
+            # secrets written below; a local run keeps the invoking user (production: `nginx`).
+            nginx_user="root" if os.geteuid() == 0 else None,
+            registry_bin=self.registry_bin,
+            nginx_bin=self.nginx_bin,
+        )
+
+    def _write(self, bundle: Bundle) -> None:
+        for sub in ("state", "logs"):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        if isinstance(self.settings.storage, FilesystemStorage):
+            Path(self.settings.storage.root).mkdir(parents=True, exist_ok=True)
+        for f in bundle.files():
+            path = Path(f.path)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if f.secret else 0o755)
+            path.write_text(f.content)
+            path.chmod(0o600 if f.secret else 0o644)
+
+    def _spawn(self, key: str, service: ServiceFiles) -> None:
+        log = self.log_path(key).open("ab")
+        try:
+            self.processes[key] = subprocess.Popen(
+                service.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.data_dir,
+            )
+        finally:
+            log.close()
+
+    def _wait_healthy(self, key: str, port: int, path: str, deadline: float) -> None:
+        proc = self.processes[key]
+        while True:
+            if proc.poll() is not None:
+                raise GatewayError(
+                    f"{key} exited with {proc.returncode}; log tail:\n{_tail(self.log_path(key))}"
+                )
+            if _status(port, path) == 200:
+                return
+            if time.monotonic() > deadline:
+                raise GatewayError(
+                    f"{key} not healthy at 127.0.0.1:{port}{path} after {self.startup_timeout:.0f}s; "
+                    f"log tail:\n"
+                    f"{_tail(self.log_path(key))}"
+                )
+            time.sleep(0.05)
+
+    def start(self) -> LocalGateway:
+        check_binaries(self.nginx_bin, self.registry_bin)
+        bundle = self.bundle = self.render()
+        self._write(bundle)
+        deadline = time.monotonic() + self.startup_timeout
+        try:
+            registries = {k: s for k, s in bundle.services.items() if k != "nginx"}
+            for key, service in registries.items():
+                self._spawn(key, service)
+            for key, service in registries.items():
+                self._wait_healthy(key, service.port, "/v2/", deadline)
+            self._spawn("nginx", bundle.services["nginx"])
+            if not self.settings.trusted_proxy_cidrs:
+                self._wait_healthy("nginx", self.registry_port, "/healthz", deadline)
+                self._wait_healthy("nginx", self.mirror_port, "/healthz", deadline)
+            else:
+                # Doors that expect a PROXY header drop a bare request: accepting connections is enough.
+                self._wait_listening("nginx", deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_listening(self, key: str, deadline: float) -> None:
+        proc = self.processes[key]
+        while not (_accepts(self.registry_port) and _accepts(self.mirror_port)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise GatewayError(f"{key} did not start; log tail:\n{_tail(self.log_path(key))}")
+            time.sleep(0.05)
+
+    def dead(self) -> list[str]:
+        """Children that have exited (the CLI watches this)."""
+        return [k for k, p in self.processes.items() if p.poll() is not None]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every process group (nginx: fast shutdown), then SIGKILL whatever is left."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(timeout=5)
+            # The group may hold more than the leader (nginx workers): make sure none survive.
+            _signal_group(proc, signal.SIGKILL)
+        self.processes.clear()
+
+    def __enter__(self) -> LocalGateway:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)

@@ -1,0 +1,337 @@
+"""The renderers: settings validation, htpasswd, the files of a local and a production render, and
+`nginx -t` on the production render exactly as rendered (in a private mount namespace where the Swarm
+service names resolve and the container paths exist)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+import yaml
+from routing_fixtures import HTTP_SECRET
+
+from gateway import layout
+from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, SettingsError, Upstream, User
+from gateway.htpasswd import hash_password, render_htpasswd
+from gateway.render import Bundle, render_local, render_production
+
+HUB_TOKEN = "dckr_pat_hub-token-value"  # noqa: S105 (test value)
+S3 = S3Storage(
+    bucket="owncr",
+    endpoint="https://acct.r2.cloudflarestorage.com",
+    access_key="AKIAEXAMPLE",
+    secret_key="s3-secret-key-value",  # noqa: S106 (test value)
+)
+SETTINGS = GatewaySettings(
+    namespaces=("acme", "team/ops"),
+    users=(User("alice", "alice-password", push=("acme",)), User("bob", "bob-password", pull=("team/ops",))),
+    upstreams=(
+        Upstream("docker.io", "https://registry-1.docker.io", username="owncr", password=HUB_TOKEN),
+        Upstream("ghcr.io", "https://ghcr.io"),
+    ),
+    storage=S3,
+    http_secret=HTTP_SECRET,
+    private_replicas=3,
+    mirror_client_cidrs=("203.0.113.0/24",),
+    trusted_proxy_cidrs=("10.10.0.0/16",),
+    registry_host="cr.example.org",
+    mirror_host="mirror.cr.example.org",
+)
+
+
+def local(settings: GatewaySettings = SETTINGS, data_dir: str = "/srv/owncr") -> Bundle:
+    return render_local(
+        settings,
+        data_dir=data_dir,
+        registry_port=5000,
+        mirror_port=5001,
+        auth_port=5002,
+        private_ports=tuple(range(6000, 6000 + settings.private_replicas)),
+        cache_ports={u.host: 7000 + i for i, u in enumerate(settings.upstreams)},
+    )
+
+
+def configs(bundle: Bundle) -> dict[str, dict[str, Any]]:
+    return {k: yaml.safe_load(s.files[0].content) for k, s in bundle.services.items() if k != "nginx"}
+
+
+# ---- settings validation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"namespaces": ()}, "at least one private namespace"),
+        ({"namespaces": ("Acme",)}, "namespace 'Acme'"),
+        ({"namespaces": ("acme", "acme")}, "duplicates"),
+        ({"namespaces": ("ghcr.io",), "users": ()}, "at least one user"),
+        ({"namespaces": ("ghcr.io",), "users": (User("a1", "password1"),)}, "collide with upstream hosts"),
+        ({"users": (User("alice", "password1"), User("alice", "password2"))}, "duplicate names"),
+        ({"users": (User("eve", "password1", pull=("other",)),)}, "are not private namespaces"),
+        ({"upstreams": (Upstream("ghcr.io", "https://ghcr.io"),)}, "'docker.io'"),
+        ({"http_secret": "short"}, "http_secret"),
+        ({"private_replicas": 0}, "private_replicas"),
+        ({"mirror_client_cidrs": ("10.0.0.1/8",)}, "mirror_client_cidrs"),
+        ({"mirror_client_cidrs": ["10.0.0.0/8"]}, "tuple"),
+        ({"trusted_proxy_cidrs": ("nope",)}, "trusted_proxy_cidrs"),
+        ({"cache_ttl": "7 days"}, "cache_ttl"),
+        ({"mirror_host": "cr.example.org"}, "must differ"),
+        ({"registry_host": "CR.example.org"}, "registry_host"),
+        ({"login_burst": 0}, "login_burst"),
+    ],
+)
+def test_invalid_settings_are_rejected_with_the_field_named(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        replace(SETTINGS, **change)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: User("al:ice", "password1"), "user name"),
+        (lambda: User("alice", "short"), "at least 8"),
+        (lambda: User("alice", "x" * 73), "72 bytes"),
+        (lambda: Upstream("ghcr.io", "https://ghcr.io/path"), "without a path"),
+        (lambda: Upstream("ghcr.io", "https://ghcr.io", username="u"), "together"),
+        (lambda: FilesystemStorage("relative"), "absolute"),
+        (lambda: replace(S3, chunk_size=1024), "5 MiB"),
+        (lambda: replace(S3, endpoint="r2.example"), "no URL"),
+    ],
+)
+def test_invalid_parts_are_rejected(make: Any, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        make()
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    text = repr(SETTINGS)
+    for secret in (HUB_TOKEN, "alice-password", S3.secret_key, SETTINGS.http_secret):
+        assert secret not in text
+
+
+# ---- htpasswd ------------------------------------------------------------------------------------
+
+
+def test_htpasswd_is_deterministic_bcrypt_and_verifiable() -> None:
+    text = render_htpasswd(SETTINGS.users)
+    assert text == render_htpasswd(SETTINGS.users)  # no diff, no rolling restart on `pulumi up`
+    lines = dict(line.split(":", 1) for line in text.splitlines())
+    assert set(lines) == {"alice", "bob"}
+    assert lines["alice"].startswith("$2b$10$")
+    assert bcrypt.checkpw(b"alice-password", lines["alice"].encode())
+    assert not bcrypt.checkpw(b"bob-password", lines["alice"].encode())
+    # Another user or another password gets another salt.
+    assert hash_password("carol", "alice-password")[:29] != lines["alice"][:29]
+    assert hash_password("alice", "alice-password2")[:29] != lines["alice"][:29]
+
+
+# ---- local render --------------------------------------------------------------------------------
+
+
+def test_local_bundle_has_every_service_and_marks_secrets() -> None:
+    bundle = local()
+    assert list(bundle.services) == [
+        "nginx",
+        "private",
+        "private-2",
+        "private-3",
+        "cache-docker-io",
+        "cache-ghcr-io",
+    ]
+    for f in bundle.files():
+        assert f.path.startswith("/srv/owncr/")
+        secret_content = any(s in f.content for s in (HUB_TOKEN, S3.secret_key, SETTINGS.http_secret, "$2b$"))
+        assert f.secret or not secret_content, f.path
+    nginx_files = {Path(f.path).name: f for f in bundle.services["nginx"].files}
+    secret = {n for n, f in nginx_files.items() if f.secret}
+    assert (set(nginx_files), secret) == (
+        {"nginx.conf", "router.js", "routes.json", "htpasswd", "auth-salt.conf"},
+        {"htpasswd", "auth-salt.conf"},
+    )
+
+
+def test_storage_roots_are_separate_and_r2_shaped() -> None:
+    cfg = configs(local())
+    roots = {k: c["storage"]["s3"]["rootdirectory"] for k, c in cfg.items()}
+    assert roots == {
+        "private": "/private",
+        "private-2": "/private",
+        "private-3": "/private",
+        "cache-docker-io": "/cache/docker.io",
+        "cache-ghcr-io": "/cache/ghcr.io",
+    }
+    s3 = cfg["private"]["storage"]["s3"]
+    assert (s3["regionendpoint"], s3["region"], s3["forcepathstyle"], s3["chunksize"]) == (
+        S3.endpoint,
+        "auto",
+        True,
+        16 * 1024 * 1024,
+    )
+    for c in cfg.values():
+        assert c["storage"]["redirect"] == {"disable": True}
+        assert c["http"]["secret"] == SETTINGS.http_secret  # one secret shared by every private replica
+        assert c["http"]["relativeurls"] is True
+    fs = configs(local(replace(SETTINGS, storage=FilesystemStorage("/data"))))
+    assert fs["private"]["storage"]["filesystem"] == {"rootdirectory": "/data/private"}
+    assert fs["cache-ghcr-io"]["storage"]["filesystem"] == {"rootdirectory": "/data/cache/ghcr.io"}
+
+
+def test_upstream_credentials_only_in_their_cache_config() -> None:
+    bundle = local()
+    holders = [f.path for f in bundle.files() if HUB_TOKEN in f.content]
+    assert holders == ["/srv/owncr/secrets/cache-docker-io.yml"]
+    cfg = configs(bundle)
+    assert cfg["cache-docker-io"]["proxy"] == {
+        "remoteurl": "https://registry-1.docker.io",
+        "ttl": "168h",
+        "username": "owncr",
+        "password": HUB_TOKEN,
+    }
+    assert cfg["cache-ghcr-io"]["proxy"] == {"remoteurl": "https://ghcr.io", "ttl": "168h"}
+    assert "proxy" not in cfg["private"]
+
+
+def test_routes_json_carries_rights_and_upstreams() -> None:
+    nginx = {Path(f.path).name: f.content for f in local().services["nginx"].files}
+    routes = json.loads(nginx["routes.json"])
+    assert routes == {
+        "hub": "docker_io",
+        "namespaces": ["team/ops", "acme"],
+        "upstreams": {"ghcr.io": "ghcr_io"},
+        "users": {"alice": {"pull": ["acme"], "push": ["acme"]}, "bob": {"pull": ["team/ops"], "push": []}},
+    }
+    assert "alice-password" not in nginx["routes.json"]
+
+
+def test_local_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
+    bundle = local(replace(SETTINGS, trusted_proxy_cidrs=()), data_dir=str(tmp_path))
+    for f in bundle.files():
+        Path(f.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(f.path).write_text(f.content)
+    (tmp_path / "state").mkdir()
+    done = subprocess.run(
+        [*bundle.services["nginx"].command, "-t"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert "proxy_protocol" not in bundle.services["nginx"].files[0].content
+
+
+# ---- production render ---------------------------------------------------------------------------
+
+
+def test_production_bundle_uses_swarm_names_and_container_paths() -> None:
+    bundle = render_production(SETTINGS)
+    assert {k: (s.name, s.port) for k, s in bundle.services.items()} == {
+        "nginx": ("owncr-gateway", 8080),
+        "private": ("owncr-registry-private", 5000),
+        "cache-docker-io": ("owncr-registry-cache-docker-io", 5000),
+        "cache-ghcr-io": ("owncr-registry-cache-ghcr-io", 5000),
+    }
+    for f in bundle.files():
+        assert f.path.startswith((layout.CONFIG_DIR + "/", layout.SECRET_DIR + "/")), f.path
+        assert f.secret == f.path.startswith(layout.SECRET_DIR + "/")
+    conf = bundle.services["nginx"].files[0].content
+    assert conf.count("server owncr-registry-private:5000 max_fails=0;") == 3  # one per replica
+    assert "server owncr-registry-cache-ghcr-io:5000;" in conf
+    assert conf.count("listen 8080 proxy_protocol") == 3  # both doors and the default server
+    assert "server_name cr.example.org;" in conf and "server_name mirror.cr.example.org;" in conf
+    assert "set_real_ip_from 10.10.0.0/16;" in conf and "real_ip_header proxy_protocol;" in conf
+    assert "user nginx;" in conf and "X-Forwarded-Proto https" in conf
+    cfg = configs(bundle)
+    assert cfg["private"]["http"]["addr"] == ":5000"
+    assert bundle.services["private"].command == (
+        "registry",
+        "serve",
+        f"{layout.SECRET_DIR}/private.yml",
+    )
+
+
+def test_production_with_doors_on_two_ports_for_a_single_node() -> None:
+    bundle = render_production(replace(SETTINGS, trusted_proxy_cidrs=()), door_ports=(8080, 8081))
+    conf = bundle.services["nginx"].files[0].content
+    assert "listen 8080;" in conf and "listen 8081;" in conf
+    assert "proxy_protocol" not in conf and "default_server" not in conf
+    assert bundle.services["nginx"].port == 8080
+
+
+@pytest.mark.parametrize("ports", [(8080, 8080), (8080, layout.AUTH_PORT)])
+def test_production_door_ports_must_not_collide(ports: tuple[int, int]) -> None:
+    with pytest.raises(ValueError, match="must differ"):
+        render_production(SETTINGS, door_ports=ports)
+
+
+def test_production_needs_the_load_balancer_range() -> None:
+    with pytest.raises(ValueError, match="trusted_proxy_cidrs"):
+        render_production(replace(SETTINGS, trusted_proxy_cidrs=()))
+
+
+NGINX_T_IN_NAMESPACE = r"""
+set -eu
+# Only this mount namespace sees the changes: /etc through an overlay, /run and /var/cache as tmpfs.
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$W/etc-up,workdir=$W/etc-work" /etc
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/cache
+cat "$W/hosts" >> /etc/hosts
+grep -q '^nginx:' /etc/passwd || echo 'nginx:x:101:101:nginx:/nonexistent:/usr/sbin/nologin' >> /etc/passwd
+grep -q '^nginx:' /etc/group || echo 'nginx:x:101:' >> /etc/group
+# Only into the overlay and the tmpfs mounts: nothing on the host's own filesystems is written.
+cp -R "$W/root/etc/." /etc/
+cp -R "$W/root/run/." /run/
+mkdir -p /var/cache/nginx  # the official nginx image has it
+exec "$@"
+"""
+
+
+def nginx_t_in_namespace(
+    work: Path, command: list[str], hosts: list[str]
+) -> subprocess.CompletedProcess[str]:
+    (work / "hosts").write_text("".join(f"127.0.0.1 {h}\n" for h in hosts))
+    for d in ("etc-up", "etc-work"):
+        shutil.rmtree(work / d, ignore_errors=True)
+        (work / d).mkdir()
+    argv = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        NGINX_T_IN_NAMESPACE,
+        "sh",
+        *command,
+        "-t",
+    ]
+    return subprocess.run(
+        argv, env={**os.environ, "W": str(work)}, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
+@pytest.mark.parametrize("door_ports", [None, (8080, 8081)], ids=["load-balancer", "doors-by-port"])
+def test_production_render_passes_nginx_t_as_rendered(
+    tmp_path: Path, door_ports: tuple[int, int] | None
+) -> None:
+    """`nginx -t` on the exact production files at their container paths. What differs from a Swarm
+    node: the service names resolve to 127.0.0.1 (via /etc/hosts in the namespace), and the `nginx`
+    user and /var/cache/nginx are added as the official image has them."""
+    settings = SETTINGS if door_ports is None else replace(SETTINGS, trusted_proxy_cidrs=())
+    bundle = render_production(settings, door_ports=door_ports)
+    for f in bundle.files():
+        target = tmp_path / "root" / f.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f.content)
+    names = [s.name for k, s in bundle.services.items() if k != "nginx"]
+    command = ["/usr/sbin/nginx" if c == "nginx" else c for c in bundle.services["nginx"].command]
+    done = nginx_t_in_namespace(tmp_path, command, names)
+    assert done.returncode == 0, done.stderr
+    assert "test is successful" in done.stderr
+    # Without the host names the same files fail: the check above really resolved the upstreams.
+    failed = nginx_t_in_namespace(tmp_path, command, [])
+    assert failed.returncode != 0 and "host not found in upstream" in failed.stderr

@@ -1,0 +1,157 @@
+"""The production render, run: the exact files of `render_production` at their container paths, in a
+private network and mount namespace where the Swarm service names resolve to loopback addresses of
+their own (as each Swarm task has its own address). nginx runs the production command; each registry
+runs its production config with only its bind address overridden (REGISTRY_HTTP_ADDR), since the
+registries here share one network namespace. Proves the hostname doors, the default server, PROXY
+protocol and the production paths work together, not just `nginx -t`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+REGISTRY_HOST, MIRROR_HOST = "cr.example.org", "mirror.cr.example.org"
+CLIENT_INSIDE, CLIENT_OUTSIDE = "203.0.113.9", "198.51.100.7"
+
+NAMESPACE_SETUP = r"""
+set -eu
+ip link set lo up
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$W/etc-up,workdir=$W/etc-work" /etc
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/cache
+mkdir -p /var/cache/nginx  # the official nginx image has it
+grep -q '^nginx:' /etc/passwd || echo 'nginx:x:101:101:nginx:/nonexistent:/usr/sbin/nologin' >> /etc/passwd
+grep -q '^nginx:' /etc/group || echo 'nginx:x:101:' >> /etc/group
+exec "$@"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
+def test_production_render_serves_both_doors_behind_a_proxy_protocol_load_balancer(tmp_path: Path) -> None:
+    for d in ("etc-up", "etc-work"):
+        (tmp_path / d).mkdir()
+    argv = ["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", NAMESPACE_SETUP, "sh",
+            sys.executable, __file__, str(tmp_path)]  # fmt: skip
+    done = subprocess.run(argv, cwd=REPO, env={**os.environ, "W": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.strip().endswith("production run: all checks passed")
+
+
+def _inside_namespace(work: Path) -> None:
+    """Runs in the private namespaces (see the test); every process it starts is stopped at the end."""
+    sys.path[:0] = [str(REPO), str(REPO / "tests" / "gateway")]
+    from routing_fixtures import ACCEPT, HTTP_SECRET, Response, TinyImage, assert_oci_error, request
+
+    from gateway.bench import PlainRegistry
+    from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
+    from gateway.layout import GATEWAY_PORT
+    from gateway.render import render_production
+
+    upstream = PlainRegistry(work, "upstream").start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        hub_image = TinyImage.make("hub image")
+        hub_image.push(upstream.url, "library/alpine", "3")
+        settings = GatewaySettings(
+            namespaces=("acme",),
+            users=(User("alice", "alice-password", push=("acme",)),),
+            upstreams=(Upstream("docker.io", upstream.url),),
+            storage=FilesystemStorage("/var/cache/owncr-storage"),
+            http_secret=HTTP_SECRET,
+            mirror_client_cidrs=("203.0.113.0/24",),
+            trusted_proxy_cidrs=("127.0.0.1/32",),  # the "load balancer" is this process
+            registry_host=REGISTRY_HOST,
+            mirror_host=MIRROR_HOST,
+        )
+        bundle = render_production(settings)
+        for f in bundle.files():
+            Path(f.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(f.path).write_text(f.content)
+        registries = [s for k, s in bundle.services.items() if k != "nginx"]
+        addrs = {s.name: f"127.0.1.{i + 1}" for i, s in enumerate(registries)}
+        with open("/etc/hosts", "a") as hosts:
+            hosts.writelines(f"{addr} {name}\n" for name, addr in addrs.items())
+        for service in registries:
+            env = {**os.environ, "REGISTRY_HTTP_ADDR": f"{addrs[service.name]}:{service.port}"}
+            argv = ["docker-registry" if c == "registry" else c for c in service.command]
+            procs.append(_start(argv, work / f"{service.name}.log", env))
+        for service in registries:
+            _wait(
+                lambda s=service: request(f"http://{addrs[s.name]}:{s.port}/v2/").status == 200, service.name
+            )
+        procs.append(
+            _start(["/usr/sbin/nginx", *bundle.services["nginx"].command[1:]], work / "nginx.log", None)
+        )
+        _wait(lambda: _accepts(GATEWAY_PORT), "nginx")
+
+        base = f"http://127.0.0.1:{GATEWAY_PORT}"
+        alice = ("alice", "alice-password")
+        accept = {"Accept": ACCEPT}
+
+        def via(host: str, client: str, path: str, **kw: Any) -> Response:
+            """A request as the load balancer passes it on: PROXY header with the client, Host header."""
+            return request(base + path, host=host, proxy_from=client, **kw)
+
+        # The load balancer's health check by IP lands on the default server.
+        assert via("10.0.0.5", CLIENT_OUTSIDE, "/healthz").status == 200
+        assert_oci_error(via("10.0.0.5", CLIENT_OUTSIDE, "/v2/"), 404, "NOT_FOUND")
+        # Registry door by hostname: login required, push and pull of a private image, from anywhere.
+        assert_oci_error(via(REGISTRY_HOST, CLIENT_OUTSIDE, "/v2/"), 401, "UNAUTHORIZED")
+        app = TinyImage.make("private app")
+        app.push(base, "acme/app", "1", auth=alice, host=REGISTRY_HOST, proxy_from=CLIENT_OUTSIDE)
+        got = via(REGISTRY_HOST, CLIENT_OUTSIDE, "/v2/acme/app/manifests/1", auth=alice, headers=accept)
+        assert (got.status, got.headers["Docker-Content-Digest"]) == (200, app.digest)
+        # Mirror door by hostname: only for allowed real client addresses, never private names.
+        hub = via(MIRROR_HOST, CLIENT_INSIDE, "/v2/library/alpine/manifests/3", headers=accept)
+        assert (hub.status, hub.headers["Docker-Content-Digest"]) == (200, hub_image.digest)
+        assert_oci_error(via(MIRROR_HOST, CLIENT_INSIDE, "/v2/acme/app/manifests/1"), 404, "NAME_UNKNOWN")
+        assert_oci_error(via(MIRROR_HOST, CLIENT_OUTSIDE, "/v2/"), 403, "DENIED")
+        assert upstream.requests_for("acme") == []
+        print("production run: all checks passed")
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=20)
+        upstream.stop()
+
+
+def _start(argv: list[str], log: Path, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _wait(check: object, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if callable(check) and check():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    _inside_namespace(Path(sys.argv[1]))

@@ -1,0 +1,179 @@
+"""The local runner: `python -m gateway run` prints its ready line and stops every child on SIGTERM and
+SIGINT; missing binaries and failed starts give clear errors and leave no process behind; reads
+survive a dead private replica."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from routing_fixtures import HTTP_SECRET, TinyImage, request
+
+from gateway import runner
+from gateway.bench import PlainRegistry
+from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
+from gateway.ports import free_ports
+from gateway.runner import GatewayError, LocalGateway
+
+ALICE = ("alice", "alice-password")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(data: Path, reg_port: int, mir_port: int, *args: str) -> list[str]:
+    """`python -m gateway run` with the required arguments and `args` after them."""
+    return [sys.executable, "-m", "gateway", "run", "--data", str(data), "--registry-port", str(reg_port),
+            "--mirror-port", str(mir_port), *args]  # fmt: skip
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (every child's arguments name its data dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text in cmdline and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlainRegistry]:
+    registry = PlainRegistry(tmp_path_factory.mktemp("runner"), "upstream").start()
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+def settings_for(tmp_path: Path, upstream: PlainRegistry, replicas: int = 1) -> GatewaySettings:
+    return GatewaySettings(
+        namespaces=("acme",),
+        users=(User(ALICE[0], ALICE[1], push=("acme",)),),
+        upstreams=(Upstream("docker.io", upstream.url),),
+        storage=FilesystemStorage(str(tmp_path / "storage")),
+        http_secret=HTTP_SECRET,
+        private_replicas=replicas,
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_prints_ready_and_stops_everything(
+    tmp_path: Path, upstream: PlainRegistry, sig: signal.Signals
+) -> None:
+    data = tmp_path / "data"
+    reg_port, mir_port = free_ports(2)
+    users = ("--user", "alice:alice-password", "--user", "bob:bob-password")
+    argv = cli(data, reg_port, mir_port, "--upstream", upstream.url, "--upstream", f"ghcr.io={upstream.url}",
+               "--namespace", "acme", "--namespace", "team", *users, "--private-replicas", "2")  # fmt: skip
+    proc = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the runner's own startup timeout bounds this read
+        assert line == f"ready registry=http://127.0.0.1:{reg_port} mirror=http://127.0.0.1:{mir_port}\n"
+        # nginx, 2 private replicas, 2 caches, all children of this run.
+        assert len(processes_mentioning(str(data))) >= 5
+        assert request(f"http://127.0.0.1:{reg_port}/v2/", auth=("bob", "bob-password")).status == 200
+        assert request(f"http://127.0.0.1:{mir_port}/v2/").status == 200
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == 0
+        assert proc.stdout.read() == ""  # exactly one line on stdout
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert processes_mentioning(str(data)) == []
+
+
+def test_cli_rejects_invalid_settings(tmp_path: Path) -> None:
+    argv = cli(
+        tmp_path,
+        1,
+        2,
+        "--upstream",
+        "http://127.0.0.1:9",
+        "--namespace",
+        "Bad",
+        "--user",
+        "alice:alice-password",
+    )
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "namespace 'Bad'" in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("attr", "package"),
+    [
+        ("nginx_bin", "nginx-light"),
+        ("registry_bin", "docker-registry"),
+        ("NJS_MODULE", "libnginx-mod-http-js"),
+    ],
+)
+def test_missing_binaries_name_the_debian_package(
+    tmp_path: Path, upstream: PlainRegistry, monkeypatch: pytest.MonkeyPatch, attr: str, package: str
+) -> None:
+    kwargs = {}
+    if attr == "NJS_MODULE":
+        monkeypatch.setattr(runner, "NJS_MODULE", "/nonexistent/ngx_http_js_module.so")
+    else:
+        kwargs[attr] = f"/nonexistent/{attr}"
+    gateway = LocalGateway(
+        settings_for(tmp_path, upstream), data_dir=tmp_path / "data", registry_port=1, mirror_port=2, **kwargs
+    )
+    with pytest.raises(GatewayError, match=f"install the Debian package {package}"):
+        gateway.start()
+    assert gateway.processes == {}
+
+
+def test_failed_start_names_the_process_and_stops_the_others(tmp_path: Path, upstream: PlainRegistry) -> None:
+    reg_port, mir_port = free_ports(2)
+    data = tmp_path / "data"
+    with socket.create_server(("127.0.0.1", reg_port)):  # the registry door's port is taken
+        gateway = LocalGateway(
+            settings_for(tmp_path, upstream),
+            data_dir=data,
+            registry_port=reg_port,
+            mirror_port=mir_port,
+            startup_timeout=15,
+        )
+        with pytest.raises(GatewayError, match=r"(?s)nginx exited.*Address already in use"):
+            gateway.start()
+    assert processes_mentioning(str(data)) == []
+
+
+def test_reads_survive_a_dead_private_replica(tmp_path: Path, upstream: PlainRegistry) -> None:
+    reg_port, mir_port = free_ports(2)
+    image = TinyImage.make("replicated")
+    settings = settings_for(tmp_path, upstream, replicas=2)
+    with LocalGateway(
+        settings, data_dir=tmp_path / "data", registry_port=reg_port, mirror_port=mir_port
+    ) as gw:
+        image.push(gw.registry_url, "acme/app", "1", auth=ALICE)
+        victim = gw.processes["private-2"]
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=10)
+        started = time.monotonic()
+        statuses = [
+            request(
+                f"{gw.registry_url}/v2/acme/app/manifests/1",
+                auth=ALICE,
+                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+            ).status
+            for _ in range(10)
+        ]
+        assert statuses == [200] * 10
+        assert time.monotonic() - started < 10
+        assert gw.dead() == ["private-2"]
