@@ -1,0 +1,318 @@
+"""RegistryServices: the gateway's rendered files and services deployed onto a Docker Swarm.
+
+Creates, under one component (type `owncr:registry:RegistryServices`):
+- a `docker.Provider` for the swarm's manager (mutual TLS on 2376 in the cloud, the local socket for the
+  `local` stack); the project disables the default docker provider, so nothing else can reach a socket;
+- an encrypted overlay network `owncr-<stack>-net` on which each service answers to the DNS name the gateway
+  chose (`ServiceFiles.name`, as a network alias);
+- one `docker.ServiceConfig` per non-secret rendered file and one `docker.Secret` per secret file, named
+  `owncr-<stack>-<role>-<sha256[:12]>` (see `swarm_specs.object_name`);
+- one `docker.Service` per Bundle entry, built from `swarm_specs.service_specs` (the same plain specs
+  `tests/services/` applies to a real swarm);
+- for filesystem storage in a Docker volume (the `local` stack), that volume.
+
+Exposes `docker_login_command`, `service_names` (Bundle key -> Swarm service name) and `network_name`.
+
+The Bundle arrives twice (see `render_bundle`): `layout`, rendered from plain placeholder secrets, decides
+every resource and name that must be known at preview; `bundle`, rendered once inside `Output.all(...)`
+from the real secrets, supplies the file contents only.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_docker as docker
+import pulumi_random as random
+
+from components import physical_name, swarm_specs
+from components.gateway_wiring import HTTP_SECRET
+from components.swarm_specs import ServicePlan, ServiceSpec, SwarmFile, UpdateSpec
+from gateway.render import Bundle
+
+TYPE = "owncr:registry:RegistryServices"
+LOCAL_DOCKER_HOST = "unix:///var/run/docker.sock"
+# How long `pulumi up` waits for a service to converge (or roll back) before it reports a failure.
+CONVERGE_TIMEOUT = "5m"
+
+
+class LayoutMismatch(ValueError):
+    """The real render differs in shape from the placeholder render, or leaks a secret into a config."""
+
+
+def render_bundle(
+    build: Callable[[Mapping[str, str]], Bundle],
+    secrets: Mapping[str, pulumi.Input[str]],
+    values: Mapping[str, pulumi.Input[str]] | None = None,
+) -> tuple[Bundle, pulumi.Output[Bundle]]:
+    """Render the gateway twice: with placeholders (plain, known at preview) and with the real secrets.
+
+    `build` maps secret values by key (e.g. "http_secret", "password:alice", "s3_secret_key") to a Bundle;
+    it must be pure. The placeholder render decides the graph's shape; the real one, run in ONE
+    `Output.all(...).apply(...)`, only fills in contents. The real render is checked to have exactly the
+    placeholder's shape and to carry no secret value in a non-secret file (which would become a readable
+    Swarm config and a plain-text stack state entry).
+    """
+    plain = dict(values or {})
+    overlap = set(plain) & set(secrets)
+    if overlap:
+        raise ValueError(f"keys both secret and plain: {sorted(overlap)}")
+    placeholders = {k: f"placeholder-{k}-{'x' * 16}"[:72] for k in [*secrets, *plain]}
+    layout = build(placeholders)
+
+    def real(resolved: dict[str, str]) -> Bundle:
+        bundle = build(resolved)
+        if swarm_specs.shape(bundle) != swarm_specs.shape(layout):
+            raise LayoutMismatch(
+                "the gateway rendered a different set of services or files with the real secrets"
+            )
+        for key, svc in bundle.services.items():
+            for f in svc.files:
+                leaked = [
+                    k
+                    for k, v in resolved.items()
+                    if k in secrets and not f.secret and len(v) >= 8 and v in f.content
+                ]
+                if leaked:
+                    raise LayoutMismatch(f"{key}: non-secret file {f.path} contains the secret(s) {leaked}")
+        return bundle
+
+    return layout, pulumi.Output.all(**secrets, **plain).apply(real)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DockerEngine:
+    """How to reach the swarm manager's Engine API: mutual TLS (all three PEMs) or a local socket."""
+
+    host: pulumi.Input[str]
+    ca_pem: pulumi.Input[str] | None = None
+    cert_pem: pulumi.Input[str] | None = None
+    key_pem: pulumi.Input[str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        given = [x is not None for x in (self.ca_pem, self.cert_pem, self.key_pem)]
+        if any(given) and not all(given):
+            raise ValueError("DockerEngine: ca_pem, cert_pem and key_pem go together (mutual TLS)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistryServicesArgs:
+    plan: ServicePlan
+    # Pure: values by key -> the gateway's Bundle. Called with every key of `secrets` and `values`, plus
+    # HTTP_SECRET (generated here). See render_bundle.
+    build: Callable[[Mapping[str, str]], Bundle]
+    secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    values: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # plain Outputs, e.g. a CIDR
+    engine: DockerEngine
+    registry_door: str  # host[:port] clients log in to, e.g. "cr.example.com" or "127.0.0.1:5000"
+    # Resources the services need first (the swarm's bootstrap: the Engine API has no swarm before it).
+    depends_on: Sequence[pulumi.Resource] = ()
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _content(bundle: Bundle, f: SwarmFile) -> str:
+    return next(r.content for r in bundle.services[f.service].files if r.path == f.path)
+
+
+def _update_args(u: UpdateSpec) -> dict[str, object]:
+    return {
+        "parallelism": u["parallelism"],
+        "delay": u["delay"],
+        "order": u["order"],
+        "failure_action": u["failure_action"],
+        "monitor": u["monitor"],
+        "max_failure_ratio": u["max_failure_ratio"],
+    }
+
+
+class RegistryServices(pulumi.ComponentResource):
+    layout: Bundle  # the placeholder render: which services and files exist (contents are NOT the real ones)
+    docker_login_command: pulumi.Output[str]
+    service_names: dict[str, str]
+    network_name: str
+
+    def __init__(
+        self, name: str, args: RegistryServicesArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__(TYPE, name, None, opts)
+        plan = args.plan
+        engine = args.engine
+        self.provider = docker.Provider(
+            f"{name}-docker",
+            host=engine.host,
+            ca_material=engine.ca_pem,
+            cert_material=engine.cert_pem,
+            key_material=pulumi.Output.secret(engine.key_pem) if engine.key_pem is not None else None,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        child = pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=list(args.depends_on))
+
+        # One http.secret shared by every private replica (uploads hop replicas; distribution#2519).
+        http_secret = random.RandomPassword(
+            f"{name}-http-secret", length=48, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
+        layout, bundle = render_bundle(
+            args.build, {**args.secrets, HTTP_SECRET: pulumi.Output.secret(http_secret.result)}, args.values
+        )
+
+        self.layout = layout
+        self.network_name = physical_name(plan.stack, "net")
+        network = docker.Network(
+            f"{name}-net",
+            name=self.network_name,
+            driver="overlay",
+            # IPsec between nodes: registry traffic (layers, the S3 keys in flight) never crosses the VPC
+            # in the clear. https://docs.docker.com/engine/network/drivers/overlay/#encrypt-traffic-on-an-overlay-network
+            options={"encrypted": "true"},
+            attachable=False,
+            opts=child,
+        )
+        after: list[pulumi.Resource] = [network]
+        if plan.storage_mount is not None and plan.storage_mount.type == "volume":
+            after.append(docker.Volume(f"{name}-data", name=plan.storage_mount.source, opts=child))
+
+        objects: dict[str, tuple[pulumi.Output[str], pulumi.Output[str]]] = {}  # role -> (id, name)
+        for f in swarm_specs.swarm_files(layout):
+            objects[f.role] = self._file_object(name, plan.stack, f, bundle, child)
+
+        specs = swarm_specs.service_specs(layout, plan)
+        self.service_names = {s["key"]: s["name"] for s in specs}
+        for spec in specs:
+            self._service(
+                name,
+                spec,
+                network,
+                objects,
+                pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=after)),
+            )
+
+        self.docker_login_command = pulumi.Output.from_input(f"docker login {args.registry_door}")
+        self.register_outputs(
+            {
+                "docker_login_command": self.docker_login_command,
+                "service_names": self.service_names,
+                "network_name": self.network_name,
+            }
+        )
+
+    @staticmethod
+    def _file_object(
+        name: str, stack: str, f: SwarmFile, bundle: pulumi.Output[Bundle], opts: pulumi.ResourceOptions
+    ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        content = bundle.apply(lambda b: _content(b, f))
+        # The name carries a hash of the content; a hash of a secret file (random http.secret, S3 keys,
+        # bcrypt hashes) reveals nothing, and a readable name keeps `pulumi preview` diffs legible.
+        obj_name = pulumi.Output.unsecret(content.apply(lambda c: swarm_specs.object_name(stack, f.role, c)))
+        labels = {"owncr.stack": stack, "owncr.path": f.path}
+        if f.secret:
+            secret = docker.Secret(
+                f"{name}-{f.role}",
+                name=obj_name,
+                data=pulumi.Output.secret(content.apply(_b64)),
+                labels=[docker.SecretLabelArgs(label=k, value=v) for k, v in labels.items()],
+                opts=opts,
+            )
+            return secret.id, obj_name
+        # render_bundle proved this file carries no secret value; without unsecret, one user password
+        # in the same render would hide every nginx.conf diff behind [secret].
+        data = pulumi.Output.unsecret(content.apply(_b64))
+        labels_args = [docker.ServiceConfigLabelArgs(label=k, value=v) for k, v in labels.items()]
+        config = docker.ServiceConfig(
+            f"{name}-{f.role}", name=obj_name, data=data, labels=labels_args, opts=opts
+        )
+        return config.id, obj_name
+
+    @staticmethod
+    def _service(
+        name: str,
+        spec: ServiceSpec,
+        network: docker.Network,
+        objects: Mapping[str, tuple[pulumi.Output[str], pulumi.Output[str]]],
+        opts: pulumi.ResourceOptions,
+    ) -> docker.Service:
+        health = spec["healthcheck"]
+        container = docker.ServiceTaskSpecContainerSpecArgs(
+            image=spec["image"],
+            commands=spec["command"],
+            env=spec["env"] or None,
+            configs=[
+                docker.ServiceTaskSpecContainerSpecConfigArgs(
+                    config_id=objects[r["object"]][0],
+                    config_name=objects[r["object"]][1],
+                    file_name=r["target"],
+                    file_mode=r["mode"],
+                )
+                for r in spec["configs"]
+            ],
+            secrets=[
+                docker.ServiceTaskSpecContainerSpecSecretArgs(
+                    secret_id=objects[r["object"]][0],
+                    secret_name=objects[r["object"]][1],
+                    file_name=r["target"],
+                    file_mode=r["mode"],
+                )
+                for r in spec["secrets"]
+            ],
+            mounts=[
+                docker.ServiceTaskSpecContainerSpecMountArgs(
+                    type=m["type"], source=m["source"] or None, target=m["target"]
+                )
+                for m in spec["mounts"]
+            ],
+            healthcheck=docker.ServiceTaskSpecContainerSpecHealthcheckArgs(
+                tests=health["test"],
+                interval=health["interval"],
+                timeout=health["timeout"],
+                retries=health["retries"],
+                start_period=health["start_period"],
+            ),
+        )
+        task = docker.ServiceTaskSpecArgs(
+            container_spec=container,
+            networks_advanceds=[
+                docker.ServiceTaskSpecNetworksAdvancedArgs(id=network.id, aliases=[spec["alias"]])
+            ],
+            resources=docker.ServiceTaskSpecResourcesArgs(
+                limits=docker.ServiceTaskSpecResourcesLimitsArgs(
+                    memory_bytes=spec["limits"]["memory_bytes"], nano_cpus=spec["limits"]["nano_cpus"]
+                ),
+                reservation=docker.ServiceTaskSpecResourcesReservationArgs(
+                    memory_bytes=spec["reservations"]["memory_bytes"],
+                    nano_cpus=spec["reservations"]["nano_cpus"],
+                ),
+            ),
+            placement=docker.ServiceTaskSpecPlacementArgs(
+                prefs=spec["placement_prefs"] or None, max_replicas=spec["max_replicas_per_node"] or None
+            ),
+            restart_policy=docker.ServiceTaskSpecRestartPolicyArgs(**spec["restart"]),  # type: ignore[arg-type]
+            log_driver=docker.ServiceTaskSpecLogDriverArgs(
+                name=spec["log_driver"], options=spec["log_options"]
+            ),
+        )
+        mode = docker.ServiceModeArgs(replicated=docker.ServiceModeReplicatedArgs(replicas=spec["replicas"]))
+        return docker.Service(
+            f"{name}-{spec['key']}",
+            name=spec["name"],
+            task_spec=task,
+            mode=mode,
+            endpoint_spec=docker.ServiceEndpointSpecArgs(
+                ports=[
+                    docker.ServiceEndpointSpecPortArgs(
+                        target_port=p["target"], published_port=p["published"], publish_mode=p["mode"]
+                    )
+                    for p in spec["ports"]
+                ]
+            ),
+            update_config=docker.ServiceUpdateConfigArgs(**_update_args(spec["update"])),  # type: ignore[arg-type]
+            rollback_config=docker.ServiceRollbackConfigArgs(**_update_args(spec["rollback"])),  # type: ignore[arg-type]
+            # Makes `pulumi up` wait until the tasks run (or Swarm rolled back) instead of returning at once.
+            converge_config=docker.ServiceConvergeConfigArgs(delay="7s", timeout=CONVERGE_TIMEOUT),
+            labels=[docker.ServiceLabelArgs(label="owncr.role", value=spec["key"])],
+            opts=opts,
+        )

@@ -1,0 +1,141 @@
+"""Stand-in images for the deployed nginx and Distribution images, built from this machine's Debian binaries.
+
+There is no registry to pull `nginx@sha256:...` or `registry@sha256:...` from here, and `docker build` needs
+a base image. So each stand-in is a root filesystem written as a tar from Python (the binaries, every shared
+library `ldd` names, the users and directories the binaries expect) and loaded with `docker import`.
+
+The layout mimics the official images where the rendered files depend on it:
+- nginx: `/usr/sbin/nginx`, the njs module in `/usr/lib/nginx/modules` (reachable as `modules/...` from
+  both the official prefix `/etc/nginx` and Debian's `/usr/share/nginx`), the `nginx` user, and `curl`,
+  which the official image ships and the health check uses;
+- both: `cat`, so the test can read a mounted file back (both official images have one).
+- registry: the binary at `/bin/registry` (the official image's entrypoint) and `wget`, which the official
+  (Alpine/busybox) image ships and the health check uses.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# The image's /etc/passwd (no password in it).
+USERS = (
+    "root:x:0:0:root:/root:/bin/false\n"
+    "www-data:x:33:33:www-data:/var/www:/bin/false\n"
+    "nginx:x:101:101:nginx:/nonexistent:/bin/false\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+)
+GROUP = "root:x:0:\nwww-data:x:33:\nnginx:x:101:\nnogroup:x:65534:\n"
+# glibc reads hosts from files, then DNS (Docker's embedded resolver answers service names).
+NSSWITCH = "hosts: files dns\n"
+TMP = "/tmp"  # noqa: S108 (the image's own /tmp, not this machine's)
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    """What goes into a stand-in image: host files copied as-is (with their libraries), and extras."""
+
+    binaries: dict[str, str]  # path in the image -> path on this machine
+    files: dict[str, str]  # path in the image -> host file copied verbatim (no ldd)
+    symlinks: dict[str, str]  # path in the image -> link target
+    directories: tuple[str, ...]
+
+
+NGINX = Rootfs(
+    binaries={
+        "/usr/sbin/nginx": "/usr/sbin/nginx",
+        "/usr/lib/nginx/modules/ngx_http_js_module.so": "/usr/lib/nginx/modules/ngx_http_js_module.so",
+        "/usr/bin/curl": "/usr/bin/curl",
+        "/bin/cat": "/bin/cat",
+    },
+    files={"/etc/nginx/mime.types": "/etc/nginx/mime.types"},
+    symlinks={
+        "/etc/nginx/modules": "/usr/lib/nginx/modules",
+        "/usr/share/nginx/modules": "/usr/lib/nginx/modules",
+    },
+    directories=("/var/log/nginx", "/var/lib/nginx", "/var/cache/nginx", "/run", TMP, "/etc/nginx/conf.d"),
+)
+
+REGISTRY = Rootfs(
+    binaries={
+        "/bin/registry": "/usr/bin/docker-registry",
+        "/usr/bin/wget": "/usr/bin/wget",
+        "/bin/cat": "/bin/cat",
+    },
+    files={},
+    symlinks={},
+    directories=("/var/lib/registry", "/etc/distribution", "/etc/docker/registry", TMP),
+)
+
+
+def shared_libraries(binary: str) -> list[str]:
+    """Absolute paths of every library (and the dynamic loader) `ldd` resolves for a binary."""
+    out = subprocess.run(["ldd", binary], check=True, capture_output=True, text=True).stdout
+    libs = []
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts and len(parts) >= 3 and parts[2].startswith("/"):
+            libs.append(parts[2])
+        elif parts and parts[0].startswith("/"):
+            libs.append(parts[0])
+    return libs
+
+
+def _add_bytes(tar: tarfile.TarFile, path: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(path.lstrip("/"))
+    info.size = len(data)
+    info.mode = mode
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, path: str, mode: int = 0o755) -> None:
+    info = tarfile.TarInfo(path.lstrip("/"))
+    info.type = tarfile.DIRTYPE
+    info.mode = mode
+    tar.addfile(info)
+
+
+def _parents(paths: Iterable[str]) -> list[str]:
+    dirs: set[str] = set()
+    for p in paths:
+        d = os.path.dirname(p)
+        while d not in ("/", ""):
+            dirs.add(d)
+            d = os.path.dirname(d)
+    return sorted(dirs)
+
+
+def rootfs_tar(spec: Rootfs) -> bytes:
+    """The stand-in's root filesystem as an uncompressed tar."""
+    copies = dict(spec.files)
+    for target, source in spec.binaries.items():
+        copies[target] = source
+        for lib in shared_libraries(source):
+            copies.setdefault(lib, lib)
+    copies_paths = list(copies) + list(spec.symlinks)
+    extra = {"/etc/passwd": USERS, "/etc/group": GROUP, "/etc/nsswitch.conf": NSSWITCH}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in sorted(set(_parents([*copies_paths, *extra])) | set(spec.directories)):
+            _add_dir(tar, d, 0o1777 if d == TMP else 0o755)
+        for target, source in sorted(copies.items()):
+            with open(source, "rb") as f:
+                _add_bytes(tar, target, f.read(), 0o755)
+        for target, text in extra.items():
+            _add_bytes(tar, target, text.encode(), 0o644)
+        for link, dest in spec.symlinks.items():
+            info = tarfile.TarInfo(link.lstrip("/"))
+            info.type = tarfile.SYMTYPE
+            info.linkname = dest
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def docker_import(docker: list[str], spec: Rootfs, ref: str) -> str:
+    """Load the stand-in into the engine that `docker` (an argv prefix) talks to; returns `ref`."""
+    subprocess.run([*docker, "import", "-", ref], input=rootfs_tar(spec), check=True, capture_output=True)
+    return ref
