@@ -11,7 +11,6 @@ by hostname. Local (one node, no load balancer): the doors on two container port
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from collections.abc import Callable, Mapping
 
@@ -169,12 +168,7 @@ def local_build(registry: Registry) -> Build:
             registry_host=LOCAL_REGISTRY_HOST,
             mirror_host=LOCAL_MIRROR_HOST,
         )
-        lay = dataclasses.replace(
-            gateway_layout.production_layout(settings),
-            registry_listen=str(LOCAL_REGISTRY_DOOR),
-            mirror_listen=str(LOCAL_MIRROR_DOOR),
-        )
-        return gateway_render._render(settings, lay, registry_bin="registry", nginx_bin="nginx")  # noqa: SLF001
+        return gateway_render.render_production(settings, door_ports=(LOCAL_REGISTRY_DOOR, LOCAL_MIRROR_DOOR))
 
     return build
 

@@ -3,8 +3,8 @@
 Creates, under one component (type `owncr:registry:RegistryServices`):
 - a `docker.Provider` for the swarm's manager (mutual TLS on 2376 in the cloud, the local socket for the
   `local` stack); the project disables the default docker provider, so nothing else can reach a socket;
-- an encrypted overlay network `owncr-<stack>-net` on which each service answers to the DNS name the gateway
-  chose (`ServiceFiles.name`, as a network alias);
+- an overlay network `owncr-<stack>-net` (unencrypted: see the comment at its creation) on which each
+  service answers to the DNS name the gateway chose (`ServiceFiles.name`, as a network alias);
 - one `docker.ServiceConfig` per non-secret rendered file and one `docker.Secret` per secret file, named
   `owncr-<stack>-<role>-<sha256[:12]>` (see `swarm_specs.object_name`);
 - one `docker.Service` per Bundle entry, built from `swarm_specs.service_specs` (the same plain specs
@@ -167,9 +167,12 @@ class RegistryServices(pulumi.ComponentResource):
             f"{name}-net",
             name=self.network_name,
             driver="overlay",
-            # IPsec between nodes: registry traffic (layers, the S3 keys in flight) never crosses the VPC
-            # in the clear. https://docs.docker.com/engine/network/drivers/overlay/#encrypt-traffic-on-an-overlay-network
-            options={"encrypted": "true"},
+            # Not `encrypted`: that option tunnels node-to-node traffic in IPsec ESP (IP protocol 50), and
+            # DigitalOcean cloud firewalls filter VPC traffic too but pass only TCP, UDP and ICMP, so an
+            # encrypted overlay would silently cut services off across nodes. The overlay stays inside the
+            # account's private VPC; credentials travel as Swarm secrets (Raft, mutual TLS), not on it.
+            # https://docs.docker.com/engine/network/drivers/overlay/#encrypt-traffic-on-an-overlay-network
+            # https://docs.digitalocean.com/products/networking/firewalls/details/limits/
             attachable=False,
             opts=child,
         )

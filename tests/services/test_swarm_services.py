@@ -174,7 +174,7 @@ def deploy(swarm: Swarm, stack: str, bundle: Bundle, plan: swarm_specs.ServicePl
     assert all(swarm_specs.is_pinned(s["image"]) for s in specs)
     network = engine.post(
         "/networks/create",
-        {"Name": f"owncr-{stack}-net", "Driver": "overlay", "Options": {"encrypted": "true"}},
+        {"Name": f"owncr-{stack}-net", "Driver": "overlay"},
     )["Id"]
     dep = Deployment(
         stack, network, swarm_apply.create_objects(engine, stack, bundle), {}, swarm_engine.free_port()
