@@ -82,6 +82,52 @@ function toCache(r, cfg, p) {
     return go(r, 'cache_' + id + (p.tag ? '_tag' : ''), '/v2/' + name + '/' + p.rest);
 }
 
+// The repositories a cross-repository blob mount (`POST .../blobs/uploads/?mount=<digest>&from=<repo>`)
+// would copy from, decoded the way Distribution's Go url.Query() decodes them ('+' and %XX, in keys too).
+// Mounting links the blob into the target repository, where the pusher can then read it: so `from`
+// needs a pull right like any read (Distribution's own token auth asks for pull scope on it as well).
+// null when the query cannot be decoded.
+function mountSources(r) {
+    var sources = [];
+    var args = r.variables.args;
+    if (!args) {
+        return sources;
+    }
+    var pairs = args.split(/[&;]/);
+    for (var i = 0; i < pairs.length; i++) {
+        var eq = pairs[i].indexOf('=');
+        var key = eq < 0 ? pairs[i] : pairs[i].slice(0, eq);
+        var value = eq < 0 ? '' : pairs[i].slice(eq + 1);
+        try {
+            key = decodeURIComponent(key.replace(/\+/g, ' '));
+            value = decodeURIComponent(value.replace(/\+/g, ' '));
+        } catch (e) {
+            return null;
+        }
+        if (key === 'from') {
+            sources.push(value);
+        }
+    }
+    return sources;
+}
+
+function deniedMount(r, cfg, user, rights) {
+    // A mount from a repository this user may not pull is refused; one from a non-private name is
+    // harmless (the private registry holds no such repository, so Distribution starts a plain upload).
+    var sources = mountSources(r);
+    if (sources === null) {
+        return fail(r, 400, 'UNSUPPORTED', 'query string cannot be decoded');
+    }
+    for (var i = 0; i < sources.length; i++) {
+        var from = privateNamespace(cfg, sources[i]);
+        if (from !== null && rights.pull.indexOf(from) < 0) {
+            return fail(r, 403, 'DENIED', user + ' may not mount blobs from ' + sources[i],
+                {from: sources[i], pull: rights.pull});
+        }
+    }
+    return null;
+}
+
 function deniedWrite(r, user, rights, name) {
     var where = rights.push.length ? rights.push.join(', ') : 'no namespace';
     return fail(r, 403, 'DENIED', 'push to ' + name + ' is denied; ' + user + ' may push to: ' + where,
@@ -113,6 +159,10 @@ function registryTarget(r) {
         }
         if (!read && rights.push.indexOf(ns) < 0) {
             return deniedWrite(r, user, rights, p.name);
+        }
+        var mount = p.upload && !read ? deniedMount(r, cfg, user, rights) : null;
+        if (mount !== null) {
+            return mount;
         }
         return go(r, read ? 'private_read' : 'private_write', uri);
     }
