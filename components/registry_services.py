@@ -36,7 +36,7 @@ from gateway.render import Bundle
 TYPE = "owncr:registry:RegistryServices"
 LOCAL_DOCKER_HOST = "unix:///var/run/docker.sock"
 # How long `pulumi up` waits for a service to converge (or roll back) before it reports a failure.
-CONVERGE_TIMEOUT = "5m"
+CONVERGE_TIMEOUT = "15m"  # a rolling update waits up to NGINX_STOP_GRACE per node for transfers
 
 
 class LayoutMismatch(ValueError):
@@ -149,7 +149,11 @@ class RegistryServices(pulumi.ComponentResource):
             ca_material=engine.ca_pem,
             cert_material=engine.cert_pem,
             key_material=pulumi.Output.secret(engine.key_pem) if engine.key_pem is not None else None,
-            opts=pulumi.ResourceOptions(parent=self),
+            # The provider pings the engine when it is configured, which the engine does as soon as
+            # its inputs are known: seconds into a first `up`, long before cloud-init has installed
+            # Docker. No ping, and configured only once the swarm bootstrap has run.
+            disable_docker_daemon_check=True,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
         )
         child = pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=list(args.depends_on))
 
@@ -186,7 +190,7 @@ class RegistryServices(pulumi.ComponentResource):
 
         specs = swarm_specs.service_specs(layout, plan)
         self.service_names = {s["key"]: s["name"] for s in specs}
-        for spec in specs:
+        registries = [
             self._service(
                 name,
                 spec,
@@ -194,6 +198,22 @@ class RegistryServices(pulumi.ComponentResource):
                 objects,
                 pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=after)),
             )
+            for spec in specs
+            if spec["key"] != swarm_specs.NGINX_KEY
+        ]
+        # nginx resolves the registries' service names once, at start: it must come after them, or its
+        # tasks crash-loop on a first deploy and an update adding an upstream rolls back.
+        for spec in specs:
+            if spec["key"] == swarm_specs.NGINX_KEY:
+                self._service(
+                    name,
+                    spec,
+                    network,
+                    objects,
+                    pulumi.ResourceOptions.merge(
+                        child, pulumi.ResourceOptions(depends_on=after + registries)
+                    ),
+                )
 
         self.docker_login_command = pulumi.Output.from_input(f"docker login {args.registry_door}")
         self.register_outputs(
@@ -268,6 +288,7 @@ class RegistryServices(pulumi.ComponentResource):
                 )
                 for m in spec["mounts"]
             ],
+            stop_grace_period=spec["stop_grace_period"],
             healthcheck=docker.ServiceTaskSpecContainerSpecHealthcheckArgs(
                 tests=health["test"],
                 interval=health["interval"],

@@ -39,6 +39,9 @@ NS = 1_000_000_000  # Engine API durations are nanoseconds
 NGINX_LIMITS: ResourcesSpec = {"memory_bytes": 256 << 20, "nano_cpus": 1 * NS}
 REGISTRY_LIMITS: ResourcesSpec = {"memory_bytes": 1 << 30, "nano_cpus": 1 * NS}
 RESERVATION: ResourcesSpec = {"memory_bytes": 64 << 20, "nano_cpus": NS // 10}
+# How long a stopping task may finish its transfers before SIGKILL (see service_specs).
+NGINX_STOP_GRACE = "120s"
+REGISTRY_STOP_GRACE = "45s"  # the registries' http.draintimeout (30s) plus their shutdown
 
 
 class FileRef(TypedDict):
@@ -96,6 +99,7 @@ class ServiceSpec(TypedDict):
     secrets: list[FileRef]
     mounts: list[MountSpec]
     healthcheck: HealthSpec
+    stop_grace_period: str
     limits: ResourcesSpec
     reservations: ResourcesSpec
     placement_prefs: list[str]
@@ -322,6 +326,10 @@ def service_specs(bundle: Bundle, plan: ServicePlan) -> list[ServiceSpec]:
             ],
             "mounts": _mounts(plan, is_nginx),
             "healthcheck": _nginx_health(plan, sf.port) if is_nginx else _registry_health(sf.port),
+            # Swarm's default 10 s would SIGKILL multi-GB pushes and pulls on every rolling update: nginx
+            # finishes its transfers on SIGQUIT (the official image's STOPSIGNAL); a registry drains for
+            # `draintimeout` (gateway/registry_config.py) before it exits.
+            "stop_grace_period": NGINX_STOP_GRACE if is_nginx else REGISTRY_STOP_GRACE,
             "limits": NGINX_LIMITS if is_nginx else REGISTRY_LIMITS,
             "reservations": RESERVATION,
             # Spread replicas over the managers so one droplet loss leaves the others serving.

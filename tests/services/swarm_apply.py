@@ -95,6 +95,7 @@ def engine_service_spec(
             {"Type": m["type"], "Target": m["target"], **({"Source": m["source"]} if m["source"] else {})}
             for m in spec["mounts"]
         ],
+        "StopGracePeriod": duration_ns(spec["stop_grace_period"]),
         "Healthcheck": {
             "Test": health["test"],
             "Interval": duration_ns(health["interval"]),

@@ -267,6 +267,8 @@ def test_docker_hub_token_reaches_only_the_docker_hub_cache_as_a_secret(deployed
 
 def test_provider_is_explicit_and_strongly_authenticated(stack):
     (provider,) = stack.of_type(PROVIDER)
+    # No ping at configure time: on a first `up` the engine does not exist yet when the inputs are known.
+    assert provider.inputs["disableDockerDaemonCheck"] == "true"  # provider config travels as strings
     for r in stack.resources:
         if r.typ.startswith("docker:"):
             assert (r.provider or "").endswith(f"${PROVIDER}::registry-docker::registry-docker-id"), r.name
@@ -344,6 +346,9 @@ def test_modes_and_rolling_updates(stack):
         assert task["resources"]["limits"]["memoryBytes"] > 0
         assert task["logDriver"] == {"name": "json-file", "options": {"max-size": "10m", "max-file": "5"}}
         assert task["containerSpec"]["healthcheck"]["tests"][0] == "CMD"
+        # Longer than Swarm's 10 s default, so rolling updates let multi-GB transfers finish.
+        grace = "120s" if service.name == "registry-nginx" else "45s"
+        assert task["containerSpec"]["stopGracePeriod"] == grace, service.name
 
 
 def test_every_image_is_pinned_by_digest(stack):
