@@ -67,7 +67,10 @@ def _base(settings: GatewaySettings, addr: str, root: str) -> dict[str, Any]:
             "headers": {"X-Content-Type-Options": ["nosniff"]},
             "draintimeout": "30s",
         },
-        "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
+        # No storage health check: Distribution wraps its liveness answer `/` in it (registry.go:
+        # `health.Handler(alive("/", ...))`), so a storage hiccup would turn `/` into 503 and Swarm's
+        # health checks would kill every registry at once, in-flight transfers included.
+        "health": {"storagedriver": {"enabled": False}},
     }
 
 
