@@ -87,8 +87,11 @@ class R2Storage(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # Cloudflare honours `location` only at creation; a later change could not move the data.
-                # (No `protect`: R2 refuses to delete a bucket that still holds objects.)
                 ignore_changes=["location"],
+                # The images live here. A replacement (e.g. a changed `r2Jurisdiction`) would switch the
+                # registries to a new, empty bucket; `pulumi destroy` must not take it either. Unprotect
+                # deliberately: `pulumi state unprotect`.
+                protect=True,
             ),
         )
         groups = cloudflare.get_api_token_permission_groups_list_output(
