@@ -79,6 +79,7 @@ if cloud is not None:
             vpc_cidr=cloud.vpc_cidr,
             tags=network.node_tags,
             ssh_public_key=cloud.ssh_public_key,
+            roll_nodes=cloud.roll_nodes,
             docker_version=cloud.docker_version,
             monitoring=True,
             nfs=nfs_mount,

@@ -157,6 +157,7 @@ class Cloud:
     storage: R2 | Nfs
     cloudflare_zone_id: str
     ssh_public_key: str | None  # None: SwarmCluster generates a key pair
+    roll_nodes: tuple[int, ...]
     docker_version: str
     monitoring_alerts: bool
     alert_emails: tuple[str, ...]
@@ -252,6 +253,12 @@ class _Raw:
         value = self._json(key, "")
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(key, value, "a list of strings")
+        return tuple(value)
+
+    def integers(self, key: str) -> tuple[int, ...]:
+        value = self._json(key, "")
+        if not isinstance(value, list) or not all(type(v) is int for v in value):
+            raise ConfigError(key, value, "a list of integers")
         return tuple(value)
 
     def mapping(self, key: str, *, secret: bool = False) -> dict[str, Any]:
@@ -581,16 +588,24 @@ def _cloud(raw: _Raw) -> Cloud:
             raise ConfigError("alertEmails", email, "e-mail addresses")
     if monitoring_alerts and not emails:
         raise ConfigError("alertEmails", [], "at least one address when monitoringAlerts is true")
+    node_count = _one_of(
+        "nodeCount",
+        raw.integer("nodeCount"),
+        NODE_COUNTS,
+        " (a Raft majority must survive: 3 tolerates one lost manager, 5 two; 1 is for throwaway stacks)",
+    )
+    roll_nodes = raw.integers("rollNodes")
+    for index in roll_nodes:
+        if not 0 <= index < node_count:
+            raise ConfigError("rollNodes", str(index), f"manager indexes from 0 to {node_count - 1}")
+    if len(roll_nodes) > 1 and node_count > 1:
+        # Replacing two managers of three at once loses the Raft majority (and every service with it).
+        raise ConfigError("rollNodes", list(roll_nodes), "one manager at a time (e.g. [0], then [1])")
     return Cloud(
         region=_one_of("region", raw.string("region"), REGIONS, " (regions that accept new droplets)"),
         domain=domain,
         mirror_domain=mirror_domain,
-        node_count=_one_of(
-            "nodeCount",
-            raw.integer("nodeCount"),
-            NODE_COUNTS,
-            " (a Raft majority must survive: 3 tolerates one lost manager, 5 two; 1 is for throwaway stacks)",
-        ),
+        node_count=node_count,
         node_size=node_size,
         node_image=node_image,
         vpc_cidr=_vpc_cidr(raw.string("vpcCidr")),
@@ -599,6 +614,7 @@ def _cloud(raw: _Raw) -> Cloud:
         storage=_storage(raw),
         cloudflare_zone_id=zone_id,
         ssh_public_key=ssh_key or None,
+        roll_nodes=roll_nodes,
         docker_version=docker_version,
         monitoring_alerts=monitoring_alerts,
         alert_emails=emails,

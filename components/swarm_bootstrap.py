@@ -55,6 +55,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+if sys.version_info < (3, 10):  # noqa: UP036 (the deployer's python3 may be older than the project's)
+    sys.exit(f"swarm-bootstrap: needs python3 >= 3.10 on the deployer, found {sys.version.split()[0]}")
+
 SWARM_PORT = 2377
 # The API version this module was tested with (Debian's dockerd 20.10 speaks 1.41). Engines whose
 # minimum is higher (newer releases raise it) are spoken to at their minimum, see negotiate_version;

@@ -68,6 +68,7 @@ class SwarmClusterArgs:
     vpc_cidr: str
     tags: tuple[str, ...]  # DO tag NAMES the droplets carry (the firewall and LB select by them)
     ssh_public_key: str | None  # None -> generate an ED25519 key with pulumi-tls
+    roll_nodes: tuple[int, ...] = ()  # managers that take changed user data / key / image (replaced)
     docker_version: str  # pinned apt version string of docker-ce
     monitoring: bool = True
     nfs: NfsMount | None = None
@@ -152,8 +153,10 @@ class SwarmCluster(pulumi.ComponentResource):
                     # otherwise still be a healthy manager when the bootstrap runs (a 4-member Raft).
                     delete_before_replace=True,
                     # These force replacement: a change must not replace every manager at once (that
-                    # loses the Raft quorum and every service); roll nodes with `pulumi up --replace`.
-                    ignore_changes=["user_data", "ssh_keys", "image"],
+                    # loses the Raft quorum and every service). Only the managers in `roll_nodes` (one
+                    # at a time, settings.py) take it; ignore_changes would also make a `--replace`
+                    # rebuild the droplet from the OLD values kept in the state.
+                    ignore_changes=[] if index in args.roll_nodes else ["user_data", "ssh_keys", "image"],
                 ),
             )
             assignments.append(

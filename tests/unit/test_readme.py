@@ -26,7 +26,9 @@ def section(name: str) -> str:
 
 
 def _type(decl: dict[str, Any]) -> str:
-    kind = {"array": "list of strings", None: "object"}.get(decl.get("type"), decl.get("type"))
+    if decl.get("type") == "array":
+        return f"list of {decl['items']['type']}s"
+    kind = {None: "object"}.get(decl.get("type"), decl.get("type"))
     if decl.get("type") is None and isinstance(decl.get("default"), str):
         kind = "string"
     return f"{kind}, secret" if decl.get("secret") else str(kind)

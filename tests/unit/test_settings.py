@@ -110,6 +110,15 @@ REJECTED: list[tuple[str, dict[str, object], str, str, str]] = [
         "allowWorldAdminAccess",
     ),
     ("no admin CIDR", {"adminCidrs": []}, "adminCidrs", "[]", "at least one CIDR"),
+    ("roll a node that does not exist", {"rollNodes": [1]}, "rollNodes", "1", "from 0 to 0"),
+    (
+        "roll two managers at once",
+        {"nodeCount": 3, "rollNodes": [0, 1]},
+        "rollNodes",
+        "[0, 1]",
+        "one manager at a time",
+    ),
+    ("roll nodes not integers", {"rollNodes": ["0"]}, "rollNodes", "0", "a list of integers"),
     ("no mirror clients", {"mirrorClientCidrs": []}, "mirrorClientCidrs", "[]", "at least one CIDR"),
     ("public VPC range", {"vpcCidr": "8.8.8.0/24"}, "vpcCidr", "8.8.8.0/24", "RFC 1918"),
     ("VPC too big", {"vpcCidr": "10.0.0.0/8"}, "vpcCidr", "10.0.0.0/8", "/16 and /24"),
@@ -339,7 +348,8 @@ def test_schema_declares_every_key_with_a_description_and_a_cli_type():
         assert decl.get("description"), key
         assert decl.get("type") in (None, "string", "integer", "boolean", "array"), key  # project.json enum
         if decl.get("type") == "array":
-            assert decl["items"] == {"type": "string"}, key
+            # project.json: array items are typed too (string, integer, boolean, array).
+            assert decl["items"] in ({"type": "string"}, {"type": "integer"}), key
         if "default" in decl and "type" in decl:
             expected = {"string": str, "integer": int, "boolean": bool, "array": list}[decl["type"]]
             assert type(decl["default"]) is expected, key

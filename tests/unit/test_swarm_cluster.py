@@ -212,3 +212,22 @@ async def test_nfs_mount_reaches_the_user_data(mocks):
 def test_bad_args_are_rejected_with_the_value(overrides, message):
     with pytest.raises(ValueError, match=message):
         make_args(**overrides)
+
+
+@pytest.mark.parametrize("roll", [(), (1,)])
+@pulumi.runtime.test
+async def test_only_rolled_managers_take_changed_user_data_key_and_image(mocks, roll):
+    # ignore_changes also applies to `pulumi up --replace` (the old values in the state are used), so
+    # rolling a manager is done by leaving it out of ignore_changes, one at a time (settings.py).
+    ignored: dict[str, list[str]] = {}
+
+    def record(args: pulumi.ResourceTransformationArgs) -> None:
+        if args.type_ == DROPLET:
+            ignored[args.name] = list(args.opts.ignore_changes or [])
+
+    opts = pulumi.ResourceOptions(transformations=[record])
+    await settled(SwarmCluster("swarm", make_args(roll_nodes=roll), opts=opts))
+    expected = {
+        f"swarm-manager-{i}": [] if i in roll else ["user_data", "ssh_keys", "image"] for i in range(3)
+    }
+    assert ignored == expected
