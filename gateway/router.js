@@ -146,7 +146,16 @@ function registryTarget(r) {
         return read ? ping(r) : fail(r, 405, 'UNSUPPORTED', 'only GET and HEAD on /v2/');
     }
     if (uri === '/v2/_catalog') {
-        return read ? go(r, 'private_read', uri) : fail(r, 405, 'UNSUPPORTED', 'only GET and HEAD on the catalog');
+        if (!read) {
+            return fail(r, 405, 'UNSUPPORTED', 'only GET and HEAD on the catalog');
+        }
+        // The catalog lists every private repository: only for users who may pull every namespace.
+        var hidden = cfg.namespaces.filter(function (ns) { return rights.pull.indexOf(ns) < 0; });
+        if (hidden.length) {
+            return fail(r, 403, 'DENIED', user + ' may not list the catalog: no pull right on ' + hidden.join(', '),
+                {pull: rights.pull});
+        }
+        return go(r, 'private_read', uri);
     }
     var p = parse(uri);
     if (p === null) {
