@@ -81,6 +81,17 @@ class World:
     def push_private(self, image: Image, name: str) -> None:
         ok(self.skopeo.copy(image.ref, f"docker://{self.registry}/{name}", dest_creds=ALICE))
 
+    def wait_until_cached(self, upstream_host: str, image: Image, timeout: float = 60.0) -> None:
+        """Distribution's proxy streams a blob to the client while a goroutine fetches it AGAIN from the
+        upstream into its store (registry/proxy/proxyblobstore.go, ServeBlob -> storeLocal): right after
+        a pull, the cache may not hold it yet. Wait (bounded) until every blob is in the cache's store."""
+        blobs = self.cache_root(upstream_host) / "docker" / "registry" / "v2" / "blobs" / "sha256"
+        wanted = [blobs / b.hex[:2] / b.hex / "data" for b in (image.config, *image.layers)]
+        deadline = time.monotonic() + timeout
+        while not all(p.is_file() and p.stat().st_size > 0 for p in wanted):
+            assert time.monotonic() < deadline, f"the {upstream_host} cache did not store {image.tag} in time"
+            time.sleep(0.2)
+
     def cache_root(self, upstream_host: str) -> Path:
         """The storage root of the cache of `upstream_host`, read from the registry config the runner
         rendered under its data directory."""
@@ -187,6 +198,8 @@ def test_served_from_cache_when_the_upstream_is_down(
     ref = "docker.io/library/base:1.0"
     ok(world.ctr_pull(ref))
     world.skopeo.pull(f"{world.mirror}/ghcr.io/org/tool:2.0", tmp_path / "warm")
+    world.wait_until_cached("docker.io", base_image(images))
+    world.wait_until_cached("ghcr.io", tool_image(images))
     world.dockerhub.stop()
     world.ghcr.stop()
     # Past nginx's tag micro-cache: tags must now resolve from the Distribution caches themselves.
