@@ -6,7 +6,7 @@ Creates, under one component (type `owncr:registry:RegistryServices`):
 - an overlay network `owncr-<stack>-net` (unencrypted: see the comment at its creation) on which each
   service answers to the DNS name the gateway chose (`ServiceFiles.name`, as a network alias);
 - one `docker.ServiceConfig` per non-secret rendered file and one `docker.Secret` per secret file, named
-  `owncr-<stack>-<role>-<sha256[:12]>` (see `swarm_specs.object_name`);
+  `owncr-<stack>-<role>-<sha256[:12]>`, keyed for secrets (see `swarm_specs.object_name`);
 - one `docker.Service` per Bundle entry, built from `swarm_specs.service_specs` (the same plain specs
   `tests/services/` applies to a real swarm);
 - for filesystem storage in a Docker volume (the `local` stack), that volume.
@@ -161,6 +161,10 @@ class RegistryServices(pulumi.ComponentResource):
         http_secret = random.RandomPassword(
             f"{name}-http-secret", length=48, special=False, opts=pulumi.ResourceOptions(parent=self)
         )
+        # Keys the content hash in the names of secret objects (see swarm_specs.content_hash).
+        name_key = random.RandomPassword(
+            f"{name}-object-name-key", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
         layout, bundle = render_bundle(
             args.build, {**args.secrets, HTTP_SECRET: pulumi.Output.secret(http_secret.result)}, args.values
         )
@@ -186,7 +190,7 @@ class RegistryServices(pulumi.ComponentResource):
 
         objects: dict[str, tuple[pulumi.Output[str], pulumi.Output[str]]] = {}  # role -> (id, name)
         for f in swarm_specs.swarm_files(layout):
-            objects[f.role] = self._file_object(name, plan.stack, f, bundle, child)
+            objects[f.role] = self._file_object(name, plan.stack, f, bundle, name_key.result, child)
 
         specs = swarm_specs.service_specs(layout, plan)
         self.service_names = {s["key"]: s["name"] for s in specs}
@@ -226,12 +230,23 @@ class RegistryServices(pulumi.ComponentResource):
 
     @staticmethod
     def _file_object(
-        name: str, stack: str, f: SwarmFile, bundle: pulumi.Output[Bundle], opts: pulumi.ResourceOptions
+        name: str,
+        stack: str,
+        f: SwarmFile,
+        bundle: pulumi.Output[Bundle],
+        name_key: pulumi.Output[str],
+        opts: pulumi.ResourceOptions,
     ) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
         content = bundle.apply(lambda b: _content(b, f))
-        # The name carries a hash of the content; a hash of a secret file (random http.secret, S3 keys,
-        # bcrypt hashes) reveals nothing, and a readable name keeps `pulumi preview` diffs legible.
-        obj_name = pulumi.Output.unsecret(content.apply(lambda c: swarm_specs.object_name(stack, f.role, c)))
+        # The name carries a hash of the content, so a change rolls the service and an unchanged file
+        # causes no diff. For secret files it is keyed: htpasswd is a pure function of the passwords
+        # (deterministic bcrypt salt), and a bare hash in a plain name would be a guessing oracle.
+        key = name_key if f.secret else pulumi.Output.from_input("")
+        obj_name = pulumi.Output.unsecret(
+            pulumi.Output.all(content, key).apply(
+                lambda a: swarm_specs.object_name(stack, f.role, a[0], a[1])
+            )
+        )
         labels = {"owncr.stack": stack, "owncr.path": f.path}
         if f.secret:
             secret = docker.Secret(

@@ -16,6 +16,7 @@ Decisions made here, once:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from typing import Literal, TypedDict
@@ -173,7 +174,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def content_hash(content: str) -> str:
+def content_hash(content: str, key: str = "") -> str:
+    """SHA-256 of a file; with `key`, an HMAC: the name of a secret object must not let anyone who sees
+    it (state, preview output) test guesses at its content, e.g. a password behind an htpasswd line."""
+    if key:
+        return hmac.new(key.encode(), content.encode(), hashlib.sha256).hexdigest()[:HASH_LEN]
     return hashlib.sha256(content.encode()).hexdigest()[:HASH_LEN]
 
 
@@ -184,9 +189,10 @@ def service_name(stack: str, key: str) -> str:
     return name
 
 
-def object_name(stack: str, role: str, content: str) -> str:
-    """`owncr-<stack>-<role>-<sha256[:12]>`; the role is shortened (never the hash) to fit Swarm's limit."""
-    digest = content_hash(content)
+def object_name(stack: str, role: str, content: str, key: str = "") -> str:
+    """`owncr-<stack>-<role>-<sha256[:12]>` (an HMAC with `key`, for secrets); the role is shortened
+    (never the hash) to fit Swarm's limit."""
+    digest = content_hash(content, key)
     room = OBJECT_NAME_MAX - len(f"owncr-{stack}--{digest}")
     if room < 8:
         raise ValueError(f"stack name {stack!r} leaves no room for object names")

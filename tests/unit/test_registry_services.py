@@ -8,6 +8,7 @@ inputs by wire name (camelCase; secrets arrive wrapped, `is_rpc_secret`). The pu
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from settings import Images, Local, Registry, Upstream, User
 SERVICE = "docker:index/service:Service"
 CONFIG = "docker:index/serviceConfig:ServiceConfig"
 SECRET = "docker:index/secret:Secret"  # noqa: S105 (a type token)
+PASSWORD = "random:index/randomPassword:RandomPassword"  # noqa: S105 (a type token)
 NETWORK = "docker:index/network:Network"
 PROVIDER = "pulumi:providers:docker"
 PINNED = "example/{}@sha256:" + "0" * 64
@@ -248,10 +250,17 @@ def test_every_object_is_named_by_its_role_and_content_hash(stack):
     roles = {f.role for f in swarm_specs.swarm_files(stack.layout)}
     objects = stack.of_type(CONFIG) + stack.of_type(SECRET)
     assert {o.name.removeprefix("registry-") for o in objects} == roles
+    (name_key,) = [r for r in stack.of_type(PASSWORD) if r.name == "registry-object-name-key"]
+    key = f"pw-{hashlib.sha256(name_key.name.encode()).hexdigest()[:24]}"  # the mock's RandomPassword
     for o in objects:
         content = base64.b64decode(plain(o.inputs["data"])).decode()
         role = o.name.removeprefix("registry-")
-        assert o.inputs["name"] == swarm_specs.object_name("test", role, content), o.name
+        if o.typ == SECRET:
+            # Keyed: the bare content hash of e.g. htpasswd would let anyone test password guesses.
+            assert o.inputs["name"] == swarm_specs.object_name("test", role, content, key), o.name
+            assert o.inputs["name"] != swarm_specs.object_name("test", role, content), o.name
+        else:
+            assert o.inputs["name"] == swarm_specs.object_name("test", role, content), o.name
 
 
 def test_docker_hub_token_reaches_only_the_docker_hub_cache_as_a_secret(deployed):
