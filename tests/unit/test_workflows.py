@@ -19,6 +19,9 @@ REUSABLE_PULUMI = "./.github/workflows/pulumi.yml"
 STACKS = ("dev", "prod")
 SHA_PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 EXPRESSION = re.compile(r"\$\{\{.*?\}\}", re.DOTALL)
+# Labels of GitHub-hosted runners (https://docs.github.com/en/actions/using-github-hosted-runners).
+GITHUB_HOSTED = re.compile(r"^(ubuntu|windows|macos)-[\w.-]+$")
+PROD_RUNNER = "${{ vars.OWNCR_PROD_RUNNER || 'self-hosted' }}"
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -58,6 +61,20 @@ def pulumi_calls() -> Iterator[tuple[str, str, dict[str, Any]]]:
 def call_stacks(job: dict[str, Any]) -> list[str]:
     stack = job["with"]["stack"]
     return list(job["strategy"]["matrix"]["stack"]) if stack == "${{ matrix.stack }}" else [stack]
+
+
+def call_runners(job: dict[str, Any]) -> dict[str, str]:
+    """The runs-on label each stack of a call gets, resolving `${{ matrix.runner }}` through `include`."""
+    runner = job["with"]["runner"]
+    if runner != "${{ matrix.runner }}":
+        return {stack: runner for stack in call_stacks(job)}
+    return {entry["stack"]: entry["runner"] for entry in job["strategy"]["matrix"]["include"]}
+
+
+def hosted_labels(runner: str) -> set[str]:
+    """GitHub-hosted labels a runs-on value can evaluate to (the value itself or a quoted literal in it)."""
+    literals = re.findall(r"'([^']*)'", runner) if EXPRESSION.fullmatch(runner) else [runner]
+    return {label for label in literals if GITHUB_HOSTED.match(label)}
 
 
 def test_expected_workflows_exist() -> None:
@@ -193,10 +210,41 @@ def test_drift_check_fails_on_any_change_of_each_stack() -> None:
     assert job["with"] == {
         "command": "preview",
         "stack": "${{ matrix.stack }}",
+        "runner": "${{ matrix.runner }}",
         "expect-no-changes": True,
         "refresh": True,
     }
     assert call_stacks(job) == list(STACKS)
+
+
+def test_prod_runs_on_the_self_hosted_runner_and_dev_on_a_github_hosted_one() -> None:
+    # prod's adminCidrs list fixed addresses only: a GitHub-hosted runner (unknown IP) cannot reach 2376.
+    reusable = workflows()["pulumi.yml"]
+    assert reusable["jobs"]["pulumi"]["runs-on"] == "${{ inputs.runner }}"
+    runner_input = reusable["on"]["workflow_call"]["inputs"]["runner"]
+    assert runner_input["required"] is True and "default" not in runner_input
+    calls = list(pulumi_calls())
+    assert len(calls) == 4
+    for name, job_id, job in calls:
+        where, runners = f"{name}:{job_id}", call_runners(job)
+        assert set(runners) == set(call_stacks(job)), where
+        if "prod" in runners:
+            assert runners["prod"] == PROD_RUNNER and not hosted_labels(runners["prod"]), where
+        if "dev" in runners:
+            assert hosted_labels(runners["dev"]) == {runners["dev"]} == {"ubuntu-24.04"}, where
+    # Each stack is covered by its PR preview, its deploy and its drift check.
+    assert sum("prod" in call_runners(job) for _, _, job in calls) == 3
+    assert sum("dev" in call_runners(job) for _, _, job in calls) == 3
+    prod_config = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text(encoding="utf-8"))["config"]
+    assert "0.0.0.0/0" not in prod_config["owncr:adminCidrs"]
+    assert not prod_config.get("owncr:allowWorldAdminAccess", False)
+
+
+def test_hosted_label_check_catches_a_hosted_prod_runner() -> None:
+    assert hosted_labels("ubuntu-24.04") == {"ubuntu-24.04"}
+    assert hosted_labels("${{ vars.OWNCR_PROD_RUNNER || 'ubuntu-latest' }}") == {"ubuntu-latest"}
+    assert hosted_labels(PROD_RUNNER) == set()
+    assert hosted_labels("owncr-prod") == set()
 
 
 def test_every_stack_has_its_stack_file() -> None:
@@ -262,11 +310,14 @@ def test_readme_names_every_secret_and_variable_the_workflows_read() -> None:
         readme.index("<!-- section: ci") : readme.index("<!-- /section -->", readme.index("<!-- section: ci"))
     ]
     text = "\n".join(path.read_text(encoding="utf-8") for path in workflow_files())
-    names = set(re.findall(r"\$\{\{\s*(?:secrets|vars)\.(\w+)\s*\}\}", text))
+    names = {
+        name for expr in EXPRESSION.findall(text) for name in re.findall(r"\b(?:secrets|vars)\.(\w+)", expr)
+    }
     assert {
         "PULUMI_ACCESS_TOKEN",
         "DIGITALOCEAN_TOKEN",
         "CLOUDFLARE_API_TOKEN",
         "PULUMI_BACKEND_URL",
+        "OWNCR_PROD_RUNNER",
     } <= names
     assert {name for name in names if f"`{name}`" not in section} == set()
