@@ -86,7 +86,11 @@ def _deploy(mock_session, run_program, stack: str, overrides: Mapping[str, objec
             return collect(run_program(stack, overrides))
 
         _ = body()  # runs the program and waits for every registration and output
-        http = next(r for r in mocks.resources if r.typ == "random:index/randomPassword:RandomPassword")
+        http = next(
+            r
+            for r in mocks.resources
+            if r.typ == "random:index/randomPassword:RandomPassword" and r.name.endswith("-http-secret")
+        )
         return Deployed(
             resources=list(mocks.resources),
             outputs=got["outputs"],
