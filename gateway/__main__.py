@@ -9,7 +9,16 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.config import DOCKER_HUB, FilesystemStorage, GatewaySettings, SettingsError, Upstream, User
+from gateway import binaries
+from gateway.config import (
+    DOCKER_HUB,
+    JS_ENGINES,
+    FilesystemStorage,
+    GatewaySettings,
+    SettingsError,
+    Upstream,
+    User,
+)
 from gateway.runner import GatewayError, LocalGateway
 
 
@@ -41,6 +50,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="may pull and push in every --namespace",
     )
     run.add_argument("--private-replicas", type=int, default=1)
+    run.add_argument(
+        "--nginx",
+        default=binaries.default_nginx(),
+        metavar="PATH",
+        help="nginx with the njs module (default: %(default)s, the production version once "
+        "scripts/install-tools ran, else Debian's)",
+    )
+    run.add_argument(
+        "--registry",
+        default=binaries.default_registry(),
+        metavar="PATH",
+        help="Distribution's registry binary (default: %(default)s)",
+    )
+    run.add_argument(
+        "--js-engine",
+        choices=JS_ENGINES,
+        help="njs engine for the router (njs >= 0.8.6; default: the module's own default)",
+    )
     return parser.parse_args(argv)
 
 
@@ -60,6 +87,7 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
         # A fresh secret per run: it only has to be shared by the replicas of this run.
         http_secret=secrets.token_hex(32),
         private_replicas=args.private_replicas,
+        js_engine=args.js_engine,
     )
 
 
@@ -81,11 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     gateway = LocalGateway(
-        settings, data_dir=args.data, registry_port=args.registry_port, mirror_port=args.mirror_port
+        settings,
+        data_dir=args.data,
+        registry_port=args.registry_port,
+        mirror_port=args.mirror_port,
+        nginx_bin=args.nginx,
+        registry_bin=args.registry,
     )
     try:
         gateway.start()
-        print(f"ready registry={gateway.registry_url} mirror={gateway.mirror_url}", flush=True)
+        ready = f"ready registry={gateway.registry_url} mirror={gateway.mirror_url} {gateway.versions}"
+        print(ready, flush=True)
         while not (dead := gateway.dead()):
             time.sleep(0.5)
         print(f"gateway: {', '.join(dead)} exited; see {gateway.data_dir / 'logs'}", file=sys.stderr)

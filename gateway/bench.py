@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway import binaries
 from gateway.config import DOCKER_HUB, FilesystemStorage, GatewaySettings, Upstream, User
 from gateway.images import Image, Layer, MiB, build_image
 from gateway.ports import free_port
@@ -226,7 +227,8 @@ class PlainRegistry:
     file: the Docker Hub (or ghcr.io) stand-in, and the direct registry the gateway is compared with.
     Also used by the client tests (tests/gateway), which count what the upstream was asked."""
 
-    def __init__(self, workdir: Path, name: str) -> None:
+    def __init__(self, workdir: Path, name: str, binary: str | None = None) -> None:
+        self.binary = binary or binaries.default_registry()
         self.dir = workdir / name
         self.dir.mkdir(parents=True)
         self.port = free_port()
@@ -252,7 +254,7 @@ class PlainRegistry:
     def start(self, timeout: float = 20.0) -> PlainRegistry:
         with self.log.open("ab") as out:
             self._proc = subprocess.Popen(
-                ["docker-registry", "serve", str(self.config)],
+                [self.binary, "serve", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -498,14 +500,20 @@ def run(args: argparse.Namespace, work: Path) -> None:
         private_upstream = len(upstream.requests_for(PRIVATE_NS, since))
         print(f"owncr bench: cached tag reads through the mirror for {args.tag_seconds:.0f}s", flush=True)
         tags = measure_tag_reads(args, mirror, upstream, settings)
-    print(report(args, rows, private_upstream, tags))
+    print(report(args, rows, private_upstream, tags, gateway.versions))
 
 
-def report(args: argparse.Namespace, rows: list[Row], private_upstream: int, tags: TagReads) -> str:
+def report(
+    args: argparse.Namespace,
+    rows: list[Row],
+    private_upstream: int,
+    tags: TagReads,
+    versions: binaries.Versions | None,
+) -> str:
     lines = [
         "",
         f"owncr gateway vs direct registry (layer {args.layer_mib} MiB, {args.rounds} rounds, "
-        f"{args.requests} manifest requests per method and side)",
+        f"{args.requests} manifest requests per method and side; {versions})",
         f"{'':24}{'direct':>10}{'gateway':>10}{'ratio':>9}  target",
     ]
     for row in rows:

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 
 DOCKER_HUB = "docker.io"
+# njs's JavaScript engines (https://nginx.org/en/docs/http/ngx_http_js_module.html#js_engine).
+JS_ENGINES = ("njs", "qjs")
 
 # Distribution's repository-name grammar, one path component:
 # https://github.com/distribution/reference/blob/main/regexp.go
@@ -160,6 +162,9 @@ class GatewaySettings:
     # Verified logins are cached, so in practice this counts failed logins.
     login_rate: int = 5
     login_burst: int = 20
+    # njs's JavaScript engine for the router (`js_engine`, njs >= 0.8.6): None keeps the module's default
+    # (njs 1.0: its own engine; QuickJS is to become the default). The tests run the router on both.
+    js_engine: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("namespaces", "users", "upstreams"):
@@ -198,6 +203,10 @@ class GatewaySettings:
         _require(self.registry_host != self.mirror_host, "registry_host and mirror_host must differ")
         for int_field in ("auth_cache_seconds", "tag_cache_seconds", "login_rate", "login_burst"):
             _require(getattr(self, int_field) >= 1, f"{int_field} must be at least 1")
+        _require(
+            self.js_engine is None or self.js_engine in JS_ENGINES,
+            f"js_engine {self.js_engine!r}: use one of {JS_ENGINES} or None (the njs module's default)",
+        )
 
     @property
     def docker_hub(self) -> Upstream:

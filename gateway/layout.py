@@ -25,10 +25,6 @@ STATE_DIR = "/var/cache/nginx"
 NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"  # same path in Debian and the nginx image
 NGINX_USER = "nginx"  # the official nginx image's worker user
 
-# Local runs: Debian's binaries.
-LOCAL_NGINX_BIN = "/usr/sbin/nginx"
-LOCAL_REGISTRY_BIN = "/usr/bin/docker-registry"
-
 
 def cache_service(upstream: Upstream) -> str:
     return CACHE_SERVICE_PREFIX + upstream.slug

@@ -68,6 +68,7 @@ def render_nginx_conf(
 ) -> str:
     return _ENV.get_template("nginx.conf.j2").render(
         njs_module=NJS_MODULE,
+        js_engine=settings.js_engine,
         nginx_user=layout.nginx_user,
         worker_processes=worker_processes,
         state_dir=layout.state_dir,

@@ -128,8 +128,8 @@ def render_local(
     private_ports: tuple[int, ...],
     cache_ports: dict[str, int],
     nginx_user: str | None = None,
-    registry_bin: str = L.LOCAL_REGISTRY_BIN,
-    nginx_bin: str = L.LOCAL_NGINX_BIN,
+    registry_bin: str,
+    nginx_bin: str,
 ) -> Bundle:
     """Everything on 127.0.0.1 under `data_dir`; each private replica is its own process. The doors
     expect PROXY protocol only when `settings.trusted_proxy_cidrs` is set."""

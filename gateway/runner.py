@@ -18,31 +18,20 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from gateway import binaries
 from gateway.config import FilesystemStorage, GatewaySettings
-from gateway.layout import LOCAL_NGINX_BIN, LOCAL_REGISTRY_BIN, NJS_MODULE
 from gateway.ports import free_ports
 from gateway.render import Bundle, ServiceFiles, render_local
-
-NGINX_BIN = LOCAL_NGINX_BIN
-REGISTRY_BIN = LOCAL_REGISTRY_BIN
-# What to install when a binary is missing (Debian/Ubuntu package names).
-NGINX_PACKAGE = "nginx-light (or nginx)"
-NJS_PACKAGE = "libnginx-mod-http-js"
-REGISTRY_PACKAGE = "docker-registry"
 
 
 class GatewayError(RuntimeError):
     """A process of the local gateway is missing, failed to start or died."""
 
 
-def check_binaries(nginx_bin: str = NGINX_BIN, registry_bin: str = REGISTRY_BIN) -> None:
-    needed = ((nginx_bin, NGINX_PACKAGE), (NJS_MODULE, NJS_PACKAGE), (registry_bin, REGISTRY_PACKAGE))
-    for path, package in needed:
+def check_binaries(nginx_bin: str, registry_bin: str) -> None:
+    for flag, path in (("--nginx", nginx_bin), ("--registry", registry_bin)):
         if not (os.path.exists(path) or shutil.which(path)):
-            raise GatewayError(
-                f"{path} not found: install the Debian package {package} "
-                f"(apt-get install {package.split()[0]})"
-            )
+            raise GatewayError(f"{flag} {path}: not found; {binaries.INSTALL_HINT}")
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -86,16 +75,17 @@ class LocalGateway:
         data_dir: str | os.PathLike[str],
         registry_port: int,
         mirror_port: int,
-        nginx_bin: str = NGINX_BIN,
-        registry_bin: str = REGISTRY_BIN,
+        nginx_bin: str | None = None,
+        registry_bin: str | None = None,
         startup_timeout: float = 30.0,
     ) -> None:
         self.settings = settings
         self.data_dir = Path(data_dir).resolve()
         self.registry_port = registry_port
         self.mirror_port = mirror_port
-        self.nginx_bin = nginx_bin
-        self.registry_bin = registry_bin
+        self.nginx_bin = nginx_bin or binaries.default_nginx()
+        self.registry_bin = registry_bin or binaries.default_registry()
+        self.versions: binaries.Versions | None = None
         self.startup_timeout = startup_timeout
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.bundle: Bundle | None = None
@@ -179,6 +169,11 @@ class LocalGateway:
 
     def start(self) -> LocalGateway:
         check_binaries(self.nginx_bin, self.registry_bin)
+        try:
+            # Also proves nginx loads the njs module (and engine) the rendered nginx.conf names.
+            self.versions = binaries.versions(self.nginx_bin, self.registry_bin, self.settings.js_engine)
+        except binaries.VersionError as err:
+            raise GatewayError(str(err)) from err
         bundle = self.bundle = self.render()
         self._write(bundle)
         deadline = time.monotonic() + self.startup_timeout

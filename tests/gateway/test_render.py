@@ -17,7 +17,7 @@ import pytest
 import yaml
 from routing_fixtures import HTTP_SECRET
 
-from gateway import layout
+from gateway import binaries, layout
 from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, SettingsError, Upstream, User
 from gateway.htpasswd import hash_password, render_htpasswd
 from gateway.render import Bundle, render_local, render_production
@@ -55,6 +55,8 @@ def local(settings: GatewaySettings = SETTINGS, data_dir: str = "/srv/owncr") ->
         auth_port=5002,
         private_ports=tuple(range(6000, 6000 + settings.private_replicas)),
         cache_ports={u.host: 7000 + i for i, u in enumerate(settings.upstreams)},
+        registry_bin=binaries.default_registry(),
+        nginx_bin=binaries.default_nginx(),
     )
 
 
@@ -328,7 +330,7 @@ def test_production_render_passes_nginx_t_as_rendered(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f.content)
     names = [s.name for k, s in bundle.services.items() if k != "nginx"]
-    command = ["/usr/sbin/nginx" if c == "nginx" else c for c in bundle.services["nginx"].command]
+    command = [binaries.default_nginx() if c == "nginx" else c for c in bundle.services["nginx"].command]
     done = nginx_t_in_namespace(tmp_path, command, names)
     assert done.returncode == 0, done.stderr
     assert "test is successful" in done.stderr

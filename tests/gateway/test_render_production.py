@@ -53,6 +53,7 @@ def _inside_namespace(work: Path) -> None:
     sys.path[:0] = [str(REPO), str(REPO / "tests" / "gateway")]
     from routing_fixtures import ACCEPT, HTTP_SECRET, Response, TinyImage, assert_oci_error, request
 
+    from gateway import binaries
     from gateway.bench import PlainRegistry
     from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
     from gateway.layout import GATEWAY_PORT
@@ -84,15 +85,14 @@ def _inside_namespace(work: Path) -> None:
             hosts.writelines(f"{addr} {name}\n" for name, addr in addrs.items())
         for service in registries:
             env = {**os.environ, "REGISTRY_HTTP_ADDR": f"{addrs[service.name]}:{service.port}"}
-            argv = ["docker-registry" if c == "registry" else c for c in service.command]
+            argv = [binaries.default_registry() if c == "registry" else c for c in service.command]
             procs.append(_start(argv, work / f"{service.name}.log", env))
         for service in registries:
             _wait(
                 lambda s=service: request(f"http://{addrs[s.name]}:{s.port}/v2/").status == 200, service.name
             )
-        procs.append(
-            _start(["/usr/sbin/nginx", *bundle.services["nginx"].command[1:]], work / "nginx.log", None)
-        )
+        nginx_argv = [binaries.default_nginx(), *bundle.services["nginx"].command[1:]]
+        procs.append(_start(nginx_argv, work / "nginx.log", None))
         _wait(lambda: _accepts(GATEWAY_PORT), "nginx")
 
         base = f"http://127.0.0.1:{GATEWAY_PORT}"

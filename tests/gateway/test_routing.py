@@ -15,7 +15,7 @@ import pytest
 from routing_fixtures import ACCEPT, API_VERSION, HTTP_SECRET, TinyImage, assert_oci_error, digest_of, request
 
 from gateway.bench import PlainRegistry
-from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
+from gateway.config import JS_ENGINES, FilesystemStorage, GatewaySettings, Upstream, User
 from gateway.ports import free_ports
 from gateway.runner import LocalGateway
 
@@ -54,8 +54,9 @@ class Env:
             time.sleep(0.02)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+@pytest.fixture(scope="module", params=JS_ENGINES)
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """The whole contract runs once per njs engine: njs 1.0's own and QuickJS (its announced default)."""
     work = tmp_path_factory.mktemp("routing")
     upstream = PlainRegistry(work, "upstream").start()
     try:
@@ -76,6 +77,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             mirror_client_cidrs=("127.0.0.1/32",),
             login_rate=2,
             login_burst=8,
+            js_engine=request.param,
         )
         reg_port, mir_port = free_ports(2)
         with LocalGateway(settings, data_dir=work / "gw", registry_port=reg_port, mirror_port=mir_port) as gw:

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from production_versions import assert_production, parse_ready
 from routing_fixtures import HTTP_SECRET, TinyImage, request
 
-from gateway import runner
+from gateway import binaries
 from gateway.bench import PlainRegistry
 from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
 from gateway.ports import free_ports
@@ -82,7 +83,9 @@ def test_cli_prints_ready_and_stops_everything(
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the runner's own startup timeout bounds this read
-        assert line == f"ready registry=http://127.0.0.1:{reg_port} mirror=http://127.0.0.1:{mir_port}\n"
+        urls, versions = parse_ready(line)
+        assert urls == {"registry": f"http://127.0.0.1:{reg_port}", "mirror": f"http://127.0.0.1:{mir_port}"}
+        assert_production(versions)  # the runner's defaults are the versions production runs
         # nginx, 2 private replicas, 2 caches, all children of this run.
         assert len(processes_mentioning(str(data))) >= 5
         assert request(f"http://127.0.0.1:{reg_port}/v2/", auth=("bob", "bob-password")).status == 200
@@ -114,27 +117,36 @@ def test_cli_rejects_invalid_settings(tmp_path: Path) -> None:
     assert "namespace 'Bad'" in done.stderr and done.stdout == ""
 
 
-@pytest.mark.parametrize(
-    ("attr", "package"),
-    [
-        ("nginx_bin", "nginx-light"),
-        ("registry_bin", "docker-registry"),
-        ("NJS_MODULE", "libnginx-mod-http-js"),
-    ],
-)
-def test_missing_binaries_name_the_debian_package(
-    tmp_path: Path, upstream: PlainRegistry, monkeypatch: pytest.MonkeyPatch, attr: str, package: str
+@pytest.mark.parametrize(("attr", "flag"), [("nginx_bin", "--nginx"), ("registry_bin", "--registry")])
+def test_missing_binaries_name_the_flag_and_the_install_command(
+    tmp_path: Path, upstream: PlainRegistry, attr: str, flag: str
 ) -> None:
-    kwargs = {}
-    if attr == "NJS_MODULE":
-        monkeypatch.setattr(runner, "NJS_MODULE", "/nonexistent/ngx_http_js_module.so")
-    else:
-        kwargs[attr] = f"/nonexistent/{attr}"
+    kwargs = {attr: f"/nonexistent/{attr}"}
     gateway = LocalGateway(
         settings_for(tmp_path, upstream), data_dir=tmp_path / "data", registry_port=1, mirror_port=2, **kwargs
     )
-    with pytest.raises(GatewayError, match=f"install the Debian package {package}"):
+    with pytest.raises(
+        GatewayError, match=f"^{flag} /nonexistent/{attr}: not found; run scripts/install-tools"
+    ):
         gateway.start()
+    assert gateway.processes == {}
+
+
+def test_an_nginx_without_the_njs_module_is_refused_before_anything_starts(
+    tmp_path: Path, upstream: PlainRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(binaries, "NJS_MODULE", "/nonexistent/ngx_http_js_module.so")
+    binaries.njs_version.cache_clear()
+    gateway = LocalGateway(
+        settings_for(tmp_path, upstream), data_dir=tmp_path / "data", registry_port=1, mirror_port=2
+    )
+    try:
+        with pytest.raises(
+            GatewayError, match=r"did not tell its njs version.*/nonexistent/ngx_http_js_module"
+        ):
+            gateway.start()
+    finally:
+        binaries.njs_version.cache_clear()
     assert gateway.processes == {}
 
 
