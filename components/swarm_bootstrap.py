@@ -59,10 +59,10 @@ if sys.version_info < (3, 10):  # noqa: UP036 (the deployer's python3 may be old
     sys.exit(f"swarm-bootstrap: needs python3 >= 3.10 on the deployer, found {sys.version.split()[0]}")
 
 SWARM_PORT = 2377
-# The API version this module was tested with (Debian's dockerd 20.10 speaks 1.41). Engines whose
+# The API version this module is tested with (docker 28.5, as on the nodes, speaks 1.51). Engines whose
 # minimum is higher (newer releases raise it) are spoken to at their minimum, see negotiate_version;
 # the fields used here (Swarm.*, JoinTokens, node Spec/Status/ManagerStatus) exist since API 1.24.
-PREFERRED_API_VERSION = (1, 41)
+PREFERRED_API_VERSION = (1, 51)
 POLL_SECONDS = 2.0
 REQUEST_TIMEOUT_SECONDS = 30.0
 GET_ATTEMPTS = 5

@@ -24,6 +24,7 @@ from gateway.layout import NJS_MODULE
 from gateway.ports import free_port
 
 TOOLS_BIN = Path(__file__).resolve().parent.parent / ".tools" / "bin"
+TOOLS_SID = TOOLS_BIN.parent / "sid"  # the Debian sid root the nginx and docker wrappers run from
 DEBIAN_NGINX = "/usr/sbin/nginx"
 DEBIAN_REGISTRY = "/usr/bin/docker-registry"
 INSTALL_HINT = (
@@ -42,6 +43,15 @@ def default_nginx() -> str:
 
 def default_registry() -> str:
     return _preferred("registry", DEBIAN_REGISTRY)
+
+
+def default_dockerd() -> str:
+    """The swarm tests' Docker daemon: sid's docker.io 28.5 (the nodes run docker-ce 28.5)."""
+    return _preferred("dockerd", "dockerd")
+
+
+def default_docker() -> str:
+    return _preferred("docker", "docker")
 
 
 class VersionError(RuntimeError):

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +22,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from production_versions import assert_production, parse_ready
+
 from gateway.bench import PlainRegistry
+from gateway.binaries import Versions, default_docker, default_dockerd
 from gateway.config import GatewaySettings
 from gateway.images import Image, Layer, build_image
 from gateway.ports import free_port
@@ -280,7 +282,7 @@ class Dockerd:
         self.socket = self.dir / "docker.sock"
         (self.dir / "daemon.json").write_text(json.dumps(daemon_json))
         argv = [
-            "dockerd",
+            default_dockerd(),
             "--config-file",
             str(self.dir / "daemon.json"),
             "--data-root",
@@ -312,7 +314,7 @@ class Dockerd:
 
     def docker(self, *args: str, timeout: float = CLIENT_TIMEOUT, stdin: str | None = None):
         return subprocess.run(
-            ["docker", *args],
+            [default_docker(), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -324,7 +326,6 @@ class Dockerd:
 
 # --- the gateway under test, through its command line ---------------------------------------------------
 
-READY = re.compile(r"^ready registry=http://127\.0\.0\.1:(\d+) mirror=http://127\.0\.0\.1:(\d+)$")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -363,6 +364,7 @@ class GatewayProcess:
         self.stdout: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.doors = Doors(f"127.0.0.1:{self.registry_port}", f"127.0.0.1:{self.mirror_port}")
+        self.versions: Versions | None = None
 
     def start(self, timeout: float = 60.0) -> GatewayProcess:
         """Start and wait for the one `ready ...` line (stdout is drained by a thread into self.stdout)."""
@@ -389,9 +391,14 @@ class GatewayProcess:
                 code = self.proc.wait(10)
                 self.proc = None
                 raise RuntimeError(f"gateway exited ({code}) before ready:\n{self.log_tail()}")
-            m = READY.match(line.rstrip("\n"))
-            if m:
-                assert (int(m[1]), int(m[2])) == (self.registry_port, self.mirror_port), line
+            if line.startswith("ready "):
+                urls, self.versions = parse_ready(line)
+                assert urls == {
+                    "registry": f"http://{self.doors.registry}",
+                    "mirror": f"http://{self.doors.mirror}",
+                }
+                # Every client test runs the versions production runs, or fails here.
+                assert_production(self.versions)
                 return self
 
     def _drain(self, proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:

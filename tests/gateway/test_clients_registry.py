@@ -46,11 +46,13 @@ def team_image(images: Images, key: str, seed: int) -> Image:
 def test_runner_prints_one_ready_line_and_stops_everything(launch: Launcher) -> None:
     upstream = launch.distribution("dockerhub")
     gateway = launch.gateway({"docker.io": upstream.url})
+    # One line: the doors and the versions that run (GatewayProcess.start checked they are production's).
     assert gateway.stdout == [
-        f"ready registry=http://{gateway.doors.registry} mirror=http://{gateway.doors.mirror}\n"
+        f"ready registry=http://{gateway.doors.registry} mirror=http://{gateway.doors.mirror} "
+        f"{gateway.versions}\n"
     ]
     running = {p.comm for p in gateway.children()}
-    assert {"nginx", "docker-registry"} <= running, running
+    assert {"nginx", "registry"} <= running, running
     code, leftover = gateway.stop()
     assert code == 0, gateway.log_tail()
     assert leftover == [], f"processes left behind by the runner: {leftover}"

@@ -242,9 +242,10 @@ def test_catalog_lists_private_repositories_only_and_needs_a_login(env: Env) -> 
 
 def test_upload_status_goes_to_the_private_registry(env: Env) -> None:
     path = f"/v2/library/alpine/blobs/uploads/{uuid.uuid4()}"
-    # The private registry rejects the made-up upload id; a cache would not know the path at all.
+    # The private registry rejects the made-up upload id (Distribution 3: BLOB_UPLOAD_UNKNOWN; 2.8 said
+    # BLOB_UPLOAD_INVALID); a cache would not know the path at all.
     mark = env.mark()
-    assert_oci_error(request(env.reg + path, auth=ALICE), 404, "BLOB_UPLOAD_INVALID")
+    assert_oci_error(request(env.reg + path, auth=ALICE), 404, "BLOB_UPLOAD_UNKNOWN")
     assert env.logged(mark, path)[0]["route"] == "private_read"
 
 

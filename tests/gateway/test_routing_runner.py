@@ -121,9 +121,14 @@ def test_cli_rejects_invalid_settings(tmp_path: Path) -> None:
 def test_missing_binaries_name_the_flag_and_the_install_command(
     tmp_path: Path, upstream: PlainRegistry, attr: str, flag: str
 ) -> None:
-    kwargs = {attr: f"/nonexistent/{attr}"}
+    missing = f"/nonexistent/{attr}"
     gateway = LocalGateway(
-        settings_for(tmp_path, upstream), data_dir=tmp_path / "data", registry_port=1, mirror_port=2, **kwargs
+        settings_for(tmp_path, upstream),
+        data_dir=tmp_path / "data",
+        registry_port=1,
+        mirror_port=2,
+        nginx_bin=missing if attr == "nginx_bin" else None,
+        registry_bin=missing if attr == "registry_bin" else None,
     )
     with pytest.raises(
         GatewayError, match=f"^{flag} /nonexistent/{attr}: not found; run scripts/install-tools"

@@ -1,8 +1,10 @@
-"""Stand-in images for the deployed nginx and Distribution images, built from this machine's Debian binaries.
+"""Stand-in images for the deployed nginx and Distribution images, built from the versions production runs.
 
 There is no registry to pull `nginx@sha256:...` or `registry@sha256:...` from here, and `docker build` needs
 a base image. So each stand-in is a root filesystem written as a tar from Python (the binaries, every shared
-library `ldd` names, the users and directories the binaries expect) and loaded with `docker import`.
+library `ldd` names, the users and directories the binaries expect) and loaded with `docker import`. The
+binaries come from what scripts/install-tools installed: nginx 1.30 + njs 1.0 (and curl, wget, cat) from
+its Debian sid root, and the static Distribution v3.1.1 binary, as the pinned images carry them.
 
 The layout mimics the official images where the rendered files depend on it:
 - nginx: `/usr/sbin/nginx`, the njs module in `/usr/lib/nginx/modules` (reachable as `modules/...` from
@@ -20,7 +22,9 @@ import os
 import subprocess
 import tarfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from gateway.binaries import TOOLS_SID, default_registry
 
 # The image's /etc/passwd (no password in it).
 USERS = (
@@ -37,44 +41,57 @@ TMP = "/tmp"  # noqa: S108 (the image's own /tmp, not this machine's)
 
 @dataclass(frozen=True)
 class Rootfs:
-    """What goes into a stand-in image: host files copied as-is (with their libraries), and extras."""
+    """What goes into a stand-in image: files of a source root copied as-is (binaries with the libraries
+    `ldd` names inside that root), files of this machine, and extras."""
 
-    binaries: dict[str, str]  # path in the image -> path on this machine
-    files: dict[str, str]  # path in the image -> host file copied verbatim (no ldd)
+    root: str  # the filesystem `binaries` and `files` are taken from (sid's, from scripts/install-tools)
+    binaries: dict[str, str]  # path in the image -> path in `root`
+    files: dict[str, str]  # path in the image -> file in `root` copied verbatim (no ldd)
     symlinks: dict[str, str]  # path in the image -> link target
     directories: tuple[str, ...]
+    host_files: dict[str, str] = field(default_factory=dict)  # path in the image -> static host binary
 
 
-NGINX = Rootfs(
-    binaries={
-        "/usr/sbin/nginx": "/usr/sbin/nginx",
-        "/usr/lib/nginx/modules/ngx_http_js_module.so": "/usr/lib/nginx/modules/ngx_http_js_module.so",
-        "/usr/bin/curl": "/usr/bin/curl",
-        "/bin/cat": "/bin/cat",
-    },
-    files={"/etc/nginx/mime.types": "/etc/nginx/mime.types"},
-    symlinks={
-        "/etc/nginx/modules": "/usr/lib/nginx/modules",
-        "/usr/share/nginx/modules": "/usr/lib/nginx/modules",
-    },
-    directories=("/var/log/nginx", "/var/lib/nginx", "/var/cache/nginx", "/run", TMP, "/etc/nginx/conf.d"),
-)
-
-REGISTRY = Rootfs(
-    binaries={
-        "/bin/registry": "/usr/bin/docker-registry",
-        "/usr/bin/wget": "/usr/bin/wget",
-        "/bin/cat": "/bin/cat",
-    },
-    files={},
-    symlinks={},
-    directories=("/var/lib/registry", "/etc/distribution", "/etc/docker/registry", TMP),
-)
+def nginx_rootfs() -> Rootfs:
+    return Rootfs(
+        root=str(TOOLS_SID),
+        binaries={
+            "/usr/sbin/nginx": "/usr/sbin/nginx",
+            "/usr/lib/nginx/modules/ngx_http_js_module.so": "/usr/lib/nginx/modules/ngx_http_js_module.so",
+            "/usr/bin/curl": "/usr/bin/curl",
+            "/bin/cat": "/bin/cat",
+        },
+        files={"/etc/nginx/mime.types": "/etc/nginx/mime.types"},
+        symlinks={
+            "/etc/nginx/modules": "/usr/lib/nginx/modules",
+            "/usr/share/nginx/modules": "/usr/lib/nginx/modules",
+        },
+        directories=(
+            "/var/log/nginx",
+            "/var/lib/nginx",
+            "/var/cache/nginx",
+            "/run",
+            TMP,
+            "/etc/nginx/conf.d",
+        ),
+    )
 
 
-def shared_libraries(binary: str) -> list[str]:
-    """Absolute paths of every library (and the dynamic loader) `ldd` resolves for a binary."""
-    out = subprocess.run(["ldd", binary], check=True, capture_output=True, text=True).stdout
+def registry_rootfs() -> Rootfs:
+    return Rootfs(
+        root=str(TOOLS_SID),
+        binaries={"/usr/bin/wget": "/usr/bin/wget", "/bin/cat": "/bin/cat"},
+        files={},
+        symlinks={},
+        directories=("/var/lib/registry", "/etc/distribution", "/etc/docker/registry", TMP),
+        # Static (CGO_ENABLED=0), as in the official image: no libraries to follow.
+        host_files={"/bin/registry": default_registry()},
+    )
+
+
+def shared_libraries(root: str, binary: str) -> list[str]:
+    """Paths in `root` of every library (and the dynamic loader) `ldd` resolves there for a binary."""
+    out = subprocess.run(["chroot", root, "ldd", binary], check=True, capture_output=True, text=True).stdout
     libs = []
     for line in out.splitlines():
         parts = line.split()
@@ -111,11 +128,15 @@ def _parents(paths: Iterable[str]) -> list[str]:
 
 def rootfs_tar(spec: Rootfs) -> bytes:
     """The stand-in's root filesystem as an uncompressed tar."""
-    copies = dict(spec.files)
+
+    def in_root(path: str) -> str:
+        return os.path.join(spec.root, path.lstrip("/"))
+
+    copies = {target: in_root(source) for target, source in spec.files.items()} | spec.host_files
     for target, source in spec.binaries.items():
-        copies[target] = source
-        for lib in shared_libraries(source):
-            copies.setdefault(lib, lib)
+        copies[target] = in_root(source)
+        for lib in shared_libraries(spec.root, source):
+            copies.setdefault(lib, in_root(lib))
     copies_paths = list(copies) + list(spec.symlinks)
     extra = {"/etc/passwd": USERS, "/etc/group": GROUP, "/etc/nsswitch.conf": NSSWITCH}
     buf = io.BytesIO()

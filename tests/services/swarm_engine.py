@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-API = "/v1.41"  # Docker 20.10
+from gateway.binaries import default_docker, default_dockerd
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -47,10 +47,18 @@ class EngineError(RuntimeError):
 class Engine:
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
+        # Unversioned until the daemon said its API version; then that version, as the provider
+        # negotiates it (Docker 28.5: 1.51).
+        self.api = ""
 
     @property
     def cli(self) -> list[str]:
-        return ["docker", "-H", f"unix://{self.socket_path}"]
+        return [default_docker(), "-H", f"unix://{self.socket_path}"]
+
+    def negotiate(self) -> str:
+        self.api = ""
+        self.api = "/v" + self.get("/version")["ApiVersion"]
+        return self.api
 
     def request(
         self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201, 204)
@@ -59,7 +67,7 @@ class Engine:
         try:
             data = None if body is None else json.dumps(body).encode()
             headers = {"Content-Type": "application/json"} if data is not None else {}
-            conn.request(method, API + path, body=data, headers=headers)
+            conn.request(method, self.api + path, body=data, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
         finally:
@@ -120,7 +128,7 @@ def swarm_daemon(workdir: Path) -> Iterator[Engine]:
     log = open(workdir / "dockerd.log", "wb")  # noqa: SIM115 (closed in finally)
     proc = subprocess.Popen(
         [
-            "dockerd",
+            default_dockerd(),
             f"--data-root={workdir / 'data'}",
             f"--exec-root={short / 'x'}",
             f"--pidfile={short / 'd.pid'}",
@@ -138,6 +146,7 @@ def swarm_daemon(workdir: Path) -> Iterator[Engine]:
     engine = Engine(sock)
     try:
         wait_for("dockerd", lambda: engine.get("/_ping") == "OK", 30)
+        engine.negotiate()
         yield engine
     finally:
         with contextlib.suppress(OSError, EngineError):

@@ -3,8 +3,9 @@
 What runs is what `RegistryServices` deploys for the `local` stack: the Bundle comes from
 `gateway_wiring.local_build`, the plan from `gateway_wiring.local_plan`, configs/secrets and service
 specs from `components.swarm_specs`. Two deviations, both forced by this machine and nothing else:
-- images: stand-ins built from Debian's nginx/njs and Distribution 2.8.2 (no registry to pull the pinned
-  digests from); the specs' images are asserted to be pinned before they are swapped;
+- images: stand-ins built from the versions the pinned images carry (nginx 1.30 + njs 1.0 from Debian sid,
+  Distribution v3.1.1; scripts/install-tools), as there is no registry to pull the pinned digests from;
+  the specs' images are asserted to be pinned before they are swapped;
 - endpoint mode of the registry services: this kernel has no IP_VS, so Swarm's virtual IPs carry no
   traffic; the registries are switched to DNS round-robin (`dnsrr`), which needs no IPVS.
 The Docker Hub stand-in is one more registry service on the same overlay network.
@@ -29,6 +30,7 @@ import swarm_engine
 
 from components import gateway_wiring, swarm_specs
 from components.local_swarm import INIT_SCRIPT
+from gateway.binaries import default_dockerd
 from gateway.images import Image, Layer, build_image
 from gateway.render import Bundle
 from settings import Images, Local, Registry, Upstream, User
@@ -37,7 +39,7 @@ pytestmark = [
     pytest.mark.docker,
     pytest.mark.skipif(os.geteuid() != 0, reason="dockerd needs root"),
     pytest.mark.skipif(
-        not (shutil.which("dockerd") and shutil.which("skopeo")), reason="dockerd/skopeo missing"
+        not (shutil.which(default_dockerd()) and shutil.which("skopeo")), reason="dockerd/skopeo missing"
     ),
 ]
 
@@ -117,10 +119,10 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
         yield Swarm(
             engine=engine,
             nginx_image=standin_images.docker_import(
-                engine.cli, standin_images.NGINX, "owncr-standin/nginx:test"
+                engine.cli, standin_images.nginx_rootfs(), "owncr-standin/nginx:test"
             ),
             registry_image=standin_images.docker_import(
-                engine.cli, standin_images.REGISTRY, "owncr-standin/registry:test"
+                engine.cli, standin_images.registry_rootfs(), "owncr-standin/registry:test"
             ),
             bridge_cidrs=gateway_wiring.bridge_cidrs(runs[0].stdout),
             hub_image=build_image(layout, [Layer(size=1 << 20, seed=1)], tag="hub", label="hub"),

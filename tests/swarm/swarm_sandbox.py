@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.cloud_init import DOCKER_API_PORT, daemon_config, tls_paths
+from gateway.binaries import default_docker, default_dockerd
 from tests.swarm.swarm_pki import KeyPair, TestCa
 
 START_TIMEOUT = 60.0
@@ -69,7 +70,7 @@ class SandboxNode:
         return f"unix://{self.directory}/docker.sock"
 
     def docker(self, *args: str) -> str:
-        return run("docker", "-H", self.socket, *args).stdout
+        return run(default_docker(), "-H", self.socket, *args).stdout
 
     def swarm_info(self) -> dict:
         return json.loads(self.docker("info", "--format", "{{json .Swarm}}"))
@@ -132,7 +133,7 @@ class Sandbox:
             [
                 "nsenter",
                 f"--net=/run/netns/{node.netns}",
-                "dockerd",
+                default_dockerd(),
                 f"--config-file={node.directory / 'daemon.json'}",
                 f"--data-root={node.directory / 'data'}",
                 f"--exec-root={node.directory / 'exec'}",
@@ -152,7 +153,7 @@ class Sandbox:
             assert node.process is not None
             if node.process.poll() is not None:
                 raise RuntimeError(f"dockerd {node.index} exited: {self.log_tail(node)}")
-            if run("docker", "-H", node.socket, "version", check=False).returncode == 0:
+            if run(default_docker(), "-H", node.socket, "version", check=False).returncode == 0:
                 return
             time.sleep(0.5)
         raise RuntimeError(f"dockerd {node.index} did not start in {START_TIMEOUT}s: {self.log_tail(node)}")

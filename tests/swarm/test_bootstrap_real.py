@@ -25,6 +25,7 @@ import pytest
 from components.cloud_init import daemon_config
 from components.swarm_bootstrap import environment as bootstrap_environment
 from components.swarm_cluster import BOOTSTRAP_COMMAND
+from gateway.binaries import default_docker, default_dockerd
 from tests.swarm.swarm_pki import KeyPair, TestCa
 from tests.swarm.swarm_sandbox import Sandbox, SandboxNode, free_prefix
 
@@ -35,7 +36,10 @@ pytestmark = [
     pytest.mark.docker,
     pytest.mark.skipif(os.geteuid() != 0, reason="starts dockerd in network namespaces (root)"),
     pytest.mark.skipif(
-        not all(shutil.which(tool) for tool in ("dockerd", "docker", "nsenter", "ip", "iptables", "python3")),
+        not all(
+            shutil.which(tool)
+            for tool in (default_dockerd(), default_docker(), "nsenter", "ip", "iptables", "python3")
+        ),
         reason="needs dockerd, docker, nsenter, ip, iptables and python3",
     ),
 ]
