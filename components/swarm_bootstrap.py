@@ -64,6 +64,17 @@ SWARM_PORT = 2377
 # the fields used here (Swarm.*, JoinTokens, node Spec/Status/ManagerStatus) exist since API 1.24.
 PREFERRED_API_VERSION = (1, 51)
 POLL_SECONDS = 2.0
+# TLS alerts (OpenSSL's reason names) with which a server refuses our client certificate. Which one
+# depends on the engine's Go version: dockerd 20.10 sent bad_certificate, docker 28.5 sends unknown_ca.
+CLIENT_CERTIFICATE_ALERTS = (
+    "ALERT_BAD_CERTIFICATE",
+    "ALERT_UNKNOWN_CA",
+    "ALERT_CERTIFICATE_REQUIRED",
+    "ALERT_CERTIFICATE_UNKNOWN",
+    "ALERT_CERTIFICATE_EXPIRED",
+    "ALERT_CERTIFICATE_REVOKED",
+    "ALERT_UNSUPPORTED_CERTIFICATE",
+)
 REQUEST_TIMEOUT_SECONDS = 30.0
 GET_ATTEMPTS = 5
 
@@ -286,7 +297,7 @@ def wait_for_api(api: DockerApi, timeout: float, log: Log) -> None:
             # Never worth retrying: the server is not who our CA says it is.
             raise BootstrapError(f"{api.name}: server certificate rejected: {err}") from err
         except ssl.SSLError as err:
-            if "ALERT" in (err.reason or "") and "CERTIFICATE" in (err.reason or "").upper():
+            if any(alert in (err.reason or "") for alert in CLIENT_CERTIFICATE_ALERTS):
                 # The server's TLS alert says it does not accept our certificate: retrying cannot help.
                 raise BootstrapError(f"{api.name}: client certificate rejected by the server: {err}") from err
             last_error[0] = str(err)

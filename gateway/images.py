@@ -6,8 +6,9 @@ the layer sizes and seeds: the same `Layer` always gives the same blob digest, s
 common `Layer` share that layer in a registry exactly like two images built on one base image. Layers are
 streamed to disk in 1 MiB chunks (hashed on the way), so a layer of several GiB never sits in memory.
 
-`write_docker_archive` packs an image for `docker load` (Docker 20.10 loads only the docker-archive format)
-and `write_oci_archive` packs it for `ctr images import`. skopeo reads the layout itself (`Image.ref`).
+`write_docker_archive` packs an image for `docker load` (Docker 20.10, still on many fleets, loads only
+the docker-archive format) and `write_oci_archive` packs it for `ctr images import`. skopeo reads the
+layout itself (`Image.ref`).
 """
 
 from __future__ import annotations

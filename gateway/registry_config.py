@@ -1,7 +1,7 @@
 """Distribution `config.yml` for the private registry and for each upstream's pull-through cache.
 
-Plain dicts dumped with yaml. The same keys work on Distribution 2.8.2 (tests) and >= 3.1 (deployed):
-2.8 ignores keys it does not know (`proxy.ttl`, `storage.s3.forcepathstyle`), checked by the tests.
+Plain dicts dumped with yaml, for Distribution v3.1.1 (deployed and tested). Distribution ignores keys
+it does not know, so tests/gateway/test_distribution.py checks each key against its source.
 Reference: https://distribution.github.io/distribution/about/configuration/
 """
 

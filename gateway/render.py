@@ -1,5 +1,6 @@
 """The data plane's files, rendered from one GatewaySettings: for production (Swarm services, container
-paths, Distribution 3.x) and for a local run (loopback ports, a data directory, Distribution 2.8.2).
+paths, Distribution 3.x) and for a local run (loopback ports, a data directory, the binaries that
+gateway/binaries.py picks).
 
 `Bundle.services` is keyed "nginx", "private" (locally also "private-2", ... one per replica) and
 "cache-<host-slug>"; each `ServiceFiles` lists the files to place at their absolute paths, and the

@@ -1,4 +1,5 @@
-"""A real Docker daemon (Debian's dockerd 20.10, started by the test with its own roots and socket):
+"""A real Docker daemon (docker 28.5 from scripts/install-tools, started by the test with its own roots
+and socket):
 the mirror door in `registry-mirrors` serves docker.io pulls (nothing else could: no Docker Hub here),
 and the registry door takes `docker login` and `docker push` of an image we built and `docker load`ed.
 Why two doors at all (measured with this daemon): ARCHITECTURE.md, "Why two doors"."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -17,6 +18,7 @@ from gateway.config import GatewaySettings, S3Storage, Upstream, User
 from gateway.images import Layer, MiB
 from gateway.ports import free_port
 from gateway.registry_config import PRIVATE_ROOT
+from gateway.runner import GatewayError
 
 ALICE = f"alice:{USERS['alice']}"
 BUCKET = "owncr-test"
@@ -33,12 +35,7 @@ def s3_endpoint() -> Iterator[str]:
         server.stop()
 
 
-def test_private_registry_on_s3_round_trip(
-    launch: Launcher, images: Images, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Distribution 2.8.2's aws-sdk-go panics at start ("LoadCustomCABundleError ... unsupported
-    # transport") when AWS_CA_BUNDLE is set, as on some machines; the runner passes its environment on.
-    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+def _bucket(s3_endpoint: str) -> Any:
     s3 = boto3.client(
         "s3",
         endpoint_url=s3_endpoint,
@@ -47,15 +44,32 @@ def test_private_registry_on_s3_round_trip(
         region_name="us-east-1",
     )
     s3.create_bucket(Bucket=BUCKET)
-    upstream = launch.distribution("dockerhub")
-    settings = GatewaySettings(
+    return s3
+
+
+def _settings(s3_endpoint: str, upstream_url: str, *, force_path_style: bool = True) -> GatewaySettings:
+    storage = S3Storage(
+        bucket=BUCKET,
+        endpoint=s3_endpoint,
+        access_key="test",
+        secret_key="test",  # noqa: S106
+        force_path_style=force_path_style,
+    )
+    return GatewaySettings(
         namespaces=("team",),
         users=(User("alice", USERS["alice"], pull=("team",), push=("team",)),),
-        upstreams=(Upstream("docker.io", upstream.url),),
-        storage=S3Storage(bucket=BUCKET, endpoint=s3_endpoint, access_key="test", secret_key="test"),  # noqa: S106
+        upstreams=(Upstream("docker.io", upstream_url),),
+        storage=storage,
         http_secret=secrets.token_hex(16),
     )
-    gateway = launch.local_gateway(settings)
+
+
+def test_private_registry_on_s3_round_trip(
+    launch: Launcher, images: Images, s3_endpoint: str, tmp_path: Path
+) -> None:
+    s3 = _bucket(s3_endpoint)
+    upstream = launch.distribution("dockerhub")
+    gateway = launch.local_gateway(_settings(s3_endpoint, upstream.url))
     registry = gateway.registry_url.removeprefix("http://")
     # One layer above the multipart chunk size (16 MiB), so the S3 driver uploads it in several parts.
     image = images.get("s3-image", [Layer(40 * MiB, 700), Layer(2 * MiB, 701)])
@@ -73,3 +87,14 @@ def test_private_registry_on_s3_round_trip(
     head = s3.head_object(Bucket=BUCKET, Key=data[0])
     assert head["ContentLength"] == image.layers[0].size
     assert upstream.requests_for("team") == []
+
+
+def test_without_path_style_addressing_the_bucket_is_not_found(launch: Launcher, s3_endpoint: str) -> None:
+    """The control for `forcepathstyle` (read by Distribution >= 3.0's S3 driver): without it the driver
+    addresses the bucket as a subdomain of the endpoint host (owncr-test.127.0.0.1), which does not
+    exist. R2's endpoint needs path style for the same reason. A Distribution 3 cache reads its
+    scheduler state at start, so it exits at once (the runner names it) instead of failing pulls later."""
+    _bucket(s3_endpoint)
+    upstream = launch.distribution("dockerhub")
+    with pytest.raises(GatewayError, match=rf"(?s)cache-docker-io exited.*lookup {BUCKET}\.127\.0\.0\.1"):
+        launch.local_gateway(_settings(s3_endpoint, upstream.url, force_path_style=False))

@@ -53,10 +53,10 @@ def test_bad_input_is_a_clear_error(change: dict[str, str], message: str) -> Non
 @pytest.mark.parametrize(
     ("server", "chosen"),
     [
-        ({"ApiVersion": "1.41", "MinAPIVersion": "1.12"}, "1.41"),  # Debian's 20.10
-        ({"ApiVersion": "1.51", "MinAPIVersion": "1.24"}, "1.41"),  # newer engine, still accepts ours
-        ({"ApiVersion": "1.52", "MinAPIVersion": "1.44"}, "1.44"),  # raised minimum: use it
-        ({"ApiVersion": "1.40", "MinAPIVersion": "1.12"}, "1.40"),  # older engine: its newest
+        ({"ApiVersion": "1.51", "MinAPIVersion": "1.24"}, "1.51"),  # docker 28.5, as on the nodes
+        ({"ApiVersion": "1.53", "MinAPIVersion": "1.44"}, "1.51"),  # newer engine, still accepts ours
+        ({"ApiVersion": "1.55", "MinAPIVersion": "1.52"}, "1.52"),  # raised minimum: use it
+        ({"ApiVersion": "1.41", "MinAPIVersion": "1.12"}, "1.41"),  # older engine (20.10): its newest
     ],
 )
 def test_api_version_negotiation(server: dict[str, str], chosen: str) -> None:
