@@ -113,7 +113,7 @@ if cloud is not None:
         NodeAlerts(
             "alerts",
             NodeAlertsArgs(
-                stack=settings.stack, selector_tag=network.selector_tag, emails=cloud.alert_emails
+                stack=settings.stack, selector_tag=network.selector_tag_name, emails=cloud.alert_emails
             ),
             opts=cloud_opts,
         )

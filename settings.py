@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,6 +95,36 @@ class ConfigError(pulumi.RunError):
         super().__init__(f"{_full(key)} = {shown!s}: {allowed}")
         self.key = key
         self.allowed = allowed
+
+
+# Variables the docker provider reads as its own defaults (kreuzwerker/terraform-provider-docker v4,
+# provider.go and config.go), which the explicit provider owncr configures does not switch off:
+# DOCKER_CONTEXT replaces the host with the context's endpoint, DOCKER_CERT_PATH next to the explicit
+# certificates fails every call ("cert_path must not be specified"), and DOCKER_*_MATERIAL give the
+# local stack's socket connection TLS material it must not have. DOCKER_HOST is harmless: the host is set.
+DOCKER_PROVIDER_ENV = (
+    "DOCKER_CONTEXT",
+    "DOCKER_CERT_PATH",
+    "DOCKER_CA_MATERIAL",
+    "DOCKER_CERT_MATERIAL",
+    "DOCKER_KEY_MATERIAL",
+)
+
+
+class DeployerEnvironmentError(pulumi.RunError):
+    """The deployer's environment would change what a provider connects to."""
+
+
+def check_deployer_environment(environ: Mapping[str, str]) -> None:
+    """Refuse variables that would silently redirect or break the docker provider."""
+    found = [name for name in DOCKER_PROVIDER_ENV if environ.get(name)]
+    if found:
+        raise DeployerEnvironmentError(
+            f"{', '.join(found)} set in the environment of `pulumi`: the docker provider would read "
+            f"{'them' if len(found) > 1 else 'it'} instead of (or next to) the swarm connection owncr "
+            f"configures. Run pulumi without {'them' if len(found) > 1 else 'it'}, e.g. "
+            f"`env -u {' -u '.join(found)} pulumi up`."
+        )
 
 
 def _full(key: str) -> str:
@@ -494,7 +525,8 @@ def _check_credentials(schema: Mapping[str, Any]) -> None:
 
 
 def load() -> Settings:
-    """Read and validate the whole stack config once."""
+    """Read and validate the whole stack config once (and the deployer's environment)."""
+    check_deployer_environment(os.environ)
     schema = known_keys()
     _check_credentials(schema)
     raw = _Raw()

@@ -40,6 +40,7 @@ IDLE_TIMEOUT_SECONDS = 600
 NS_TTL = 3600
 A_TTL = 300
 DOCKER_HUB = "docker.io"
+CERTIFICATE_CREATE_TIMEOUT = "45m"
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
 
 
@@ -103,6 +104,10 @@ class Edge(pulumi.ComponentResource):
                 parent=self,
                 # Let's Encrypt validates through the DigitalOcean zone: it must exist and be delegated.
                 depends_on=[zone, *delegation],
+                # Right after the NS delegation, validation waits for resolvers to see the new name
+                # servers (up to the parent zone's NS TTL); the provider's own create timeout (10 min,
+                # digitalocean/certificate/resource_certificate.go) would fail a first `up` that is fine.
+                custom_timeouts=pulumi.CustomTimeouts(create=CERTIFICATE_CREATE_TIMEOUT),
             ),
         )
         self.certificate_name = certificate.name

@@ -23,7 +23,7 @@ WINDOW = "10m"  # long enough to ignore a single big push or pull
 @dataclass(frozen=True, kw_only=True)
 class NodeAlertsArgs:
     stack: str
-    selector_tag: str
+    selector_tag: pulumi.Input[str]  # the Tag resource's name output, so the alerts wait for it
     emails: tuple[str, ...]
 
     def __post_init__(self) -> None:

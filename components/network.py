@@ -55,15 +55,29 @@ class Network(pulumi.ComponentResource):
     vpc_cidr: str
     node_tags: tuple[str, ...]
     selector_tag: str
+    selector_tag_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("owncr:network:Network", name, None, opts)
         self.node_tags = node_tag_names(args.stack)
         self.selector_tag = self.node_tags[-1]
+        # `owncr`, `env:<stack>` and `role:manager` are shared by every stack of the account, and the
+        # provider's Delete removes a tag account-wide (untagging every droplet that has it): destroying
+        # dev would strip prod's droplets. So only the stack's own tag is ever deleted; the shared ones
+        # are left in the account when a stack goes (retain_on_delete, kept in state, so it also holds
+        # once a later version stops declaring them). Creating an existing tag adopts it.
         tags = [
-            digitalocean.Tag(f"{name}-tag-{n}", name=tag, opts=pulumi.ResourceOptions(parent=self))
+            digitalocean.Tag(
+                f"{name}-tag-{n}",
+                name=tag,
+                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=tag != self.selector_tag),
+            )
             for n, tag in enumerate(self.node_tags)
         ]
+        self.selector = tags[-1]
+        # For resources that select the nodes by tag: depending on the Tag resource (through its name)
+        # makes them wait for it on a first `up`.
+        self.selector_tag_name: pulumi.Output[str] = self.selector.name
         self.vpc = digitalocean.Vpc(
             f"{name}-vpc",
             name=physical_name(args.stack, "vpc"),

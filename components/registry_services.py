@@ -30,13 +30,12 @@ import pulumi_random as random
 
 from components import physical_name, swarm_specs
 from components.gateway_wiring import HTTP_SECRET
-from components.swarm_specs import ServicePlan, ServiceSpec, SwarmFile, UpdateSpec
+from components.service_args import service_args
+from components.swarm_specs import ServicePlan, ServiceSpec, SwarmFile
 from gateway.render import Bundle
 
 TYPE = "owncr:registry:RegistryServices"
 LOCAL_DOCKER_HOST = "unix:///var/run/docker.sock"
-# How long `pulumi up` waits for a service to converge (or roll back) before it reports a failure.
-CONVERGE_TIMEOUT = "15m"  # a rolling update waits up to NGINX_STOP_GRACE per node for transfers
 
 
 class LayoutMismatch(ValueError):
@@ -120,17 +119,6 @@ def _content(bundle: Bundle, f: SwarmFile) -> str:
     return next(r.content for r in bundle.services[f.service].files if r.path == f.path)
 
 
-def _update_args(u: UpdateSpec) -> dict[str, object]:
-    return {
-        "parallelism": u["parallelism"],
-        "delay": u["delay"],
-        "order": u["order"],
-        "failure_action": u["failure_action"],
-        "monitor": u["monitor"],
-        "max_failure_ratio": u["max_failure_ratio"],
-    }
-
-
 class RegistryServices(pulumi.ComponentResource):
     layout: Bundle  # the placeholder render: which services and files exist (contents are NOT the real ones)
     docker_login_command: pulumi.Output[str]
@@ -182,7 +170,10 @@ class RegistryServices(pulumi.ComponentResource):
             # https://docs.docker.com/engine/network/drivers/overlay/#encrypt-traffic-on-an-overlay-network
             # https://docs.digitalocean.com/products/networking/firewalls/details/limits/
             attachable=False,
-            opts=child,
+            # Every network argument forces a replacement (the provider has no update), and Swarm
+            # refuses a second network with the same name: the old one must go first (its services
+            # are replaced with it, as they reference its id).
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
         )
         after: list[pulumi.Resource] = [network]
         if plan.storage_mount is not None and plan.storage_mount.type == "volume":
@@ -243,11 +234,9 @@ class RegistryServices(pulumi.ComponentResource):
         # (deterministic bcrypt salt), and a bare hash in a plain name would be a guessing oracle.
         key = name_key if f.secret else pulumi.Output.from_input("")
         obj_name = pulumi.Output.unsecret(
-            pulumi.Output.all(content, key).apply(
-                lambda a: swarm_specs.object_name(stack, f.role, a[0], a[1])
-            )
+            pulumi.Output.all(content, key).apply(lambda a: swarm_specs.object_name(stack, f, a[0], a[1]))
         )
-        labels = {"owncr.stack": stack, "owncr.path": f.path}
+        labels = swarm_specs.object_labels(stack, f)
         if f.secret:
             secret = docker.Secret(
                 f"{name}-{f.role}",
@@ -274,84 +263,19 @@ class RegistryServices(pulumi.ComponentResource):
         objects: Mapping[str, tuple[pulumi.Output[str], pulumi.Output[str]]],
         opts: pulumi.ResourceOptions,
     ) -> docker.Service:
-        health = spec["healthcheck"]
-        container = docker.ServiceTaskSpecContainerSpecArgs(
-            image=spec["image"],
-            commands=spec["command"],
-            env=spec["env"] or None,
-            configs=[
-                docker.ServiceTaskSpecContainerSpecConfigArgs(
-                    config_id=objects[r["object"]][0],
-                    config_name=objects[r["object"]][1],
-                    file_name=r["target"],
-                    file_mode=r["mode"],
-                )
-                for r in spec["configs"]
-            ],
-            secrets=[
-                docker.ServiceTaskSpecContainerSpecSecretArgs(
-                    secret_id=objects[r["object"]][0],
-                    secret_name=objects[r["object"]][1],
-                    file_name=r["target"],
-                    file_mode=r["mode"],
-                )
-                for r in spec["secrets"]
-            ],
-            mounts=[
-                docker.ServiceTaskSpecContainerSpecMountArgs(
-                    type=m["type"], source=m["source"] or None, target=m["target"]
-                )
-                for m in spec["mounts"]
-            ],
-            stop_grace_period=spec["stop_grace_period"],
-            healthcheck=docker.ServiceTaskSpecContainerSpecHealthcheckArgs(
-                tests=health["test"],
-                interval=health["interval"],
-                timeout=health["timeout"],
-                retries=health["retries"],
-                start_period=health["start_period"],
-            ),
-        )
-        task = docker.ServiceTaskSpecArgs(
-            container_spec=container,
-            networks_advanceds=[
-                docker.ServiceTaskSpecNetworksAdvancedArgs(id=network.id, aliases=[spec["alias"]])
-            ],
-            resources=docker.ServiceTaskSpecResourcesArgs(
-                limits=docker.ServiceTaskSpecResourcesLimitsArgs(
-                    memory_bytes=spec["limits"]["memory_bytes"], nano_cpus=spec["limits"]["nano_cpus"]
-                ),
-                reservation=docker.ServiceTaskSpecResourcesReservationArgs(
-                    memory_bytes=spec["reservations"]["memory_bytes"],
-                    nano_cpus=spec["reservations"]["nano_cpus"],
-                ),
-            ),
-            placement=docker.ServiceTaskSpecPlacementArgs(
-                prefs=spec["placement_prefs"] or None, max_replicas=spec["max_replicas_per_node"] or None
-            ),
-            restart_policy=docker.ServiceTaskSpecRestartPolicyArgs(**spec["restart"]),  # type: ignore[arg-type]
-            log_driver=docker.ServiceTaskSpecLogDriverArgs(
-                name=spec["log_driver"], options=spec["log_options"]
-            ),
-        )
-        mode = docker.ServiceModeArgs(replicated=docker.ServiceModeReplicatedArgs(replicas=spec["replicas"]))
         return docker.Service(
             f"{name}-{spec['key']}",
-            name=spec["name"],
-            task_spec=task,
-            mode=mode,
-            endpoint_spec=docker.ServiceEndpointSpecArgs(
-                ports=[
-                    docker.ServiceEndpointSpecPortArgs(
-                        target_port=p["target"], published_port=p["published"], publish_mode=p["mode"]
-                    )
-                    for p in spec["ports"]
-                ]
+            **service_args(spec, objects, network.id),
+            opts=pulumi.ResourceOptions.merge(
+                opts,
+                pulumi.ResourceOptions(
+                    # The engine fills in the image's platforms on create (the docker client resolves
+                    # the image; the provider reads them back) and the field is not computed: without
+                    # this, every preview after the first `up` would want to remove them.
+                    ignore_changes=["taskSpec.placement.platforms"],
+                    # A replacement (a changed name or mode) must remove the old service first: Swarm
+                    # refuses a second service with the same name.
+                    delete_before_replace=True,
+                ),
             ),
-            update_config=docker.ServiceUpdateConfigArgs(**_update_args(spec["update"])),  # type: ignore[arg-type]
-            rollback_config=docker.ServiceRollbackConfigArgs(**_update_args(spec["rollback"])),  # type: ignore[arg-type]
-            # Makes `pulumi up` wait until the tasks run (or Swarm rolled back) instead of returning at once.
-            converge_config=docker.ServiceConvergeConfigArgs(delay="7s", timeout=CONVERGE_TIMEOUT),
-            labels=[docker.ServiceLabelArgs(label="owncr.role", value=spec["key"])],
-            opts=opts,
         )

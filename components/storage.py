@@ -45,7 +45,16 @@ def permission_group_ids(results: Sequence[Any], names: Sequence[str]) -> list[d
     missing = [n for n in names if n not in by_name]
     if missing:
         raise ValueError(f"Cloudflare lists no token permission group named {missing}")
-    return [{"id": by_name[n]} for n in names]
+    # In id order: the provider puts permission groups in canonical order (by id) when it reads a
+    # token back (terraform-provider-cloudflare v5, internal/services/api_token/custom.go); any other
+    # order would be a diff on every preview.
+    return sorted(({"id": by_name[n]} for n in names), key=lambda g: g["id"])
+
+
+def token_resources(resource_key: str) -> str:
+    """The policy's `resources` JSON exactly as the API returns it (compact): the provider stores the
+    API's text verbatim and compares strings, so `json.dumps`' default ", "/": " would diff forever."""
+    return json.dumps({resource_key: "*"}, separators=(",", ":"), sort_keys=True)
 
 
 def _field(result: Any, key: str) -> str:
@@ -88,6 +97,10 @@ class R2Storage(pulumi.ComponentResource):
                 parent=self,
                 # Cloudflare honours `location` only at creation; a later change could not move the data.
                 ignore_changes=["location"],
+                # A bucket's jurisdiction cannot change, but the provider plans an in-place update (which
+                # would try to create a bucket): plan it as the replacement it is, which `protect` below
+                # then refuses with a clear message instead of a failed API call half-way through `up`.
+                replace_on_changes=["jurisdiction"],
                 # The images live here. A replacement (e.g. a changed `r2Jurisdiction`) would switch the
                 # registries to a new, empty bucket; `pulumi destroy` must not take it either. Unprotect
                 # deliberately: `pulumi state unprotect`.
@@ -104,8 +117,8 @@ class R2Storage(pulumi.ComponentResource):
                 cloudflare.ApiTokenPolicyArgs(
                     effect="allow",
                     permission_groups=groups,
-                    resources=json.dumps(
-                        {bucket_resource_key(args.account_id, args.jurisdiction, self.bucket_name): "*"}
+                    resources=token_resources(
+                        bucket_resource_key(args.account_id, args.jurisdiction, self.bucket_name)
                     ),
                 )
             ],

@@ -183,6 +183,13 @@ def negotiate_version(version: Mapping[str, Any]) -> str:
     return f"{chosen[0]}.{chosen[1]}"
 
 
+def leaderless(status: int, parsed: Any) -> bool:
+    """An answer that means "ask again in a moment": the swarm is electing a leader. dockerd 20.10 said
+    503; docker 28.5 says 500 "rpc error: ... The swarm does not have a leader"."""
+    message = parsed.get("message", "") if isinstance(parsed, dict) else str(parsed or "")
+    return status == 503 or (status == 500 and "does not have a leader" in message)
+
+
 class DockerApi:
     """A tiny Docker Engine API client over HTTPS with client certificates."""
 
@@ -217,8 +224,8 @@ class DockerApi:
 
     def raw_retrying(self, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
         """GETs are retried a few times on connection errors (dockerd may restart while cloud-init
-        finishes) and on 503 (a manager answers that while the swarm elects a new leader, e.g. right
-        after the old leader's droplet was replaced); writes are not, they are not idempotent."""
+        finishes) and while the swarm has no leader (e.g. right after the old leader's droplet was
+        replaced, or a node has just joined); writes are not, they are not idempotent."""
         attempts = GET_ATTEMPTS if method == "GET" else 1
         for attempt in range(1, attempts + 1):
             try:
@@ -229,7 +236,7 @@ class DockerApi:
                 if attempt == attempts:
                     raise
             else:
-                if status != 503 or attempt == attempts:
+                if not leaderless(status, parsed) or attempt == attempts:
                     return status, parsed
             time.sleep(POLL_SECONDS)
         raise AssertionError("unreachable")

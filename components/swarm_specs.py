@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from dataclasses import dataclass
 from typing import Literal, TypedDict
@@ -40,8 +41,11 @@ NS = 1_000_000_000  # Engine API durations are nanoseconds
 NGINX_LIMITS: ResourcesSpec = {"memory_bytes": 256 << 20, "nano_cpus": 1 * NS}
 REGISTRY_LIMITS: ResourcesSpec = {"memory_bytes": 1 << 30, "nano_cpus": 1 * NS}
 RESERVATION: ResourcesSpec = {"memory_bytes": 64 << 20, "nano_cpus": NS // 10}
+# Durations are written the way the docker provider reads them back (Go's time.Duration.String() with
+# "0s"/"0m" tails trimmed: kreuzwerker/terraform-provider-docker, resource_docker_service_structures.go,
+# shortDur): "120s" would come back as "2m" and every preview would update every service.
 # How long a stopping task may finish its transfers before SIGKILL (see service_specs).
-NGINX_STOP_GRACE = "120s"
+NGINX_STOP_GRACE = "2m"
 REGISTRY_STOP_GRACE = "45s"  # the registries' http.draintimeout (30s) plus their shutdown
 
 
@@ -103,7 +107,6 @@ class ServiceSpec(TypedDict):
     stop_grace_period: str
     limits: ResourcesSpec
     reservations: ResourcesSpec
-    placement_prefs: list[str]
     restart: dict[str, str | int]
     update: UpdateSpec
     rollback: UpdateSpec
@@ -189,10 +192,19 @@ def service_name(stack: str, key: str) -> str:
     return name
 
 
-def object_name(stack: str, role: str, content: str, key: str = "") -> str:
-    """`owncr-<stack>-<role>-<sha256[:12]>` (an HMAC with `key`, for secrets); the role is shortened
-    (never the hash) to fit Swarm's limit."""
-    digest = content_hash(content, key)
+def object_labels(stack: str, f: SwarmFile) -> dict[str, str]:
+    """Labels of a file's Swarm config or secret (what `object_name` also hashes)."""
+    return {"owncr.stack": stack, "owncr.path": f.path}
+
+
+def object_name(stack: str, f: SwarmFile, content: str, key: str = "") -> str:
+    """`owncr-<stack>-<role>-<sha256[:12]>` (an HMAC with `key`, for secrets) of the content AND the
+    labels: the provider replaces a config or secret whose labels change (ForceNew), and a replacement
+    under the same name would be refused by Swarm. The role is shortened (never the hash) to fit
+    Swarm's limit."""
+    labels = json.dumps(object_labels(stack, f), sort_keys=True)
+    digest = content_hash(labels + "\n" + content, key)
+    role = f.role
     room = OBJECT_NAME_MAX - len(f"owncr-{stack}--{digest}")
     if room < 8:
         raise ValueError(f"stack name {stack!r} leaves no room for object names")
@@ -236,7 +248,8 @@ def _update(
         "order": order,
         "failure_action": failure_action,
         "monitor": "30s",
-        "max_failure_ratio": "0",
+        # Read back with one decimal (strconv.FormatFloat(r, 'f', 1, 64), same file): "0" would diff.
+        "max_failure_ratio": "0.0",
     }
 
 
@@ -338,9 +351,11 @@ def service_specs(bundle: Bundle, plan: ServicePlan) -> list[ServiceSpec]:
             "stop_grace_period": NGINX_STOP_GRACE if is_nginx else REGISTRY_STOP_GRACE,
             "limits": NGINX_LIMITS if is_nginx else REGISTRY_LIMITS,
             "reservations": RESERVATION,
-            # Spread replicas over the managers so one droplet loss leaves the others serving.
-            "placement_prefs": [] if is_nginx else ["spread=node.id"],
-            "restart": {"condition": "any", "delay": "5s", "max_attempts": 0, "window": "60s"},
+            # No placement preference: Swarm's scheduler already puts a service's next task on the node
+            # running the fewest of its tasks, so replicas spread over the managers and one droplet loss
+            # leaves the others serving. (A spread preference takes only node.labels.* / engine.labels.*;
+            # "node.id" or "spread=node.id" is ignored: moby/swarmkit manager/scheduler/nodeset.go, tree.)
+            "restart": {"condition": "any", "delay": "5s", "max_attempts": 0, "window": "1m"},
             "update": _update(order, "rollback"),
             "rollback": _update(order, "pause"),
             "log_driver": "json-file",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from gateway.registry_config import cache_config, private_config
 from gateway.runner import LocalGateway
 
 DISTRIBUTION = "github.com/distribution/distribution/v3"
-GO = "/usr/local/go/bin/go"
+GO = shutil.which("/usr/local/go/bin/go") or "go"  # as scripts/install-tools finds it
 
 
 @cache

@@ -36,12 +36,12 @@ def create_objects(engine: Engine, stack: str, bundle: Bundle) -> dict[str, tupl
     objects = {}
     for f in swarm_specs.swarm_files(bundle):
         content = next(r.content for r in bundle.services[f.service].files if r.path == f.path)
-        name = swarm_specs.object_name(stack, f.role, content)
+        name = swarm_specs.object_name(stack, f, content)
         kind = "secrets" if f.secret else "configs"
         body = {
             "Name": name,
             "Data": base64.b64encode(content.encode()).decode(),
-            "Labels": {"owncr.path": f.path},
+            "Labels": swarm_specs.object_labels(stack, f),
         }
         existing = engine.get(f"/{kind}?filters=" + urllib.parse.quote(json.dumps({"name": [name]})))
         exact = [o["ID"] for o in existing if o["Spec"]["Name"] == name]

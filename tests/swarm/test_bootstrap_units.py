@@ -107,6 +107,16 @@ def test_gets_ride_out_a_leader_election_and_a_dropped_connection() -> None:
     assert len(api.sent) == 3
 
 
+def test_gets_ride_out_docker_28s_leaderless_500_but_not_other_500s() -> None:
+    leaderless = (500, {"message": "rpc error: code = Unknown desc = The swarm does not have a leader. ..."})
+    api = ScriptedApi([leaderless, (200, {"ID": "s"})])
+    assert api.call("GET", "/swarm") == {"ID": "s"}
+    failing = ScriptedApi([(500, {"message": "something else broke"}), (200, {"ID": "s"})])
+    with pytest.raises(ApiError, match="answered 500: something else broke"):
+        failing.call("GET", "/swarm")
+    assert len(failing.sent) == 1
+
+
 def test_gets_give_up_after_bounded_attempts_with_the_daemons_message() -> None:
     api = ScriptedApi([(503, {"message": "The swarm does not have a leader"})] * swarm_bootstrap.GET_ATTEMPTS)
     with pytest.raises(ApiError, match="answered 503: The swarm does not have a leader"):

@@ -194,7 +194,8 @@ def test_r2_token_names_exactly_one_bucket_with_object_read_write_only(cloud_run
     assert bucket.inputs["accountId"] == account and bucket.inputs["jurisdiction"] == jurisdiction
     [policy] = token.inputs["policies"]
     assert policy["effect"] == "allow"
-    assert policy["permissionGroups"] == [{"id": R2_ITEM_READ}, {"id": R2_ITEM_WRITE}]
+    # In id order, as the provider reads them back (tests/unit/readback.py).
+    assert policy["permissionGroups"] == sorted([{"id": R2_ITEM_READ}, {"id": R2_ITEM_WRITE}], key=str)
     resources = json.loads(policy["resources"])
     assert resources == {
         f"com.cloudflare.edge.r2.bucket.{account}_{jurisdiction}_{bucket.inputs['name']}": "*"

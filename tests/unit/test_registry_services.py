@@ -251,20 +251,22 @@ def test_the_shared_http_secret_reaches_every_registry_config(stack):
 
 
 def test_every_object_is_named_by_its_role_and_content_hash(stack):
-    roles = {f.role for f in swarm_specs.swarm_files(stack.layout)}
+    files = {f.role: f for f in swarm_specs.swarm_files(stack.layout)}
     objects = stack.of_type(CONFIG) + stack.of_type(SECRET)
-    assert {o.name.removeprefix("registry-") for o in objects} == roles
+    assert {o.name.removeprefix("registry-") for o in objects} == set(files)
     (name_key,) = [r for r in stack.of_type(PASSWORD) if r.name == "registry-object-name-key"]
     key = f"pw-{hashlib.sha256(name_key.name.encode()).hexdigest()[:24]}"  # the mock's RandomPassword
     for o in objects:
         content = base64.b64decode(plain(o.inputs["data"])).decode()
-        role = o.name.removeprefix("registry-")
+        f = files[o.name.removeprefix("registry-")]
+        labels = {label["label"]: label["value"] for label in o.inputs["labels"]}
+        assert labels == swarm_specs.object_labels("test", f)
         if o.typ == SECRET:
             # Keyed: the bare content hash of e.g. htpasswd would let anyone test password guesses.
-            assert o.inputs["name"] == swarm_specs.object_name("test", role, content, key), o.name
-            assert o.inputs["name"] != swarm_specs.object_name("test", role, content), o.name
+            assert o.inputs["name"] == swarm_specs.object_name("test", f, content, key), o.name
+            assert o.inputs["name"] != swarm_specs.object_name("test", f, content), o.name
         else:
-            assert o.inputs["name"] == swarm_specs.object_name("test", role, content), o.name
+            assert o.inputs["name"] == swarm_specs.object_name("test", f, content), o.name
 
 
 def test_docker_hub_token_reaches_only_the_docker_hub_cache_as_a_secret(deployed):
@@ -360,7 +362,7 @@ def test_modes_and_rolling_updates(stack):
         assert task["logDriver"] == {"name": "json-file", "options": {"max-size": "10m", "max-file": "5"}}
         assert task["containerSpec"]["healthcheck"]["tests"][0] == "CMD"
         # Longer than Swarm's 10 s default, so rolling updates let multi-GB transfers finish.
-        grace = "120s" if service.name == "registry-nginx" else "45s"
+        grace = "2m" if service.name == "registry-nginx" else "45s"
         assert task["containerSpec"]["stopGracePeriod"] == grace, service.name
 
 
@@ -438,7 +440,7 @@ def _names(values: Mapping[str, str]) -> dict[str, str]:
     bundle = CLOUD_BUILD(values)
     return {
         f.role: swarm_specs.object_name(
-            "prod", f.role, next(r.content for r in bundle.services[f.service].files if r.path == f.path)
+            "prod", f, next(r.content for r in bundle.services[f.service].files if r.path == f.path)
         )
         for f in swarm_specs.swarm_files(bundle)
     }
@@ -457,9 +459,21 @@ def test_object_names_change_when_and_only_when_the_content_changes():
 
 
 def test_object_names_keep_the_hash_when_the_role_is_shortened():
-    long = swarm_specs.object_name("a-long-stack-name", "cache-registry-k8s-io-config-yml", "x")
+    f = swarm_specs.SwarmFile("cache-registry-k8s-io-config-yml", "cache-registry-k8s-io", "/c.yml", False)
+    long = swarm_specs.object_name("a-long-stack-name", f, "x")
     assert len(long) <= swarm_specs.OBJECT_NAME_MAX
-    assert long.endswith("-" + swarm_specs.content_hash("x"))
+    labels = json.dumps(swarm_specs.object_labels("a-long-stack-name", f), sort_keys=True)
+    assert long.endswith("-" + swarm_specs.content_hash(labels + "\n" + "x"))
+
+
+def test_object_names_change_with_the_labels_even_for_the_same_content():
+    """The provider replaces a config or secret whose labels change (labels are ForceNew); under the
+    same name, Swarm would refuse the replacement's create."""
+    f = swarm_specs.SwarmFile("nginx-conf", "nginx", "/etc/owncr/nginx.conf", False)
+    moved = replace(f, path="/etc/owncr/nginx/nginx.conf")
+    assert swarm_specs.object_labels("prod", f) != swarm_specs.object_labels("prod", moved)
+    assert swarm_specs.object_name("prod", f, "same") != swarm_specs.object_name("prod", moved, "same")
+    assert swarm_specs.object_name("prod", f, "same") == swarm_specs.object_name("prod", f, "same")
 
 
 def test_plan_refuses_unpinned_images():
