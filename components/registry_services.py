@@ -9,7 +9,9 @@ Creates, under one component (type `owncr:registry:RegistryServices`):
   `owncr-<stack>-<role>-<sha256[:12]>`, keyed for secrets (see `swarm_specs.object_name`);
 - one `docker.Service` per Bundle entry, built from `swarm_specs.service_specs` (the same plain specs
   `tests/services/` applies to a real swarm);
-- for filesystem storage in a Docker volume (the `local` stack), that volume.
+- for filesystem storage in a Docker volume (the `local` stack), that volume;
+- a `command.local.Command` running `components/swarm_rollout.py` after the services, so that `up` ends
+  only once Swarm has rolled every changed service out (and only then deletes replaced objects).
 
 Exposes `docker_login_command`, `service_names` (Bundle key -> Swarm service name) and `network_name`.
 
@@ -21,20 +23,26 @@ from the real secrets, supplies the file contents only.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
 import pulumi_random as random
+from pulumi_command import local
 
-from components import physical_name, swarm_specs
+from components import physical_name, swarm_rollout, swarm_specs
 from components.gateway_wiring import HTTP_SECRET
 from components.service_args import service_args
 from components.swarm_specs import ServicePlan, ServiceSpec, SwarmFile
 from gateway.render import Bundle
 
 TYPE = "owncr:registry:RegistryServices"
+ROLLOUT_COMMAND = "python3 components/swarm_rollout.py"
+ROLLOUT_SHA256 = hashlib.sha256(Path(swarm_rollout.__file__).read_bytes()).hexdigest()
 LOCAL_DOCKER_HOST = "unix:///var/run/docker.sock"
 
 
@@ -124,6 +132,7 @@ class RegistryServices(pulumi.ComponentResource):
     docker_login_command: pulumi.Output[str]
     service_names: dict[str, str]
     network_name: str
+    rollout: local.Command
 
     def __init__(
         self, name: str, args: RegistryServicesArgs, opts: pulumi.ResourceOptions | None = None
@@ -198,17 +207,21 @@ class RegistryServices(pulumi.ComponentResource):
         ]
         # nginx resolves the registries' service names once, at start: it must come after them, or its
         # tasks crash-loop on a first deploy and an update adding an upstream rolls back.
+        services = list(registries)
         for spec in specs:
             if spec["key"] == swarm_specs.NGINX_KEY:
-                self._service(
-                    name,
-                    spec,
-                    network,
-                    objects,
-                    pulumi.ResourceOptions.merge(
-                        child, pulumi.ResourceOptions(depends_on=after + registries)
-                    ),
+                services.append(
+                    self._service(
+                        name,
+                        spec,
+                        network,
+                        objects,
+                        pulumi.ResourceOptions.merge(
+                            child, pulumi.ResourceOptions(depends_on=after + registries)
+                        ),
+                    )
                 )
+        self.rollout = self._rollout(name, engine, specs, objects, services)
 
         self.docker_login_command = pulumi.Output.from_input(f"docker login {args.registry_door}")
         self.register_outputs(
@@ -217,6 +230,39 @@ class RegistryServices(pulumi.ComponentResource):
                 "service_names": self.service_names,
                 "network_name": self.network_name,
             }
+        )
+
+    def _rollout(
+        self,
+        name: str,
+        engine: DockerEngine,
+        specs: Sequence[ServiceSpec],
+        objects: Mapping[str, tuple[pulumi.Output[str], pulumi.Output[str]]],
+        services: Sequence[docker.Service],
+    ) -> local.Command:
+        """Wait (components/swarm_rollout.py) until Swarm has rolled every service out: the provider's
+        own wait returns too early, and Pulumi deletes the replaced configs and secrets right after."""
+        environment: dict[str, pulumi.Input[str]] = {
+            "OWNCR_DOCKER_HOST": engine.host,
+            "OWNCR_SERVICES": json.dumps([s["name"] for s in specs]),
+        }
+        if engine.ca_pem is not None and engine.cert_pem is not None and engine.key_pem is not None:
+            environment |= {
+                "OWNCR_DOCKER_CA_PEM": engine.ca_pem,
+                "OWNCR_DOCKER_CERT_PEM": engine.cert_pem,
+                "OWNCR_DOCKER_KEY_PEM": engine.key_pem,
+            }
+        return local.Command(
+            f"{name}-rollout",
+            create=ROLLOUT_COMMAND,
+            environment=pulumi.Output.secret(environment),
+            # Re-run whenever a service changes: its spec, or the (content-hashed) objects it mounts.
+            triggers=[
+                ROLLOUT_SHA256,
+                json.dumps(specs, sort_keys=True),
+                *(objects[role][1] for role in sorted(objects)),
+            ],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(services)),
         )
 
     @staticmethod

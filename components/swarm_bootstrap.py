@@ -203,10 +203,13 @@ class DockerApi:
     def name(self) -> str:
         return f"{self.node.address}:{self.port}"
 
-    def raw(self, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
-        conn = http.client.HTTPSConnection(
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPSConnection(
             self.node.address, self.port, context=self.context, timeout=REQUEST_TIMEOUT_SECONDS
         )
+
+    def raw(self, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
+        conn = self.connection()
         try:
             payload = None if body is None else json.dumps(body).encode()
             headers = {"Content-Type": "application/json"} if payload is not None else {}

@@ -163,8 +163,12 @@ def swarm_daemon(workdir: Path) -> Iterator[Engine]:
             subprocess.run(["ip", "link", "delete", "docker_gwbridge"], capture_output=True, check=False)
 
 
-def running_tasks(engine: Engine, service_id: str) -> list[dict[str, Any]]:
-    filters = json.dumps({"service": [service_id], "desired-state": ["running"]})
+def running_tasks(engine: Engine, service_id: str, *, up_to_date: bool = False) -> list[dict[str, Any]]:
+    """Tasks Swarm wants running; with `up_to_date`, only those of the service's current spec."""
+    wanted: dict[str, list[str]] = {"service": [service_id], "desired-state": ["running"]}
+    if up_to_date:
+        wanted["_up-to-date"] = ["true"]
+    filters = json.dumps(wanted)
     return engine.get("/tasks?filters=" + urllib.parse.quote(filters))
 
 

@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import standin_images
@@ -45,6 +46,7 @@ pytestmark = [
 
 PASSWORD = "alice-password-0123"  # noqa: S105 (test credential)
 UPSTREAM_ALIAS = "upstream-standin"
+REPO = Path(__file__).resolve().parents[2]
 PINNED = "example/{}@sha256:" + "0" * 64
 UPSTREAM_CONFIG = (
     "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n"
@@ -141,7 +143,7 @@ class Deployment:
     upstream_port: int
 
 
-def _service_body(swarm: Swarm, dep: Deployment, spec: swarm_specs.ServiceSpec) -> dict[str, object]:
+def _service_body(swarm: Swarm, dep: Deployment, spec: swarm_specs.ServiceSpec) -> dict[str, Any]:
     is_nginx = spec["key"] == swarm_specs.NGINX_KEY
     return swarm_apply.engine_service_spec(
         spec,
@@ -229,15 +231,39 @@ def roll(swarm: Swarm, dep: Deployment, bundle: Bundle, plan: swarm_specs.Servic
         engine.post(f"/services/{sid}/update?version={version}", _service_body(swarm, dep, spec))
         updated.add(spec["key"])
 
-    def rolled_out() -> bool:
-        states = [engine.get(f"/services/{dep.service_ids[k]}").get("UpdateStatus", {}) for k in updated]
-        assert not [s for s in states if s.get("State", "").startswith("rollback")], states
-        return all(s.get("State") == "completed" for s in states)
-
-    swarm_engine.wait_for("rollout", rolled_out, timeout=120)
-    _converge(engine, dep.service_ids)
+    done = rollout_wait(engine, swarm_specs.service_specs(bundle, plan))
+    assert done.returncode == 0, done.stdout + done.stderr
+    # No wait of the test's own from here: the product's wait must have covered the whole rollout.
+    for key in updated:
+        sid = dep.service_ids[key]
+        service = engine.get(f"/services/{sid}")
+        assert service["UpdateStatus"]["State"] == "completed", service["UpdateStatus"]
+        want = service["Spec"]["Mode"]["Replicated"]["Replicas"]
+        running = [t for t in swarm_engine.running_tasks(engine, sid) if t["Status"]["State"] == "running"]
+        current = swarm_engine.running_tasks(engine, sid, up_to_date=True)
+        assert len(running) == len(current) == want, (running, current)
     _check_files(engine, dep, bundle)
     return updated
+
+
+def rollout_wait(
+    engine: swarm_engine.Engine, specs: list[swarm_specs.ServiceSpec]
+) -> subprocess.CompletedProcess[str]:
+    """components/swarm_rollout.py as RegistryServices runs it after `up` changed services."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "OWNCR_DOCKER_HOST": f"unix://{engine.socket_path}",
+        "OWNCR_SERVICES": json.dumps([s["name"] for s in specs]),
+        "OWNCR_ROLLOUT_TIMEOUT": "150",
+    }
+    return subprocess.run(
+        ["python3", "components/swarm_rollout.py"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
 
 
 def test_local_stack_specs_push_and_mirror_pull(swarm: Swarm, tmp_path: Path) -> None:
@@ -285,6 +311,20 @@ def test_local_stack_specs_push_and_mirror_pull(swarm: Swarm, tmp_path: Path) ->
         "inspect", "--raw", "--tls-verify=false", "--creds", f"alice:{PASSWORD}", target, check=False
     )
     assert old.returncode != 0
+    skopeo("inspect", "--raw", "--tls-verify=false", "--creds", f"alice:{new_password}", target)
+
+    # An update whose new tasks fail: Swarm rolls it back, and the rollout wait fails `up` with Swarm's
+    # message instead of reporting success; the previous spec keeps serving.
+    (nginx_spec,) = [s for s in swarm_specs.service_specs(rotated, plan) if s["key"] == swarm_specs.NGINX_KEY]
+    broken = _service_body(swarm, dep, nginx_spec)
+    broken["TaskTemplate"]["ContainerSpec"]["Command"] = ["cat", "/nonexistent/nginx.conf"]
+    sid = dep.service_ids[swarm_specs.NGINX_KEY]
+    version = swarm.engine.get(f"/services/{sid}")["Version"]["Index"]
+    swarm.engine.post(f"/services/{sid}/update?version={version}", broken)
+    failed = rollout_wait(swarm.engine, swarm_specs.service_specs(rotated, plan))
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "swarm-rollout: FAILED: owncr-svclocal-nginx: Swarm rolled the update back" in failed.stderr
+    _converge(swarm.engine, dep.service_ids)
     skopeo("inspect", "--raw", "--tls-verify=false", "--creds", f"alice:{new_password}", target)
 
 

@@ -91,7 +91,7 @@ def run_capturing(
         def body():
             return settle(run_program(stack, overrides))
 
-        body()
+        _ = body()  # runs the program and waits for every registration
         for r in recording.resources:
             captured.inputs[(r.typ, r.name)] = plain(dict(r.inputs))
     return captured

@@ -306,7 +306,9 @@ def test_local_stack_has_no_cloud_resource_and_a_local_swarm(deployed):
         for r in local.resources
         if r.typ in ("pulumi:providers:digitalocean", "pulumi:providers:cloudflare")
     ]
-    (init,) = [r for r in local.resources if r.typ == "command:local:Command"]
+    commands = {r.name: r for r in local.resources if r.typ == "command:local:Command"}
+    assert set(commands) == {"local-swarm-init", "registry-rollout"}
+    init = commands["local-swarm-init"]
     assert "docker swarm init" in init.inputs["create"]
     assert "LocalNodeState" in init.inputs["create"]  # only when not in a swarm yet
     assert (
@@ -524,3 +526,24 @@ def test_local_mirror_door_admits_the_engine_bridge():
     assert re.search(r"^\s*172\.18\.0\.0/16 1;$", conf, re.M)
     assert re.search(r"^\s*203\.0\.113\.0/24 1;$", conf, re.M)
     assert "proxy_protocol" not in conf
+
+
+@pytest.mark.parametrize("stack", ["dev", "local"])
+def test_up_waits_for_the_rollout_of_every_service(deployed, stack: str) -> None:
+    """The provider's converge wait returns before Swarm has finished (components/swarm_rollout.py):
+    one Command runs the rollout wait against the same engine, for every service, re-run on changes."""
+    run = deployed(stack)
+    (rollout,) = [r for r in run.resources if r.name == "registry-rollout"]
+    assert rollout.inputs["create"] == "python3 components/swarm_rollout.py"
+    env = plain(rollout.inputs["environment"])
+    services = sorted(s.inputs["name"] for s in run.of_type(SERVICE))
+    assert sorted(json.loads(env["OWNCR_SERVICES"])) == services
+    if stack == "local":
+        assert env["OWNCR_DOCKER_HOST"] == "unix:///var/run/docker.sock"
+        assert not [k for k in env if k.endswith("_PEM")]
+    else:
+        assert env["OWNCR_DOCKER_HOST"].startswith("tcp://") and env["OWNCR_DOCKER_KEY_PEM"]
+    # Secret (the client key), and re-run whenever an object name (content hash) changes.
+    assert is_rpc_secret(rollout.inputs["environment"])
+    objects = {o.inputs["name"] for o in run.of_type(CONFIG) + run.of_type(SECRET)}
+    assert objects <= set(plain(rollout.inputs["triggers"]))
