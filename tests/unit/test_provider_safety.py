@@ -90,3 +90,14 @@ def test_the_program_checks_the_environment_first(load_settings, monkeypatch: py
     monkeypatch.setenv("DOCKER_CERT_PATH", "/home/me/.docker/machine")
     with pytest.raises(settings.DeployerEnvironmentError, match="DOCKER_CERT_PATH"):
         load_settings("dev")
+
+
+@pytest.mark.parametrize("stack", ["prod", "local"])
+def test_placement_preferences_are_ones_swarm_honours(captured, stack: str) -> None:
+    """The provider passes each preference string verbatim as the spread descriptor, and swarmkit only
+    spreads over node.labels.* / engine.labels.* (manager/scheduler/nodeset.go): "spread=node.id" or
+    "node.id" would be accepted and silently ignored."""
+    run = captured(stack)
+    for key in run.keys(SERVICE):
+        prefs = (run.inputs[key]["taskSpec"].get("placement") or {}).get("prefs") or []
+        assert all(p.startswith(("node.labels.", "engine.labels.")) for p in prefs), (key, prefs)
