@@ -25,6 +25,7 @@ from gateway.render import Bundle
 from settings import Local, Registry, Secrets
 
 HTTP_SECRET = "http_secret"  # noqa: S105 (a key name, not a secret)
+HTPASSWD_SALT_KEY = "htpasswd_salt_key"  # noqa: S105 (a key name)
 HUB_TOKEN = "docker_hub_token"  # noqa: S105 (a key name)
 S3_ACCESS_KEY = "s3_access_key"
 S3_SECRET_KEY = "s3_secret_key"  # noqa: S105 (a key name)
@@ -52,7 +53,7 @@ def secret_inputs(
     secrets: Secrets, s3_keys: tuple[pulumi.Input[str], pulumi.Input[str]] | None
 ) -> dict[str, pulumi.Input[str]]:
     """The configured secrets the render needs, by the key `build` reads them under (RegistryServices
-    adds HTTP_SECRET, which it generates)."""
+    adds HTTP_SECRET and HTPASSWD_SALT_KEY, which it generates)."""
     values: dict[str, pulumi.Input[str]] = {}
     values |= {password_key(user): pw for user, pw in secrets.user_passwords.items()}
     if secrets.docker_hub_token is not None:
@@ -90,6 +91,7 @@ def _settings(
         upstreams=upstreams,
         storage=storage,
         http_secret=values[HTTP_SECRET],
+        htpasswd_salt_key=values[HTPASSWD_SALT_KEY],
         private_replicas=registry.private_replicas,
         mirror_client_cidrs=mirror_client_cidrs,
         trusted_proxy_cidrs=trusted_proxy_cidrs,

@@ -35,7 +35,7 @@ import pulumi_random as random
 from pulumi_command import local
 
 from components import physical_name, swarm_rollout, swarm_specs
-from components.gateway_wiring import HTTP_SECRET
+from components.gateway_wiring import HTPASSWD_SALT_KEY, HTTP_SECRET
 from components.service_args import service_args
 from components.swarm_specs import ServicePlan, ServiceSpec, SwarmFile
 from gateway.render import Bundle
@@ -162,9 +162,16 @@ class RegistryServices(pulumi.ComponentResource):
         name_key = random.RandomPassword(
             f"{name}-object-name-key", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
         )
-        layout, bundle = render_bundle(
-            args.build, {**args.secrets, HTTP_SECRET: pulumi.Output.secret(http_secret.result)}, args.values
+        # Keys the htpasswd salts (gateway/htpasswd.py); never deployed, so the htpasswd secret alone
+        # lets nobody test password guesses cheaply.
+        salt_key = random.RandomPassword(
+            f"{name}-htpasswd-salt-key", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
         )
+        generated = {
+            HTTP_SECRET: pulumi.Output.secret(http_secret.result),
+            HTPASSWD_SALT_KEY: pulumi.Output.secret(salt_key.result),
+        }
+        layout, bundle = render_bundle(args.build, {**args.secrets, **generated}, args.values)
 
         self.layout = layout
         self.network_name = physical_name(plan.stack, "net")

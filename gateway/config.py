@@ -7,6 +7,8 @@ the renderers can trust every field.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -162,6 +164,9 @@ class GatewaySettings:
     # Verified logins are cached, so in practice this counts failed logins.
     login_rate: int = 5
     login_burst: int = 20
+    # Keys the htpasswd salts (gateway/htpasswd.py): a deployment secret kept out of every rendered file.
+    # Empty: derived from http_secret, which is fine for a local run (a fresh one per run).
+    htpasswd_salt_key: str = field(default="", repr=False)
     # njs's JavaScript engine for the router (`js_engine`, njs >= 0.8.6): None keeps the module's default
     # (njs 1.0: its own engine; QuickJS is to become the default). The tests run the router on both.
     js_engine: str | None = None
@@ -207,6 +212,12 @@ class GatewaySettings:
             self.js_engine is None or self.js_engine in JS_ENGINES,
             f"js_engine {self.js_engine!r}: use one of {JS_ENGINES} or None (the njs module's default)",
         )
+
+    @property
+    def htpasswd_key(self) -> str:
+        if self.htpasswd_salt_key:
+            return self.htpasswd_salt_key
+        return hmac.new(self.http_secret.encode(), b"owncr-htpasswd-salt", hashlib.sha256).hexdigest()
 
     @property
     def docker_hub(self) -> Upstream:

@@ -18,7 +18,7 @@ from gateway.layout import NJS_MODULE, Layout
 TEMPLATES = Path(__file__).parent / "templates"
 ROUTER_JS = Path(__file__).parent / "router.js"
 # Statuses router.js refuses with (its fail() calls), each an internal location with an OCI body.
-REFUSAL_STATUSES = (403, 404, 405)
+REFUSAL_STATUSES = (400, 403, 404, 405, 415)
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -96,5 +96,7 @@ def render_nginx_conf(
         mirror_host=settings.mirror_host,
         # Doors sharing one port are told apart by Host: a catch-all answers other names (/healthz only).
         default_listen=layout.registry_listen if layout.registry_listen == layout.mirror_listen else "",
-        refusal_statuses=REFUSAL_STATUSES,
+        answers=(*REFUSAL_STATUSES, "ping"),
+        # Answers are produced by the static handler failing to find a file: a root that does not exist.
+        no_files_root=f"{layout.state_dir}/no-files",
     )

@@ -71,7 +71,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
                 RenderedFile(conf, nginx_conf, secret=False),
                 RenderedFile(router, ROUTER_JS.read_text(), secret=False),
                 RenderedFile(routes, render_routes(settings), secret=False),
-                RenderedFile(htpasswd, render_htpasswd(settings.users), secret=True),
+                RenderedFile(htpasswd, render_htpasswd(settings.users, settings.htpasswd_key), secret=True),
                 RenderedFile(salt, render_salt_conf(settings), secret=True),
             ),
             port=_port(lay.registry_listen),

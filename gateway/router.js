@@ -1,4 +1,4 @@
-// owncr gateway router (njs 0.7.9 and later). Decides, per request, which registry answers it, from
+// owncr gateway router (njs 1.0, both engines; still 0.7.9-compatible). Decides, per request, which registry answers it, from
 // the generated routes.json (private namespaces, each user's rights, upstream hosts). Each door's
 // `js_set` function returns an internal URI (/_owncr/<route><uri>) that nginx rewrites to; the target
 // location authenticates (registry door) and proxies to a registry, or to nginx's own loopback server
@@ -10,6 +10,7 @@ import fs from 'fs';
 import crypto from 'crypto';
 
 var routesCache = null;
+var NO_RIGHTS = {pull: [], push: []};
 
 function routes(r) {
     // Parsed once per VM; njs clones its VM per request, so this is cheap but not shared.
@@ -39,6 +40,12 @@ function parse(uri) {
     };
 }
 
+// Lookups by client-chosen keys (user names, hosts) only ever see the generated JSON's own entries,
+// never Object.prototype's ("constructor", "__proto__", ...).
+function own(obj, key) {
+    return typeof key === 'string' && Object.prototype.hasOwnProperty.call(obj, key);
+}
+
 function privateNamespace(cfg, name) {
     for (var i = 0; i < cfg.namespaces.length; i++) {
         var ns = cfg.namespaces[i];
@@ -53,10 +60,27 @@ function isRead(r) {
     return r.method === 'GET' || r.method === 'HEAD';
 }
 
+function errorBody(code, message, detail) {
+    // As Distribution writes it (one JSON document and a newline).
+    return JSON.stringify({errors: [{code: code, message: message, detail: detail || null}]}) + '\n';
+}
+
 function fail(r, status, code, message, detail) {
     r.variables.owncr_route = 'refused';
-    r.variables.owncr_error = JSON.stringify({errors: [{code: code, message: message, detail: detail || null}]});
+    r.variables.owncr_error = errorBody(code, message, detail);
     return '/_owncr/answer/' + status;
+}
+
+// The mirror door's one answer for "not here", whether the name is private (never asked upstream) or
+// unknown upstream (the cache's 404, replaced with this by the door): nothing tells the two apart.
+function notFound(p) {
+    if (p.rest.indexOf('manifests/') === 0) {
+        return errorBody('MANIFEST_UNKNOWN', 'manifest unknown');
+    }
+    if (p.rest.indexOf('blobs/') === 0) {
+        return errorBody('BLOB_UNKNOWN', 'blob unknown to registry');
+    }
+    return errorBody('NAME_UNKNOWN', 'repository name not known to registry');
 }
 
 function go(r, route, uri) {
@@ -75,7 +99,7 @@ function toCache(r, cfg, p) {
     var slash = p.name.indexOf('/');
     var id = cfg.hub;
     var name = p.name;
-    if (slash > 0 && cfg.upstreams[p.name.slice(0, slash)] !== undefined) {
+    if (slash > 0 && own(cfg.upstreams, p.name.slice(0, slash))) {
         id = cfg.upstreams[p.name.slice(0, slash)];
         name = p.name.slice(slash + 1);
     }
@@ -128,6 +152,24 @@ function deniedMount(r, cfg, user, rights) {
     return null;
 }
 
+// Go's Request.FormValue, which Distribution uses for `mount`, `from` and `digest`, also reads them from
+// a form-encoded or multipart body, where this router cannot see them. No registry client sends a form:
+// refuse those media types outright (mime.ParseMediaType: case-insensitive, parameters after ';').
+var FORM_TYPES = ['application/x-www-form-urlencoded', 'multipart/form-data'];
+
+function formBody(r) {
+    var raw = r.rawHeadersIn;
+    for (var i = 0; i < raw.length; i++) {
+        if (raw[i][0].toLowerCase() === 'content-type') {
+            var media = raw[i][1].split(';')[0].trim().toLowerCase();
+            if (FORM_TYPES.indexOf(media) >= 0) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 function deniedWrite(r, user, rights, name) {
     var where = rights.push.length ? rights.push.join(', ') : 'no namespace';
     return fail(r, 403, 'DENIED', 'push to ' + name + ' is denied; ' + user + ' may push to: ' + where,
@@ -138,8 +180,11 @@ function registryTarget(r) {
     // Runs in the rewrite phase, before auth_request has checked the login: every target location
     // authenticates (refusals included), so an unverified $remote_user only ever picks which one.
     var cfg = routes(r);
-    var user = r.variables.remote_user;
-    var rights = cfg.users[user] || {pull: [], push: []};
+    // Unknown (or not yet verified) names get no rights and are never echoed back: they may hold
+    // anything a client sends, control characters and invalid UTF-8 included.
+    var known = own(cfg.users, r.variables.remote_user);
+    var user = known ? r.variables.remote_user : 'this login';
+    var rights = known ? cfg.users[user] : NO_RIGHTS;
     var read = isRead(r);
     var uri = r.variables.uri;
     if (uri === '/v2/' || uri === '/v2') {
@@ -149,11 +194,11 @@ function registryTarget(r) {
         if (!read) {
             return fail(r, 405, 'UNSUPPORTED', 'only GET and HEAD on the catalog');
         }
-        // The catalog lists every private repository: only for users who may pull every namespace.
+        // The catalog lists every private repository: only for users who may pull every namespace
+        // (the refusal names none of the others).
         var hidden = cfg.namespaces.filter(function (ns) { return rights.pull.indexOf(ns) < 0; });
         if (hidden.length) {
-            return fail(r, 403, 'DENIED', user + ' may not list the catalog: no pull right on ' + hidden.join(', '),
-                {pull: rights.pull});
+            return fail(r, 403, 'DENIED', user + ' may not list the catalog: it needs a pull right on every private namespace');
         }
         return go(r, 'private_read', uri);
     }
@@ -168,6 +213,9 @@ function registryTarget(r) {
         }
         if (!read && rights.push.indexOf(ns) < 0) {
             return deniedWrite(r, user, rights, p.name);
+        }
+        if (!read && formBody(r)) {
+            return fail(r, 415, 'UNSUPPORTED', 'form-encoded request bodies are not accepted');
         }
         var mount = p.upload && !read ? deniedMount(r, cfg, user, rights) : null;
         if (mount !== null) {
@@ -207,9 +255,12 @@ function mirrorTarget(r) {
     if (p.upload) {
         return fail(r, 404, 'BLOB_UPLOAD_UNKNOWN', 'the mirror is read-only');
     }
+    // Also what the door answers if the cache says 404 (mirror_door.conf.j2).
+    r.variables.owncr_error = notFound(p);
     if (privateNamespace(cfg, p.name) !== null) {
         // Private names do not exist on the mirror door (and never reach an upstream).
-        return fail(r, 404, 'NAME_UNKNOWN', 'repository name not known to registry', {name: p.name});
+        r.variables.owncr_route = 'refused';
+        return '/_owncr/answer/404';
     }
     return toCache(r, cfg, p);
 }
@@ -218,7 +269,13 @@ function mirrorTarget(r) {
 // answered as a refusal rather than served from the file system.
 function checked(decide) {
     return function (r) {
-        var target = decide(r);
+        var target;
+        try {
+            target = decide(r);
+        } catch (e) {
+            // A request the rules above did not foresee: refused, never a 500 with a stack trace.
+            return fail(r, 400, 'UNSUPPORTED', 'request not understood');
+        }
         if (typeof target !== 'string' || target.indexOf('/_owncr/') !== 0) {
             return fail(r, 403, 'DENIED', 'no route');
         }

@@ -6,16 +6,14 @@ client_body_temp directory first (which made a 1 GiB push 1.73x slower than dire
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 import re
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from client_harness import USERS, GatewayProcess, Images, Launcher, ok
+from spool_watch import SpoolWatch
 
 from gateway.images import GiB, Image, Layer, MiB
 
@@ -36,49 +34,6 @@ def nginx_pids(gateway: GatewayProcess) -> list[int]:
     pids = [p.pid for p in gateway.children() if p.comm == "nginx"]
     assert len(pids) >= 2, "nginx master and at least one worker"
     return pids
-
-
-def written_to_disk(pid: int) -> int:
-    """Bytes the process caused to be written to storage (not to sockets): /proc/<pid>/io write_bytes."""
-    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    return int(fields["write_bytes"])
-
-
-class SpoolWatch:
-    """Watches nginx while a push runs: the temp files it holds open under `temp_dir` (nginx unlinks a
-    request-body temp file right after creating it, so the directory itself always looks empty: the
-    open descriptors show it, as `... (deleted)`), and the bytes its processes write to disk."""
-
-    def __init__(self, pids: list[int], temp_dir: Path) -> None:
-        self.pids = pids
-        self.temp_dir = str(temp_dir)
-        self.spool_files: set[str] = set()
-        self.samples = 0
-        self.written = 0
-        self._before = {pid: written_to_disk(pid) for pid in pids}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> SpoolWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self.written = sum(written_to_disk(pid) - before for pid, before in self._before.items())
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for pid in self.pids:
-                with contextlib.suppress(OSError):
-                    for fd in Path(f"/proc/{pid}/fd").iterdir():
-                        with contextlib.suppress(OSError):
-                            target = os.readlink(fd)
-                            if target.startswith(self.temp_dir):
-                                self.spool_files.add(target)
-            self.samples += 1
-            self._stop.wait(0.02)
 
 
 def blob_size_through_gateway(registry: str, name: str, digest: str) -> int:

@@ -4,6 +4,7 @@ service names resolve and the container paths exist)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from routing_fixtures import HTTP_SECRET
 
 from gateway import binaries, layout
 from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, SettingsError, Upstream, User
+from gateway.htpasswd import bcrypt_base64 as htpasswd_base64
 from gateway.htpasswd import hash_password, render_htpasswd
 from gateway.render import Bundle, render_local, render_production
 
@@ -121,17 +123,40 @@ def test_secrets_stay_out_of_reprs() -> None:
 # ---- htpasswd ------------------------------------------------------------------------------------
 
 
+KEY = "htpasswd-salt-key-of-this-deployment"
+
+
 def test_htpasswd_is_deterministic_bcrypt_and_verifiable() -> None:
-    text = render_htpasswd(SETTINGS.users)
-    assert text == render_htpasswd(SETTINGS.users)  # no diff, no rolling restart on `pulumi up`
+    text = render_htpasswd(SETTINGS.users, KEY)
+    assert text == render_htpasswd(SETTINGS.users, KEY)  # no diff, no rolling restart on `pulumi up`
     lines = dict(line.split(":", 1) for line in text.splitlines())
     assert set(lines) == {"alice", "bob"}
     assert lines["alice"].startswith("$2b$10$")
     assert bcrypt.checkpw(b"alice-password", lines["alice"].encode())
     assert not bcrypt.checkpw(b"bob-password", lines["alice"].encode())
     # Another user or another password gets another salt.
-    assert hash_password("carol", "alice-password")[:29] != lines["alice"][:29]
-    assert hash_password("alice", "alice-password2")[:29] != lines["alice"][:29]
+    assert hash_password("carol", "alice-password", KEY)[:29] != lines["alice"][:29]
+    assert hash_password("alice", "alice-password2", KEY)[:29] != lines["alice"][:29]
+
+
+def test_htpasswd_salts_cannot_be_recomputed_from_a_guess_without_the_key() -> None:
+    """A bcrypt line shows its salt. Were the salt a function of (name, password) alone, whoever reads
+    the file would test a guess with one cheap hash instead of a bcrypt: keyed, a guess needs the
+    deployment's key, and the same password differs between deployments."""
+    line = hash_password("alice", "alice-password", KEY)
+    salt = line[:29]
+    guess = "alice-password"  # noqa: S105 (the attacker's right guess)
+    unkeyed = hashlib.sha256(b"owncr-htpasswd\0alice\0" + guess.encode()).digest()  # the old scheme
+    assert salt[7:] != htpasswd_base64(unkeyed[:16])
+    assert hash_password("alice", guess, "another-deployments-key")[:29] != salt
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        hash_password("alice", guess, "short")
+
+
+def test_the_salt_key_never_appears_in_a_rendered_file() -> None:
+    settings = replace(SETTINGS, htpasswd_salt_key=KEY)
+    assert all(KEY not in f.content for f in local(settings).files())
+    assert render_htpasswd(settings.users, KEY) in [f.content for f in local(settings).files()]
 
 
 # ---- local render --------------------------------------------------------------------------------

@@ -274,6 +274,7 @@ def test_local_stack_specs_push_and_mirror_pull(swarm: Swarm, tmp_path: Path) ->
     )
     values = {
         gateway_wiring.HTTP_SECRET: "shared-http-secret-0123456789",
+        gateway_wiring.HTPASSWD_SALT_KEY: "htpasswd-salt-key-0123456789",
         gateway_wiring.password_key("alice"): PASSWORD,
         gateway_wiring.LOCAL_CLIENT_CIDRS: swarm.bridge_cidrs,
     }
@@ -371,6 +372,8 @@ def test_cloud_stack_specs_behind_a_proxy_protocol_load_balancer(swarm: Swarm, t
     bundle = build(
         {
             gateway_wiring.HTTP_SECRET: "shared-http-secret-0123456789",
+            gateway_wiring.HTPASSWD_SALT_KEY: "htpasswd-salt-key-0123456789",
+            gateway_wiring.HTPASSWD_SALT_KEY: "htpasswd-salt-key-0123456789",
             gateway_wiring.password_key("alice"): PASSWORD,
         }
     )

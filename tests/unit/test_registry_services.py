@@ -418,6 +418,7 @@ REGISTRY = Registry(
 )
 VALUES = {
     gateway_wiring.HTTP_SECRET: "http-secret-0123456789abcdef",
+    gateway_wiring.HTPASSWD_SALT_KEY: "htpasswd-salt-key-0123456789",
     gateway_wiring.password_key("alice"): "alice-password-1",
     gateway_wiring.password_key("bob"): "bob-password-123",
     gateway_wiring.S3_ACCESS_KEY: "access-key-id",

@@ -1,0 +1,289 @@
+"""What an attacker tried against the doors, each as a regression test on real nginx + njs and real
+registries: a mount smuggled in a form body, refused uploads stored by nginx, prototype and non-UTF-8
+user names, log injection, private names told apart from unknown ones on the mirror door, internal
+addresses in backend errors, a refusal answered as nginx HTML, and HTTP/1.0 without a Host header.
+(The htpasswd salt finding is tested in test_render.py.)"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from routing_fixtures import (
+    ACCEPT,
+    HTTP_SECRET,
+    Response,
+    TinyImage,
+    assert_oci_error,
+    basic,
+    digest_of,
+    request,
+)
+from spool_watch import SpoolWatch, nginx_processes
+
+from gateway.bench import PlainRegistry
+from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
+from gateway.ports import free_ports
+from gateway.runner import LocalGateway
+
+ALICE = ("alice", "alice-password")  # pushes acme and team
+BOB = ("bob", "bob-password")  # pulls acme only
+DAVE = ("dave", "dave-password")  # pushes acme, may not read team
+SECRET_LAYER = TinyImage.make("team's secret layer")
+UPSTREAM = TinyImage.make("an upstream image")
+MiB = 1 << 20
+
+
+class Env:
+    def __init__(self, gateway: LocalGateway, upstream: PlainRegistry) -> None:
+        self.gateway = gateway
+        self.upstream = upstream
+        self.reg = gateway.registry_url
+        self.mir = gateway.mirror_url
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    work = tmp_path_factory.mktemp("security")
+    upstream = PlainRegistry(work, "upstream").start()
+    try:
+        UPSTREAM.push(upstream.url, "library/known", "1")
+        settings = GatewaySettings(
+            namespaces=("acme", "team"),
+            users=(
+                User(*ALICE, push=("acme", "team")),
+                User(*BOB, pull=("acme",)),
+                User(*DAVE, push=("acme",)),
+            ),
+            upstreams=(Upstream("docker.io", upstream.url),),
+            storage=FilesystemStorage(str(work / "storage")),
+            http_secret=HTTP_SECRET,
+            mirror_client_cidrs=("127.0.0.1/32",),
+        )
+        reg_port, mir_port = free_ports(2)
+        with LocalGateway(settings, data_dir=work / "gw", registry_port=reg_port, mirror_port=mir_port) as gw:
+            SECRET_LAYER.push(gw.registry_url, "team/secret", "1", auth=ALICE)
+            yield Env(gw, upstream)
+    finally:
+        upstream.stop()
+
+
+# ---- 1. a cross-namespace mount hidden in the body ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded",
+        "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+        "multipart/form-data; boundary=owncr",
+    ],
+)
+def test_a_mount_hidden_in_a_form_body_is_refused(env: Env, content_type: str) -> None:
+    """Distribution reads `mount`/`from` with Go's FormValue, which prefers a form body to the query
+    the router checks: dave (push acme, no right on team) would copy team's layer into acme."""
+    digest = digest_of(SECRET_LAYER.layer)
+    if content_type.startswith("multipart"):
+        body = (
+            "".join(
+                f'--owncr\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                for k, v in (("mount", digest), ("from", "team/secret"))
+            ).encode()
+            + b"--owncr--\r\n"
+        )
+    else:
+        body = f"mount={digest}&from=team/secret".encode()
+    target = f"acme/stolen-{abs(hash(content_type)) % 10000}"
+    refused = request(
+        f"{env.reg}/v2/{target}/blobs/uploads/",
+        "POST",
+        auth=DAVE,
+        body=body,
+        headers={"Content-Type": content_type},
+    )
+    assert_oci_error(refused, 415, "UNSUPPORTED")
+    # Nothing was linked into dave's repository.
+    assert request(f"{env.reg}/v2/{target}/blobs/{digest}", "HEAD", auth=DAVE).status == 404
+    # The same start of an upload without a form is an ordinary upload.
+    plain = request(
+        f"{env.reg}/v2/{target}/blobs/uploads/",
+        "POST",
+        auth=DAVE,
+        body=b"",
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert plain.status == 202, plain.body
+
+
+# ---- 2. refused request bodies are never stored -------------------------------------------------------
+
+
+def _send_big(port: int, method: str, path: str, headers: dict[str, str], size: int) -> tuple[bytes, int]:
+    """A request with a `size`-byte body, sent as fast as nginx takes it; (response head, bytes sent)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {size}\r\n"
+    sock.sendall((head + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode())
+    chunk, sent = b"x" * MiB, 0
+    try:
+        while sent < size:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass  # nginx may close once it answered
+    try:
+        answer = sock.recv(4096)
+    finally:
+        sock.close()
+    return answer, sent
+
+
+@pytest.mark.parametrize(
+    ("door", "method", "path", "who", "status"),
+    [
+        ("mir", "POST", "/v2/library/x/blobs/uploads/", None, 405),  # anonymous write on the mirror
+        ("reg", "PATCH", "/v2/acme/app/blobs/uploads/some-upload", BOB, 403),  # a push without the right
+        ("reg", "GET", "/v2/", ALICE, 200),  # the ping, with a body
+        ("reg", "PUT", "/v2/library/x/blobs/uploads/u", ALICE, 403),  # a write outside the namespaces
+    ],
+)
+def test_refused_request_bodies_are_never_stored(
+    env: Env, door: str, method: str, path: str, who: tuple[str, str] | None, status: int
+) -> None:
+    nginx = env.gateway.processes["nginx"]
+    port = env.gateway.registry_port if door == "reg" else env.gateway.mirror_port
+    headers = {"Authorization": basic(*who)} if who else {}
+    temp = env.gateway.data_dir / "state" / "client_body"
+    with SpoolWatch(nginx_processes(nginx.pid), temp) as watch:
+        answer, _ = _send_big(port, method, path, headers, 50 * MiB)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert watch.spool_files == set(), f"nginx stored the body in {watch.spool_files}"
+    assert watch.written < MiB, f"nginx wrote {watch.written} bytes to storage"
+    if status != 200:
+        assert b"\r\nConnection: close\r\n" in answer  # a refused uploader does not keep its connection
+
+
+# ---- 4. and 5. user names that are not names ---------------------------------------------------------
+
+
+def _raw_basic(user: bytes, password: bytes = b"whatever-password") -> str:
+    return "Basic " + base64.b64encode(user + b":" + password).decode()
+
+
+STRANGE = [
+    b"constructor",
+    b"__proto__",
+    b"toString",
+    b"hasOwnProperty",
+    b"valueOf",
+    b"\xff\xfe\x80",
+    b"caf\xe9",
+]
+
+
+@pytest.mark.parametrize("user", STRANGE)
+def test_strange_user_names_are_refused_not_crashed(env: Env, user: bytes) -> None:
+    source = f"127.0.1.{10 + STRANGE.index(user)}"  # its own address: failed logins are limited per address
+    login = {"Authorization": _raw_basic(user)}
+    for method, path in (("GET", "/v2/acme/app/manifests/1"), ("PUT", "/v2/acme/app/manifests/1"),
+                         ("GET", "/v2/_catalog"), ("GET", "/v2/")):  # fmt: skip
+        resp = request(f"{env.reg}{path}", method, body=b"", headers=login, source=source)
+        assert_oci_error(resp, 401, "UNAUTHORIZED")
+    # Names near Object.prototype's members route as ordinary upstream names, never to a bogus cache.
+    assert_oci_error(
+        request(f"{env.mir}/v2/constructor/x/manifests/1", headers={"Accept": ACCEPT}),
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+
+
+def test_user_names_with_control_characters_never_reach_the_error_log(env: Env) -> None:
+    log = env.gateway.log_path("nginx")
+    before = log.read_bytes()
+    source = "127.0.1.50"  # its own address: failed logins are limited per address
+    for user in (b"evil\nFORGED-LOG-LINE", b"evil\r\nFORGED-LOG-LINE", b"evil\x1b[2J"):
+        login = {"Authorization": _raw_basic(user)}
+        resp = request(f"{env.reg}/v2/acme/app/tags/list", headers=login, source=source)
+        assert_oci_error(resp, 401, "UNAUTHORIZED")
+    # A wrong password for a real user is still logged (the control: the log is being written).
+    request(f"{env.reg}/v2/acme/app/tags/list", auth=("alice", "wrong-password"), source=source)
+    time.sleep(0.3)
+    new = log.read_bytes()[len(before) :]
+    assert b"password mismatch" in new or b"alice" in new, new[-500:]
+    assert b"\nFORGED-LOG-LINE" not in new and b"\x1b" not in new
+
+
+# ---- 6. the mirror door tells private names and unknown names apart by nothing ----------------------
+
+
+def _comparable(resp: Response, name: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    headers = sorted((k, v) for k, v in resp.headers.items() if k not in ("Date", "Content-Length"))
+    return resp.status, headers, resp.body.replace(name.encode(), b"<name>")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize(
+    "what", ["manifests/1", "manifests/latest", "tags/list", f"blobs/{digest_of(b'nothing')}"]
+)
+def test_private_names_answer_exactly_like_unknown_names_on_the_mirror(
+    env: Env, method: str, what: str
+) -> None:
+    private = request(f"{env.mir}/v2/acme/app/{what}", method, headers={"Accept": ACCEPT})
+    unknown = request(f"{env.mir}/v2/nobody/app/{what}", method, headers={"Accept": ACCEPT})
+    assert private.status == 404
+    assert _comparable(private, "acme/app") == _comparable(unknown, "nobody/app")
+
+
+def test_the_catalog_refusal_names_no_namespace(env: Env) -> None:
+    error = assert_oci_error(request(f"{env.reg}/v2/_catalog", auth=BOB), 403, "DENIED")
+    assert "team" not in str(error)
+
+
+# ---- 7. backend errors name no internal address ------------------------------------------------------
+
+
+def test_an_upstream_outage_answers_an_oci_error_without_addresses(tmp_path: Path) -> None:
+    upstream = PlainRegistry(tmp_path, "upstream").start()
+    host = upstream.host
+    settings = GatewaySettings(
+        namespaces=("acme",),
+        users=(User(*ALICE, push=("acme",)),),
+        upstreams=(Upstream("docker.io", upstream.url),),
+        storage=FilesystemStorage(str(tmp_path / "storage")),
+        http_secret=HTTP_SECRET,
+    )
+    reg_port, mir_port = free_ports(2)
+    with LocalGateway(settings, data_dir=tmp_path / "gw", registry_port=reg_port, mirror_port=mir_port) as gw:
+        upstream.stop()
+        resp = request(f"{gw.mirror_url}/v2/library/gone/blobs/{digest_of(b'uncached')}")
+        assert resp.status in (500, 503), resp.body
+        error = assert_oci_error(resp, resp.status, "UNAVAILABLE" if resp.status == 503 else "UNKNOWN")
+        assert host not in resp.body.decode() and "127.0.0.1" not in resp.body.decode(), error
+        # The registry's own log still has the details.
+        assert host.split(":")[1] in gw.log_path("cache-docker-io").read_text()
+
+
+# ---- 8. every refusal is an OCI error -----------------------------------------------------------------
+
+
+def test_a_query_that_cannot_be_decoded_is_an_oci_400(env: Env) -> None:
+    resp = request(f"{env.reg}/v2/acme/app/blobs/uploads/?mount=x&from=%zz", "POST", auth=DAVE, body=b"")
+    assert_oci_error(resp, 400, "UNSUPPORTED")
+
+
+# ---- 9. HTTP/1.0 without a Host header ----------------------------------------------------------------
+
+
+def test_http10_without_host_reaches_the_registry(env: Env) -> None:
+    sock = socket.create_connection(("127.0.0.1", env.gateway.registry_port), timeout=15)
+    sock.sendall(f"GET /v2/team/secret/tags/list HTTP/1.0\r\nAuthorization: {basic(*ALICE)}\r\n\r\n".encode())
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data[:300]
+    assert b'"tags":["1"]' in body
