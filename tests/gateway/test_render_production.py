@@ -115,7 +115,7 @@ def _inside_namespace(work: Path) -> None:
         # Mirror door by hostname: only for allowed real client addresses, never private names.
         hub = via(MIRROR_HOST, CLIENT_INSIDE, "/v2/library/alpine/manifests/3", headers=accept)
         assert (hub.status, hub.headers["Docker-Content-Digest"]) == (200, hub_image.digest)
-        assert_oci_error(via(MIRROR_HOST, CLIENT_INSIDE, "/v2/acme/app/manifests/1"), 404, "NAME_UNKNOWN")
+        assert_oci_error(via(MIRROR_HOST, CLIENT_INSIDE, "/v2/acme/app/manifests/1"), 404, "MANIFEST_UNKNOWN")
         assert_oci_error(via(MIRROR_HOST, CLIENT_OUTSIDE, "/v2/"), 403, "DENIED")
         assert upstream.requests_for("acme") == []
         print("production run: all checks passed")

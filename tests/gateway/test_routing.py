@@ -286,7 +286,10 @@ def test_mirror_door_is_read_only(env: Env, method: str, path: str) -> None:
     ],
 )
 def test_mirror_door_hides_private_names(env: Env, method: str, path: str) -> None:
-    assert_oci_error(request(env.mir + path, method), 404, "NAME_UNKNOWN", head=method == "HEAD")
+    # The answer a name no upstream has gets (test_security.py compares the two in full).
+    what = path.split("/")[-2]
+    code = {"manifests": "MANIFEST_UNKNOWN", "blobs": "BLOB_UNKNOWN"}.get(what, "NAME_UNKNOWN")
+    assert_oci_error(request(env.mir + path, method), 404, code, head=method == "HEAD")
 
 
 def test_mirror_upload_paths_do_not_exist(env: Env) -> None:

@@ -211,6 +211,7 @@ def test_drift_check_fails_on_any_change_of_each_stack() -> None:
         "command": "preview",
         "stack": "${{ matrix.stack }}",
         "runner": "${{ matrix.runner }}",
+        "runner-firewall": "${{ matrix.runner-firewall }}",
         "expect-no-changes": True,
         "refresh": True,
     }
@@ -261,11 +262,16 @@ def test_third_party_actions_are_pinned_by_commit_sha() -> None:
 
 
 def test_only_the_pulumi_step_sees_secrets() -> None:
+    """...and the runner-firewall steps, which see the DigitalOcean token alone."""
     for name, workflow in workflows().items():
         for job_id, job in workflow["jobs"].items():
             assert "secrets." not in str(job.get("env", {})), f"{name}:{job_id}"
             for step in job.get("steps", []):
-                if "secrets." in str(step):
+                if "secrets." not in str(step):
+                    continue
+                if "ci_admin_firewall.py" in step.get("run", ""):
+                    assert step["env"] == {"DIGITALOCEAN_TOKEN": "${{ secrets.DIGITALOCEAN_TOKEN }}"}, step
+                else:
                     assert "command" in step["with"] and set(step["env"]) >= {"DIGITALOCEAN_TOKEN"}, step
 
 
@@ -321,3 +327,29 @@ def test_readme_names_every_secret_and_variable_the_workflows_read() -> None:
         "OWNCR_PROD_RUNNER",
     } <= names
     assert {name for name in names if f"`{name}`" not in section} == set()
+
+
+def firewall_per_stack(job: dict[str, Any]) -> dict[str, object]:
+    """`runner-firewall` each stack of a call gets, resolving `${{ matrix.runner-firewall }}`."""
+    value = job["with"].get("runner-firewall", False)
+    if value != "${{ matrix.runner-firewall }}":
+        return {stack: value for stack in call_stacks(job)}
+    return {entry["stack"]: entry["runner-firewall"] for entry in job["strategy"]["matrix"]["include"]}
+
+
+def test_dev_jobs_open_the_admin_ports_to_their_runner_only_and_always_close_them() -> None:
+    """dev deploys from GitHub-hosted runners without opening SSH and the Docker API to the world: every
+    dev job opens them to its own IP (scripts/ci_admin_firewall.py) and closes them however it ends."""
+    for where, _, job in pulumi_calls():
+        for stack, opened in firewall_per_stack(job).items():
+            assert opened is (stack == "dev"), (where, stack, opened)
+    steps = workflows()["pulumi.yml"]["jobs"]["pulumi"]["steps"]
+    names = [s.get("name", "") for s in steps]
+    opened = next(i for i, s in enumerate(steps) if "ci_admin_firewall.py open" in s.get("run", ""))
+    closed = next(i for i, s in enumerate(steps) if "ci_admin_firewall.py close" in s.get("run", ""))
+    operation = next(i for i, n in enumerate(names) if n.startswith("pulumi ${{ inputs.command }}"))
+    assert opened < operation < closed == len(steps) - 1
+    assert steps[opened]["if"] == "inputs.runner-firewall"
+    assert steps[closed]["if"] == "always() && inputs.runner-firewall"
+    dev = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    assert "0.0.0.0/0" not in dev["owncr:adminCidrs"] and not dev.get("owncr:allowWorldAdminAccess", False)
