@@ -258,9 +258,11 @@ function mirrorTarget(r) {
     // Also what the door answers if the cache says 404 (mirror_door.conf.j2).
     r.variables.owncr_error = notFound(p);
     if (privateNamespace(cfg, p.name) !== null) {
-        // Private names do not exist on the mirror door (and never reach an upstream).
+        // Private names do not exist on the mirror door (and never reach an upstream). A manifest by
+        // digest that no upstream has is a 500 from Distribution's proxy (v3.1.1), so that is the answer.
         r.variables.owncr_route = 'refused';
-        return '/_owncr/answer/404';
+        var byDigest = p.rest.indexOf('manifests/') === 0 && !p.tag;
+        return byDigest ? '/_owncr/answer/failed' : '/_owncr/answer/404';
     }
     return toCache(r, cfg, p);
 }

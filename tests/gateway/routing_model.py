@@ -167,6 +167,8 @@ def mirror_door(settings: GatewaySettings, method: str, path: str, client_allowe
     if upload:
         return Expect("refused", 404, "BLOB_UPLOAD_UNKNOWN")
     if _private(settings, name) is not None:
+        if rest.startswith("manifests/") and not tag:
+            return Expect("refused", 500, "UNKNOWN")  # what the cache answers for an unknown digest
         code = "MANIFEST_UNKNOWN" if rest.startswith("manifests/") else "BLOB_UNKNOWN"
         if not rest.startswith(("manifests/", "blobs/")):
             code = "NAME_UNKNOWN"

@@ -287,7 +287,10 @@ def test_mirror_door_is_read_only(env: Env, method: str, path: str) -> None:
 )
 def test_mirror_door_hides_private_names(env: Env, method: str, path: str) -> None:
     # The answer a name no upstream has gets (test_security.py compares the two in full).
-    what = path.split("/")[-2]
+    what, ref = path.split("/")[-2:]
+    if what == "manifests" and ref.startswith("sha256:"):  # Distribution's proxy: 500 for such digests
+        assert_oci_error(request(env.mir + path, method), 500, "UNKNOWN", head=method == "HEAD")
+        return
     code = {"manifests": "MANIFEST_UNKNOWN", "blobs": "BLOB_UNKNOWN"}.get(what, "NAME_UNKNOWN")
     assert_oci_error(request(env.mir + path, method), 404, code, head=method == "HEAD")
 

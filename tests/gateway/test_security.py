@@ -36,6 +36,7 @@ DAVE = ("dave", "dave-password")  # pushes acme, may not read team
 SECRET_LAYER = TinyImage.make("team's secret layer")
 UPSTREAM = TinyImage.make("an upstream image")
 MiB = 1 << 20
+DIGEST = digest_of(b"no such blob")
 
 
 class Env:
@@ -224,16 +225,17 @@ def _comparable(resp: Response, name: str) -> tuple[int, list[tuple[str, str]], 
     return resp.status, headers, resp.body.replace(name.encode(), b"<name>")
 
 
+ENDPOINTS = ["manifests/1", "manifests/latest", f"manifests/{DIGEST}", "tags/list", f"blobs/{DIGEST}"]
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
-@pytest.mark.parametrize(
-    "what", ["manifests/1", "manifests/latest", "tags/list", f"blobs/{digest_of(b'nothing')}"]
-)
+@pytest.mark.parametrize("what", ENDPOINTS)
 def test_private_names_answer_exactly_like_unknown_names_on_the_mirror(
     env: Env, method: str, what: str
 ) -> None:
     private = request(f"{env.mir}/v2/acme/app/{what}", method, headers={"Accept": ACCEPT})
     unknown = request(f"{env.mir}/v2/nobody/app/{what}", method, headers={"Accept": ACCEPT})
-    assert private.status == 404
+    assert private.status in (404, 500)  # 500: Distribution's proxy on a digest no upstream has
     assert _comparable(private, "acme/app") == _comparable(unknown, "nobody/app")
 
 
