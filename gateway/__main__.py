@@ -1,4 +1,4 @@
-"""`python -m gateway run ...`: the local runner's command line (see README, section "gateway")."""
+"""`python -m gateway run ...`: the local runner's command line (docs/local.md, docs/architecture.md)."""
 
 from __future__ import annotations
 

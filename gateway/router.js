@@ -5,7 +5,7 @@
 // for the ping and for refusals (the OCI error body travels in $owncr_error).
 // Why js_set and not js_content: js_content reads the whole request body before it runs (to disk for
 // large layers); the rewrite phase never touches the body, so pushes stream to the registry.
-// Routing contract: ../README.md, section "gateway".
+// Routing contract: ../docs/architecture.md (and its model, ../tests/gateway/routing_model.py).
 import fs from 'fs';
 import crypto from 'crypto';
 

@@ -1,6 +1,6 @@
 """The routing contract as a plain Python model: (door, method, path, query, content type, client, login)
--> the route the gateway must take, or the refusal it must answer. The README's routing rules, stated
-once more without nginx or njs, so that test_routing_property.py can compare the real gateway with it
+-> the route the gateway must take, or the refusal it must answer. The rules of docs/architecture.md,
+stated once more without nginx or njs, so that test_routing_property.py can compare the real gateway with it
 on generated requests (a hand-picked list of cases is what an attacker goes around).
 
 Paths are first normalized as nginx does before any location or router.js sees them: %XX decoded

@@ -1,5 +1,5 @@
-"""`python -m gateway.bench` runs end to end at a tiny size (the full-size numbers are in the README), and
-its verdicts are computed the right way round."""
+"""`python -m gateway.bench` runs end to end at a tiny size (the full-size numbers are in
+docs/benchmarks.md), and its verdicts are computed the right way round."""
 
 from __future__ import annotations
 

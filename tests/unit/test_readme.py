@@ -1,8 +1,7 @@
-"""The README's configuration and outputs tables stay in step with Pulumi.yaml and __main__.py.
-
-The configuration table is generated from Pulumi.yaml: `python tests/unit/test_readme.py` prints it, the
-test requires the README to hold exactly that text. The outputs table is hand-written (it says when each
-output exists); the test requires its names to be exactly the names __main__.py exports.
+"""The README and docs/ stay true: the configuration table is generated from Pulumi.yaml
+(`python tests/unit/test_readme.py` prints it; docs/configuration.md must hold exactly that text), the
+outputs table names exactly what __main__.py exports, every docs page says whom it is for and links back,
+every link between them resolves, and the README stays a front page (short, no internal markers).
 """
 
 from __future__ import annotations
@@ -16,12 +15,20 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+README_MAX_LINES = 200
+PAGES = ("configuration", "deploy", "operations", "architecture", "local", "benchmarks", "testing", "ci",
+         "security", "troubleshooting")  # fmt: skip
 
 
-def section(name: str) -> str:
-    text = README.read_text(encoding="utf-8")
-    match = re.search(rf"<!-- section: {re.escape(name)} \([^)]*\) -->\n(.*?)<!-- /section -->", text, re.S)
-    assert match, f"README has no section {name}"
+def page(name: str) -> str:
+    return (DOCS / f"{name}.md").read_text(encoding="utf-8")
+
+
+def heading_section(text: str, heading: str) -> str:
+    """From `## heading` to the next `## ` heading."""
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert match, f"no section {heading!r}"
     return match.group(1)
 
 
@@ -67,16 +74,16 @@ def table_first_column(text: str) -> list[str]:
 
 
 def test_configuration_table_is_generated_from_pulumi_yaml():
-    assert config_table() in section("configuration"), "regenerate: python tests/unit/test_readme.py"
+    assert config_table() in page("configuration"), "regenerate: python tests/unit/test_readme.py"
 
 
 def test_configuration_table_lists_each_key_once():
-    keys = table_first_column(section("configuration"))
+    keys = table_first_column(heading_section(page("configuration"), "Configuration"))
     assert len(keys) == len(set(keys))
 
 
 def test_outputs_table_names_exactly_the_exports():
-    names = table_first_column(section("outputs"))
+    names = table_first_column(heading_section(page("configuration"), "Outputs"))
     assert len(names) == len(set(names))
     assert set(names) == exported_names()
     assert all(re.fullmatch(r"[a-z0-9_]+", n) for n in names)  # snake_case: outputs are an API
@@ -88,13 +95,35 @@ def test_exported_names_are_found():
 
 
 def test_prerequisites_list_the_cloudflare_token_permissions():
-    text = section("prerequisites").replace("\\|", "|")  # pipes are escaped inside the table
+    text = page("deploy").replace("\\|", "|")  # pipes are escaped inside the table
     for permission in (
         "Zone | DNS | Edit",
         "Account | Workers R2 Storage | Edit",
         "User | API Tokens | Edit",
     ):
         assert permission in text, permission
+
+
+def test_the_readme_is_a_front_page():
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= README_MAX_LINES
+    assert "<!--" not in text
+    for name in PAGES:
+        assert f"docs/{name}.md" in text, f"the README links no docs/{name}.md"
+
+
+def test_every_docs_page_says_whom_it_is_for_and_links_back():
+    assert sorted(p.stem for p in DOCS.glob("*.md")) == sorted(PAGES)
+    for name in PAGES:
+        lines = page(name).splitlines()
+        assert lines[0].startswith("# ") and lines[2].startswith("*For "), name
+        assert "[README](../README.md)" in lines[2], name
+
+
+def test_every_relative_link_resolves():
+    for path in [README, *DOCS.glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8")):
+            assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
 
 
 if __name__ == "__main__":
