@@ -1,33 +1,55 @@
 """owncr: composition only. settings -> providers -> components -> exports.
 
-`platform: digitalocean` builds the network, storage, the swarm managers, the edge and the firewall, then
-the registry services (block at the end). `platform: local` creates no DigitalOcean or Cloudflare
-resource: only the registry services on the local Docker engine (same block).
+`platform: digitalocean` (`deploy_cloud`) builds the network, storage, the swarm managers, the edge and
+the firewall, then the registry services; `platform: local` (`deploy_local`) creates no DigitalOcean or
+Cloudflare resource, only the same registry services on the local Docker engine. Both export the URLs
+and the client snippets the same way (`export_client_settings`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_cloudflare as cloudflare
 import pulumi_digitalocean as digitalocean
 
 import settings as owncr_settings
+from components import gateway_wiring
 from components.edge import Edge, EdgeArgs, containerd_hosts, daemon_json
+from components.local_swarm import LocalSwarm
 from components.monitoring import NodeAlerts, NodeAlertsArgs
 from components.network import Network, NetworkArgs, NodeFirewall, NodeFirewallArgs
+from components.registry_services import (
+    LOCAL_DOCKER_HOST,
+    DockerEngine,
+    RegistryServices,
+    RegistryServicesArgs,
+)
 from components.storage import NfsStorage, NfsStorageArgs, R2Storage, R2StorageArgs
 from components.swarm_cluster import NfsMount, SwarmCluster, SwarmClusterArgs
 
-settings = owncr_settings.load()
-registry = settings.registry
-upstream_pairs = [(u.host, u.url) for u in registry.upstreams]
 
-cloud = settings.cloud
-storage: R2Storage | NfsStorage | None = None
-nfs_mount: NfsMount | None = None
-cluster: SwarmCluster | None = None
-edge: Edge | None = None
-if cloud is not None:
+@dataclass(frozen=True)
+class Deployment:
+    services: RegistryServices
+    storage: R2Storage | NfsStorage | None  # None on the local platform
+
+
+def export_client_settings(
+    registry: owncr_settings.Registry, registry_url: pulumi.Input[str], mirror_url: str
+) -> None:
+    upstream_pairs = [(u.host, u.url) for u in registry.upstreams]
+    pulumi.export("registry_url", registry_url)
+    pulumi.export("mirror_url", mirror_url)
+    pulumi.export("docker_daemon_json", daemon_json(mirror_url))
+    pulumi.export("containerd_hosts_toml", containerd_hosts(mirror_url, upstream_pairs))
+
+
+def deploy_cloud(settings: owncr_settings.Settings, cloud: owncr_settings.Cloud) -> Deployment:
+    registry = settings.registry
+    nfs_mount: NfsMount | None = None
+    storage: R2Storage | NfsStorage
     # Explicit providers; each token is the secret stack config, or (None) the provider's env variable.
     do_provider = digitalocean.Provider(
         "digitalocean", token=pulumi.Config("digitalocean").get_secret("token")
@@ -118,8 +140,7 @@ if cloud is not None:
             opts=cloud_opts,
         )
 
-    pulumi.export("registry_url", edge.registry_url)
-    pulumi.export("mirror_url", edge.mirror_url)
+    export_client_settings(registry, edge.registry_url, edge.mirror_url)
     pulumi.export("load_balancer_ip", edge.ip)
     pulumi.export("node_public_ips", cluster.public_ips)
     pulumi.export("node_vpc_ips", cluster.vpc_ips)
@@ -130,20 +151,7 @@ if cloud is not None:
         pulumi.export("nfs_host", storage.host)
         pulumi.export("nfs_mount_path", storage.mount_path)
     pulumi.export("ssh_command", pulumi.Output.concat("ssh root@", cluster.public_ips[0]))
-    pulumi.export("docker_daemon_json", daemon_json(edge.mirror_url))
-    pulumi.export("containerd_hosts_toml", containerd_hosts(edge.mirror_url, upstream_pairs))
 
-# --- registry services (issue 4): added by components/registry_services.py ---
-from components import gateway_wiring  # noqa: E402
-from components.local_swarm import LocalSwarm  # noqa: E402
-from components.registry_services import (  # noqa: E402
-    LOCAL_DOCKER_HOST,
-    DockerEngine,
-    RegistryServices,
-    RegistryServicesArgs,
-)
-
-if cloud is not None and cluster is not None and edge is not None and storage is not None:
     services = RegistryServices(
         "registry",
         RegistryServicesArgs(
@@ -177,14 +185,18 @@ if cloud is not None and cluster is not None and edge is not None and storage is
             depends_on=[cluster.bootstrap],
         ),
     )
-elif settings.local is not None:
+    return Deployment(services, storage)
+
+
+def deploy_local(settings: owncr_settings.Settings, local: owncr_settings.Local) -> Deployment:
+    registry = settings.registry
     local_swarm = LocalSwarm("local-swarm", LOCAL_DOCKER_HOST)
-    registry_door = f"{gateway_wiring.LOCAL_REGISTRY_HOST}:{settings.local.registry_port}"
-    local_mirror_url = f"http://{gateway_wiring.LOCAL_REGISTRY_HOST}:{settings.local.mirror_port}"
+    registry_door = f"{gateway_wiring.LOCAL_REGISTRY_HOST}:{local.registry_port}"
+    local_mirror_url = f"http://{gateway_wiring.LOCAL_REGISTRY_HOST}:{local.mirror_port}"
     services = RegistryServices(
         "registry",
         RegistryServicesArgs(
-            plan=gateway_wiring.local_plan(settings.stack, registry, settings.local),
+            plan=gateway_wiring.local_plan(settings.stack, registry, local),
             build=gateway_wiring.local_build(registry),
             secrets=gateway_wiring.secret_inputs(settings.secrets, None),
             values={gateway_wiring.LOCAL_CLIENT_CIDRS: local_swarm.bridge_cidrs},
@@ -194,10 +206,16 @@ elif settings.local is not None:
             depends_on=[local_swarm.init],
         ),
     )
-    pulumi.export("registry_url", f"http://{registry_door}")
-    pulumi.export("mirror_url", local_mirror_url)
-    pulumi.export("docker_daemon_json", daemon_json(local_mirror_url))
-    pulumi.export("containerd_hosts_toml", containerd_hosts(local_mirror_url, upstream_pairs))
+    export_client_settings(registry, f"http://{registry_door}", local_mirror_url)
+    return Deployment(services, None)
+
+
+settings = owncr_settings.load()
+if settings.cloud is not None:
+    deployment = deploy_cloud(settings, settings.cloud)
+elif settings.local is not None:
+    deployment = deploy_local(settings, settings.local)
 else:
     raise AssertionError("settings.load() returns either cloud or local settings")
+services, storage = deployment.services, deployment.storage
 pulumi.export("docker_login_command", services.docker_login_command)
