@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_cloudflare as cloudflare
 import pulumi_digitalocean as digitalocean
+import pulumi_random as random
 
 import settings as owncr_settings
 from components import gateway_wiring
@@ -34,6 +35,7 @@ from components.swarm_cluster import NfsMount, SwarmCluster, SwarmClusterArgs
 class Deployment:
     services: RegistryServices
     storage: R2Storage | NfsStorage | None  # None on the local platform
+    login_command: pulumi.Input[str] | None = None  # instead of the services' plain one
 
 
 def export_client_settings(
@@ -190,15 +192,23 @@ def deploy_cloud(settings: owncr_settings.Settings, cloud: owncr_settings.Cloud)
 
 def deploy_local(settings: owncr_settings.Settings, local: owncr_settings.Local) -> Deployment:
     registry = settings.registry
-    local_swarm = LocalSwarm("local-swarm", LOCAL_DOCKER_HOST)
+    local_swarm = LocalSwarm("local-swarm", LOCAL_DOCKER_HOST, ports=(local.registry_port, local.mirror_port))
     registry_door = f"{gateway_wiring.LOCAL_REGISTRY_HOST}:{local.registry_port}"
+    # A user without a configured password gets a generated one, kept as a secret and exported as one:
+    # trying the local stack needs no step by hand.
+    generated = {
+        user: pulumi.Output.secret(random.RandomPassword(f"password-{user}", length=24, special=False).result)
+        for user in settings.secrets.generated
+    }
+    secrets = gateway_wiring.secret_inputs(settings.secrets, None)
+    secrets |= {gateway_wiring.password_key(user): password for user, password in generated.items()}
     local_mirror_url = f"http://{gateway_wiring.LOCAL_REGISTRY_HOST}:{local.mirror_port}"
     services = RegistryServices(
         "registry",
         RegistryServicesArgs(
             plan=gateway_wiring.local_plan(settings.stack, registry, local),
             build=gateway_wiring.local_build(registry),
-            secrets=gateway_wiring.secret_inputs(settings.secrets, None),
+            secrets=secrets,
             values={gateway_wiring.LOCAL_CLIENT_CIDRS: local_swarm.bridge_cidrs},
             engine=DockerEngine(host=LOCAL_DOCKER_HOST),
             registry_door=registry_door,
@@ -207,7 +217,21 @@ def deploy_local(settings: owncr_settings.Settings, local: owncr_settings.Local)
         ),
     )
     export_client_settings(registry, f"http://{registry_door}", local_mirror_url)
-    return Deployment(services, None)
+    if generated:
+        pulumi.export("generated_passwords", pulumi.Output.secret(generated))
+    return Deployment(services, None, login_command(registry_door, sorted(generated)))
+
+
+def login_command(registry_door: str, generated: list[str]) -> str:
+    """`docker login` for the first user whose password was generated, reading it from the stack."""
+    if not generated:
+        return f"docker login {registry_door}"
+    user = generated[0]
+    read = f"import json,sys; print(json.load(sys.stdin)['{user}'])"
+    return (
+        f'pulumi stack output --show-secrets generated_passwords --json | python3 -c "{read}" | '
+        f"docker login {registry_door} -u {user} --password-stdin"
+    )
 
 
 settings = owncr_settings.load()
@@ -218,4 +242,4 @@ elif settings.local is not None:
 else:
     raise AssertionError("settings.load() returns either cloud or local settings")
 services, storage = deployment.services, deployment.storage
-pulumi.export("docker_login_command", services.docker_login_command)
+pulumi.export("docker_login_command", deployment.login_command or services.docker_login_command)

@@ -222,6 +222,9 @@ class Secrets:
 
     user_passwords: Mapping[str, pulumi.Output[str]]
     docker_hub_token: pulumi.Output[str] | None
+    # Users without a configured password (only the `local` platform allows that: the program generates
+    # one and exports it as a secret output, so trying owncr needs no step by hand).
+    generated: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -436,7 +439,9 @@ def _require_secret(key: str) -> None:
         raise ConfigError(key, "[plain text]", f"a secret: `pulumi config set --secret {key} ...`")
 
 
-def _passwords(raw: dict[str, Any], users: tuple[User, ...]) -> dict[str, pulumi.Output[str]]:
+def _passwords(
+    raw: dict[str, Any], users: tuple[User, ...], *, generate_missing: bool
+) -> dict[str, pulumi.Output[str]]:
     if raw:
         _require_secret("userPasswords")
     names = {u.name for u in users}
@@ -446,6 +451,8 @@ def _passwords(raw: dict[str, Any], users: tuple[User, ...]) -> dict[str, pulumi
     passwords = {}
     for user in sorted(names):
         password = raw.get(user)
+        if password is None and generate_missing:
+            continue
         if not isinstance(password, str) or not password:
             raise ConfigError(
                 "userPasswords",
@@ -557,9 +564,13 @@ def load() -> Settings:
         mirror_client_cidrs=_cidrs("mirrorClientCidrs", raw.strings("mirrorClientCidrs"), required=True),
         docker_hub_username=hub_user or None,
     )
+    passwords = _passwords(
+        raw.mapping("userPasswords", secret=True), users, generate_missing=platform == "local"
+    )
     secrets = Secrets(
-        user_passwords=_passwords(raw.mapping("userPasswords", secret=True), users),
+        user_passwords=passwords,
         docker_hub_token=pulumi.Output.secret(hub_token) if hub_token else None,
+        generated=tuple(sorted({u.name for u in users} - set(passwords))),
     )
     local = _local(raw) if platform == "local" else None
     cloud = _cloud(raw) if platform == "digitalocean" else None

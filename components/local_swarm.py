@@ -25,6 +25,22 @@ TYPE = "owncr:registry:LocalSwarm"
 #   loopback.
 #   SWARM_LISTEN_ADDR / SWARM_DATA_PATH_PORT override the ports (the tests run next to other swarms).
 INIT_SCRIPT = """set -eu
+if ! docker version >/dev/null 2>&1; then
+  echo "owncr local: no Docker engine answers at ${DOCKER_HOST:-unix:///var/run/docker.sock}:" \\
+    "start Docker, or let this user use its socket" >&2
+  exit 1
+fi
+PORT_IN_USE='import socket,sys; sys.exit(socket.socket().connect_ex(("127.0.0.1", int(sys.argv[1]))) != 0)'
+published=$(docker service ls -q 2>/dev/null | xargs -r docker service inspect \\
+  --format '{{range .Endpoint.Spec.Ports}}{{.PublishedPort}} {{end}}')
+for port in ${OWNCR_PORTS:-}; do
+  case " $published " in *" $port "*) continue ;; esac  # a swarm service (this stack's gateway) has it
+  if python3 -c "$PORT_IN_USE" "$port"; then
+    echo "owncr local: port $port is taken by another program: stop it, or choose another" \\
+      "localRegistryPort / localMirrorPort" >&2
+    exit 1
+  fi
+done
 if ! docker network inspect docker_gwbridge >/dev/null 2>&1; then
   docker network create --driver bridge \\
     --opt com.docker.network.bridge.name=docker_gwbridge \\
@@ -43,14 +59,23 @@ class LocalSwarm(pulumi.ComponentResource):
     init: local.Command
     bridge_cidrs: pulumi.Output[str]
 
-    def __init__(self, name: str, docker_host: str, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        docker_host: str,
+        *,
+        ports: tuple[int, ...] = (),
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        """`ports`: the host ports the doors will publish; the init refuses to start if another program
+        holds one (Swarm would only fail later, task by task)."""
         super().__init__(TYPE, name, None, opts)
         self.init = local.Command(
             f"{name}-init",
             create=INIT_SCRIPT,
             # Re-run on `pulumi up` after the script changes; the script itself is idempotent.
             triggers=[INIT_SCRIPT],
-            environment={"DOCKER_HOST": docker_host},
+            environment={"DOCKER_HOST": docker_host, "OWNCR_PORTS": " ".join(str(p) for p in ports)},
             logging=local.Logging.STDERR,
             opts=pulumi.ResourceOptions(parent=self),
         )

@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -116,6 +117,18 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
         ]
         assert "Swarm initialized" in runs[0].stderr and "Swarm initialized" not in runs[1].stderr
         assert runs[0].stdout == runs[1].stdout
+        # Clear refusals before anything is deployed: a door's port held by another program, no engine.
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            taken = subprocess.run(["sh", "-c", INIT_SCRIPT], env={**env, "OWNCR_PORTS": f"{port}"},
+                                   capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert taken.returncode == 1 and f"port {port} is taken by another program" in taken.stderr, taken
+        nowhere = {**env, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+        absent = subprocess.run(["sh", "-c", INIT_SCRIPT], env=nowhere, capture_output=True, text=True,
+                                timeout=60, check=False)  # fmt: skip
+        assert absent.returncode == 1 and "no Docker engine answers at unix:///nonexistent" in absent.stderr
         assert engine.get("/info")["Swarm"]["LocalNodeState"] == "active"
         layout = workdir / "oci"
         yield Swarm(

@@ -548,3 +548,22 @@ def test_up_waits_for_the_rollout_of_every_service(deployed, stack: str) -> None
     assert is_rpc_secret(rollout.inputs["environment"])
     objects = {o.inputs["name"] for o in run.of_type(CONFIG) + run.of_type(SECRET)}
     assert objects <= set(plain(rollout.inputs["triggers"]))
+
+
+def test_the_local_stack_generates_missing_passwords_and_says_how_to_log_in(deployed) -> None:
+    """No step by hand: `me` has no configured password, so one is generated (a secret) and exported as
+    a secret output, and the login command reads it from the stack."""
+    run = deployed("local", {"userPasswords": {}})  # what the CLI passes when none is set
+    generated = [r for r in run.resources if r.name == "password-me"]
+    assert len(generated) == 1 and generated[0].typ == "random:index/randomPassword:RandomPassword"
+    assert set(run.outputs["generated_passwords"]) == {"me"}
+    command = run.outputs["docker_login_command"]
+    assert command.startswith("pulumi stack output --show-secrets generated_passwords --json | python3 -c")
+    assert command.endswith("| docker login 127.0.0.1:5000 -u me --password-stdin")
+
+
+def test_cloud_stacks_still_require_every_password(load_settings) -> None:
+    import settings as owncr_settings  # noqa: PLC0415
+
+    with pytest.raises(owncr_settings.ConfigError, match="no password for"):
+        load_settings("dev", {"userPasswords": {}})
