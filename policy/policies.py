@@ -45,6 +45,9 @@ DOCKER_SERVICE = "docker:index/service:Service"
 # Ports whose exposure to the whole Internet needs the explicit acknowledgement in stack config.
 ADMIN_PORTS = {22: "SSH", 2376: "the Docker Engine API (mutual TLS)"}
 WORLD_ACK_KEY = "allowWorldAdminAccess"
+# nginx's host port on the nodes (gateway/layout.py GATEWAY_PORT; the pack does not import the project):
+# only the load balancer may reach it, never an address range (it trusts their PROXY protocol header).
+GATEWAY_PORT = 8080
 # The DO tag SwarmCluster puts on every manager droplet (STYLE.md: `role:<role>`).
 MANAGER_TAG = "role:manager"
 # Raft needs a majority: 1 (throwaway), 3 (survives one loss) or 5 (survives two); even sizes add no fault
@@ -102,6 +105,22 @@ def _no_world_admin_access(args: ResourceValidationArgs, report: ReportViolation
         for opening in openings:
             report(
                 f"{opening}; set `{PROJECT}:{WORLD_ACK_KEY}: true` to acknowledge it, or narrow adminCidrs",
+                None,
+            )
+
+
+def _gateway_only_from_the_load_balancer(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != FIREWALL:
+        return
+    for rule in args.props.get("inboundRules") or []:
+        if rule.get("action", "allow") != "allow" or rule.get("protocol") != "tcp":
+            continue
+        low, high = _ports(rule.get("portRange"))
+        sources = list(rule.get("sourceAddresses") or [])
+        if sources and low <= GATEWAY_PORT <= high:
+            report(
+                f"nginx (tcp/{GATEWAY_PORT}) is open to {', '.join(sources)}; only the load balancer may "
+                "reach it (sourceLoadBalancerUids): clients go through the load balancer's TLS",
                 None,
             )
 
@@ -206,6 +225,11 @@ POLICIES: list[Policy] = [
         "no-world-admin-access",
         f"SSH (22) and the Docker API (2376) are not open to the world unless {PROJECT}:{WORLD_ACK_KEY}.",
         _no_world_admin_access,
+    ),
+    _resource_policy(
+        "gateway-only-from-load-balancer",
+        f"nginx's port {GATEWAY_PORT} on the nodes is reachable from the load balancer only.",
+        _gateway_only_from_the_load_balancer,
     ),
     _resource_policy(
         "lb-https-redirect",

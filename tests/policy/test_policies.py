@@ -61,10 +61,27 @@ def test_admin_ports_from_admin_cidrs_pass() -> None:
     props = firewall(
         tcp("22", "203.0.113.0/24"),
         tcp("2376", "203.0.113.7/32", "2001:db8::/32"),
-        tcp("8080", "0.0.0.0/0", "::/0"),  # not an admin port
         {"protocol": "udp", "portRange": "1-65535", "sourceAddresses": ["0.0.0.0/0"]},
     )
     assert check("no-world-admin-access", FIREWALL, props) == []
+
+
+# --- gateway-only-from-load-balancer ------------------------------------------------------------------
+
+
+def test_nginx_port_from_the_load_balancer_passes() -> None:
+    props = firewall({"protocol": "tcp", "portRange": "8080", "sourceLoadBalancerUids": ["lb-uuid"]})
+    assert check("gateway-only-from-load-balancer", FIREWALL, props) == []
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [tcp("8080", "0.0.0.0/0", "::/0"), tcp("8000-9000", "10.0.0.0/8"), tcp("all", "203.0.113.7/32")],
+    ids=["world", "range-covering-8080", "all-ports"],
+)
+def test_nginx_port_open_to_addresses_fails(rule: dict[str, Any]) -> None:
+    found = check("gateway-only-from-load-balancer", FIREWALL, firewall(rule))
+    assert len(found) == 1 and "nginx (tcp/8080) is open to" in found[0], found
 
 
 @pytest.mark.usefixtures("analyzer_config")
@@ -285,7 +302,7 @@ def test_untagged_droplets_are_no_managers() -> None:
 
 def test_every_policy_is_mandatory_and_has_a_test() -> None:
     names = {p.name for p in POLICIES}
-    assert len(names) == len(POLICIES) == 7
+    assert len(names) == len(POLICIES) == 8
     assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in POLICIES)
     source = Path(__file__).read_text(encoding="utf-8")
     assert all(f'"{name}"' in source for name in names)
