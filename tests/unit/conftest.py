@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import program_capture  # tests/unit, on sys.path as the tests' own directory
 import pulumi
 import pytest
 import yaml
 from pulumi.runtime import MockCallArgs, MockResourceArgs
-from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -407,13 +407,7 @@ class RecordedRun:
     @staticmethod
     def plain(value: Any) -> Any:
         """A recorded input with every secret wrapper removed (wrapping is checked with is_rpc_secret)."""
-        if is_rpc_secret(value):
-            return RecordedRun.plain(unwrap_rpc_secret(value))
-        if isinstance(value, dict):
-            return {k: RecordedRun.plain(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [RecordedRun.plain(v) for v in value]
-        return value
+        return program_capture.plain(value)
 
 
 Collect = Callable[[ProgramRun], Awaitable[dict[str, Any]]]

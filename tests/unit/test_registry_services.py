@@ -17,7 +17,8 @@ from typing import Any
 
 import pulumi
 import pytest
-from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
+from program_capture import plain
+from pulumi.runtime.rpc import is_rpc_secret
 
 from components import gateway_wiring, swarm_specs
 from components.registry_services import LayoutMismatch, RegistryServices, render_bundle
@@ -103,16 +104,6 @@ def _deploy(mock_session, run_program, stack: str, overrides: Mapping[str, objec
 @pytest.fixture
 def stack(deployed, committed_stack) -> Deployed:
     return deployed(committed_stack)
-
-
-def plain(value: Any) -> Any:
-    if is_rpc_secret(value):
-        return plain(unwrap_rpc_secret(value))
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def mounted(service: Any) -> dict[str, str]:
