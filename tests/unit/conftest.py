@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import program_capture  # tests/unit, on sys.path as the tests' own directory
 import pulumi
 import pytest
 import yaml
@@ -42,6 +41,8 @@ from pulumi.runtime import MockCallArgs, MockResourceArgs
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the program imports `settings` and `components` from the project root
+# By package path: tests/policy's conftest imports this file before tests/unit is on sys.path.
+from tests.unit.program_capture import plain  # noqa: E402
 
 PROJECT = "owncr"
 TEST_STACK = "test"
@@ -407,7 +408,7 @@ class RecordedRun:
     @staticmethod
     def plain(value: Any) -> Any:
         """A recorded input with every secret wrapper removed (wrapping is checked with is_rpc_secret)."""
-        return program_capture.plain(value)
+        return plain(value)
 
 
 Collect = Callable[[ProgramRun], Awaitable[dict[str, Any]]]
