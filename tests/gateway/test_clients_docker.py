@@ -49,13 +49,21 @@ def test_docker_hub_name_is_pulled_from_the_mirror(world: World) -> None:
 
 
 def test_private_name_is_not_on_the_mirror(world: World, images: Images) -> None:
-    # Even with the name present upstream, a private namespace is never looked up there.
-    launch_seed = images.get("docker-impostor", [Layer(1000, 62)], label="impostor")
-    ok(world.skopeo.copy(launch_seed.ref, f"docker://{world.dockerhub.host}/team/app:1.0"))
-    since = len(world.dockerhub.requests())
+    # The name exists privately (pushed through the registry door) AND upstream (an impostor): through
+    # the mirror dockerd gets neither; the gateway refuses it without asking any registry.
+    private = images.get("docker-private", [Layer(1000, 64)], label="private")
+    ok(world.skopeo.copy(private.ref, f"docker://{world.registry}/team/app:1.0", dest_creds=ALICE))
+    impostor = images.get("docker-impostor", [Layer(1000, 62)], label="impostor")
+    ok(world.skopeo.copy(impostor.ref, f"docker://{world.dockerhub.host}/team/app:1.0"))
+    since, logged = len(world.dockerhub.requests()), len(world.gateway.access_log())
     pull = world.docker("pull", "team/app:1.0")
     assert pull.returncode != 0
     assert world.dockerhub.requests_for("team", since) == []
+    assert world.docker("image", "inspect", "team/app:1.0").returncode != 0, "nothing was pulled"
+    asked = [e for e in world.gateway.access_log()[logged:] if str(e["uri"]).startswith("/v2/team/app/")]
+    assert asked, "dockerd asked the mirror door first"
+    answers = {(e["door"], e["route"], e["status"], e["upstream"]) for e in asked}
+    assert answers == {("mirror", "refused", 404, "")}, asked
 
 
 def test_login_then_push_to_the_registry_door(world: World, images: Images, tmp_path: Path) -> None:

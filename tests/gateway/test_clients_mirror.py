@@ -210,6 +210,13 @@ def test_served_from_cache_when_the_upstream_is_down(
     assert world.containerd.image_digest(ref) == base_image(images).manifest.digest
     digest = world.skopeo.pull(f"{world.mirror}/ghcr.io/org/tool:2.0", tmp_path / "cold")
     assert digest == tool_image(images).manifest.digest
-    # Something never cached cannot be served: the outage shows, it is not masked.
+    # Something never cached cannot be served. Distribution's proxy answers an unreachable upstream with
+    # its local tags only, so the client reads "manifest unknown" (docs/troubleshooting.md): the cache
+    # itself answered, nothing in the gateway refused or masked it.
     absent = world.skopeo.inspect_raw(f"docker://{world.mirror}/library/never-pulled:1.0")
     assert absent.returncode != 0
+    assert "reading manifest 1.0 in" in absent.stderr and "manifest unknown" in absent.stderr, absent.stderr
+    answers = [e for e in world.gateway.access_log() if e["uri"] == "/v2/library/never-pulled/manifests/1.0"]
+    assert {(e["route"], e["status"], e["upstream_status"]) for e in answers} == {
+        ("cache_docker_io_tag", 404, "404")
+    }, answers

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -313,6 +314,7 @@ def test_local_stack_specs_push_and_mirror_pull(swarm: Swarm, tmp_path: Path) ->
         "inspect", "--raw", "--tls-verify=false", f"docker://127.0.0.1:{mirror_port}/acme/app:1", check=False
     )
     assert leaked.returncode != 0
+    assert "manifest unknown" in leaked.stderr, leaked.stderr  # as for a name no upstream has
 
     # A changed password changes htpasswd only: a new secret, nginx rolls (stop-first on its host
     # ports), the registries keep their objects and tasks; afterwards only the new password works.
@@ -325,6 +327,7 @@ def test_local_stack_specs_push_and_mirror_pull(swarm: Swarm, tmp_path: Path) ->
         "inspect", "--raw", "--tls-verify=false", "--creds", f"alice:{PASSWORD}", target, check=False
     )
     assert old.returncode != 0
+    assert "unauthorized" in old.stderr.lower(), old.stderr
     skopeo("inspect", "--raw", "--tls-verify=false", "--creds", f"alice:{new_password}", target)
 
     # An update whose new tasks fail: Swarm rolls it back, and the rollout wait fails `up` with Swarm's
@@ -413,8 +416,25 @@ def test_cloud_stack_specs_behind_a_proxy_protocol_load_balancer(swarm: Swarm, t
         check=False,
     )
     assert plain.stdout in ("000", "400")
-    # The registries wrote below the "NFS" mount, each in its own root.
-    assert (nfs / "cache" / "docker.io").is_dir()
+    # The registries wrote below the "NFS" mount, each in its own root: a blob pushed through the
+    # registry door lands in the private root only, the mirrored manifest in the cache's only.
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"a blob for the private root\n")
+    pushed = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    status, body = curl(
+        port, "cr.example.com", f"/v2/acme/roots/blobs/uploads/?digest={pushed}", "-u", f"alice:{PASSWORD}",
+        "-X", "POST", "-H", "Content-Type: application/octet-stream", "--data-binary", f"@{blob}",
+    )  # fmt: skip
+    assert status == 201, body
+    assert _blob_roots(nfs, pushed) == ["private"]
+    assert _blob_roots(nfs, swarm.hub_image.manifest.digest) == ["cache/docker.io"]
+
+
+def _blob_roots(storage: Path, digest: str) -> list[str]:
+    """The registry roots (below `storage`) that hold the blob, by Distribution's filesystem layout."""
+    hex_digest = digest.removeprefix("sha256:")
+    found = storage.rglob(f"docker/registry/v2/blobs/sha256/{hex_digest[:2]}/{hex_digest}/data")
+    return sorted(str(path.relative_to(storage)).split("/docker/registry/")[0] for path in found)
 
 
 def _config(name: str, content: str) -> dict[str, object]:

@@ -76,6 +76,7 @@ def test_schema_check_catches_a_broken_document(tmp_path: Path) -> None:
         ["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True
     )
     assert result.returncode != 0
+    assert "mounts.0.3: 5 is not of type 'string'" in result.stderr, result.stderr
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="needs shellcheck")
@@ -150,7 +151,7 @@ def test_shipped_docker_key_has_the_published_fingerprint() -> None:
 def test_a_tampered_key_fails_the_fingerprint_check() -> None:
     lines = DOCKER_APT_KEY_FILE.read_text().splitlines()
     lines[3] = ("B" if lines[3][0] != "B" else "C") + lines[3][1:]
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="armor CRC"):
         openpgp_v4_fingerprint("\n".join(lines))
 
 

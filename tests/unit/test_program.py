@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import pulumi
@@ -19,6 +20,7 @@ from components import physical_name
 from components.edge import DO_NAME_SERVERS, EdgeArgs, certificate_name, containerd_hosts, daemon_json
 from components.network import NetworkArgs, NodeFirewallArgs
 from components.storage import NfsStorageArgs, R2Storage, R2StorageArgs
+from tests.skips import skip_for_stack
 
 DO = "digitalocean:index"
 CF = "cloudflare:index"
@@ -54,7 +56,7 @@ def run(recorded, committed_stack):
 @pytest.fixture
 def cloud_run(run):
     if not run.cloud:
-        pytest.skip("not a DigitalOcean stack")
+        skip_for_stack("not a DigitalOcean stack")
     return run
 
 
@@ -187,7 +189,7 @@ def test_both_doors_point_at_the_load_balancer(cloud_run):
 
 def test_r2_token_names_exactly_one_bucket_with_object_read_write_only(cloud_run):
     if cfg(cloud_run, "storage") != "r2":
-        pytest.skip("NFS stack")
+        skip_for_stack("NFS stack")
     bucket = cloud_run.one(R2_BUCKET)
     token = cloud_run.one(API_TOKEN)
     account, jurisdiction = cfg(cloud_run, "cloudflareAccountId"), cfg(cloud_run, "r2Jurisdiction")
@@ -206,7 +208,7 @@ def test_r2_token_names_exactly_one_bucket_with_object_read_write_only(cloud_run
 def test_s3_secret_is_the_sha256_of_the_token_value_and_secret(cloud_run):
     s3 = cloud_run.extra
     if not s3:
-        pytest.skip("NFS stack")
+        skip_for_stack("NFS stack")
     assert s3["is_secret"]
     assert s3["secret"] == hashlib.sha256(s3["token_value"].encode()).hexdigest()
 
@@ -295,7 +297,7 @@ def test_monitoring_alerts_follow_the_flag(cloud_run):
 
 def test_local_stacks_create_no_cloud_resource(run):
     if run.cloud:
-        pytest.skip("cloud stack")
+        skip_for_stack("cloud stack")
     cloud = [r.typ for r in run.resources if r.typ.split(":")[0] in ("digitalocean", "cloudflare")]
     cloud += [
         r.typ
@@ -367,7 +369,7 @@ def test_preview_of_every_stack_succeeds(mock_session, run_program, committed_st
 
 
 @pytest.mark.parametrize(
-    "build",
+    ("build", "message"),
     [
         pytest.param(
             lambda: EdgeArgs(
@@ -379,26 +381,35 @@ def test_preview_of_every_stack_succeeds(mock_session, run_program, committed_st
                 vpc_id="v",
                 selector_tag="t",
             ),
+            "mirror_domain mirror.example.org must lie inside domain cr.example.com",
             id="mirror-outside-domain",
         ),
         pytest.param(
             lambda: NodeFirewallArgs(stack="s", selector_tag="t", admin_cidrs=(), load_balancer_id="lb"),
+            "admin_cidrs must not be empty",
             id="no-admin-cidr",
         ),
         pytest.param(
-            lambda: NfsStorageArgs(stack="s", region="fra1", size_gib=10, vpc_id="v"), id="nfs-too-small"
+            lambda: NfsStorageArgs(stack="s", region="fra1", size_gib=10, vpc_id="v"),
+            "size_gib 10 is below DigitalOcean's 50 GiB minimum",
+            id="nfs-too-small",
         ),
         pytest.param(
             lambda: R2StorageArgs(
                 stack="s", account_id="a", jurisdiction="default", location=None, s3_endpoint="x"
             ),
+            "account_id and an https S3 endpoint are required",
             id="r2-endpoint-not-https",
         ),
-        pytest.param(lambda: NetworkArgs(stack="s", region="fra1", cidr="10.0.0.0"), id="vpc-not-a-cidr"),
+        pytest.param(
+            lambda: NetworkArgs(stack="s", region="fra1", cidr="10.0.0.0"),
+            "stack, region and a CIDR are required",
+            id="vpc-not-a-cidr",
+        ),
     ],
 )
-def test_component_args_refuse_what_cannot_be_built(build):
-    with pytest.raises(ValueError):
+def test_component_args_refuse_what_cannot_be_built(build, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         build()
 
 

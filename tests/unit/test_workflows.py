@@ -115,7 +115,9 @@ def test_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
         .replace("cancel-in-progress: false", "cancel: no")
     )
     (tmp_path / "drift.yml").write_text(broken, encoding="utf-8")
-    assert check_jsonschema(tmp_path / "drift.yml").returncode != 0
+    result = check_jsonschema(tmp_path / "drift.yml")
+    assert result.returncode != 0
+    assert "$.jobs.drift.concurrency:" in result.stdout, result.stdout  # rejected for what was broken
 
 
 # --- shellcheck --------------------------------------------------------------------------------------
