@@ -1,0 +1,67 @@
+"""CI installs every program the tests start: each listed program's Debian package is in .ci/run's apt
+list (or Essential), and a test that starts an unlisted program fails the run in CI (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.host_tools import ESSENTIAL, HOST_TOOLS, ROOT, classify
+
+
+def ci_apt_packages() -> set[str]:
+    run = (ROOT / ".ci" / "run").read_text()
+    match = re.search(r"apt_packages=\(([^)]*)\)", run)
+    assert match, "the apt package list in .ci/run"
+    return set(match[1].split())
+
+
+def test_ci_installs_the_package_of_every_listed_program() -> None:
+    needed = set(HOST_TOOLS.values()) - ESSENTIAL
+    assert needed <= ci_apt_packages(), f".ci/run must install {sorted(needed - ci_apt_packages())}"
+
+
+def test_programs_are_classified_by_where_they_live(tmp_path: Path) -> None:
+    assert classify(str(ROOT / ".tools" / "bin" / "nginx")) == "tools"
+    assert classify(str(ROOT / "scripts" / "install-tools")) == "repo"
+    assert classify(sys.executable) == "venv"
+    assert classify("skopeo") == "skopeo"
+    assert classify("/usr/sbin/iptables") == "iptables"
+    assert classify(str(tmp_path / "some-tool")) is None
+    assert classify("nmap") is None
+
+
+SAMPLE = """
+import subprocess
+
+def test_calls_a_program_nobody_declared():
+    subprocess.run([{tool!r}], check=True)
+"""
+
+
+def run_sample(tmp_path: Path, ci: bool) -> subprocess.CompletedProcess[str]:
+    tool = tmp_path / "undeclared-tool"
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    (tmp_path / "test_sample.py").write_text(SAMPLE.format(tool=str(tool)))
+    env = {k: v for k, v in os.environ.items() if k != "OWNCR_CI"} | ({"OWNCR_CI": "1"} if ci else {})
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_in_ci_an_undeclared_program_fails_the_run(tmp_path: Path) -> None:
+    result = run_sample(tmp_path, ci=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 passed" in result.stdout  # the test itself passed: the run failed for the program
+    assert f"does not list: {tmp_path / 'undeclared-tool'}" in result.stderr, result.stderr
+
+
+def test_outside_ci_an_undeclared_program_is_only_reported(tmp_path: Path) -> None:
+    result = run_sample(tmp_path, ci=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "undeclared-tool" in result.stderr
