@@ -1,0 +1,296 @@
+"""Breaks the product on purpose, one named mutation at a time, and checks that the tests notice.
+
+Each mutation replaces one exact piece of security- or data-critical code in a temporary copy of the
+repository (tracked files, plus links to `.venv` and `.tools`), then runs the tests that should catch
+it. A mutation is CAUGHT when those tests fail (pytest exit 1), SURVIVED when they pass, and an ERROR
+when pytest could not run them (collection failure, no such test). Before any mutation the same tests
+run on the unmutated copy: they must pass, or a "catch" would mean nothing.
+
+    scripts/mutation-check              # every mutation; prints the table, exits 1 on any survivor
+    scripts/mutation-check --list       # names and what each breaks
+    scripts/mutation-check --only NAME  # one mutation (repeatable)
+
+tests/unit/test_mutations.py checks in every CI run that each mutation still applies to the code (its
+text occurs exactly once) and names tests that exist, so the list cannot rot silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str  # repository-relative file
+    old: str  # exact text, once in the file
+    new: str
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    breaks: str  # what a user would suffer
+    edits: tuple[Edit, ...]
+    tests: tuple[str, ...]  # pytest node ids (or files) that must fail
+
+    @classmethod
+    def one(cls, name: str, breaks: str, path: str, old: str, new: str, tests: tuple[str, ...]) -> Mutation:
+        return cls(name, breaks, (Edit(path, old, new),), tests)
+
+
+MUTATIONS: tuple[Mutation, ...] = (
+    Mutation.one(
+        "mirror-reads-private",
+        "private names readable anonymously on the mirror door",
+        "gateway/router.js",
+        "        var byDigest = p.rest.indexOf('manifests/') === 0 && !p.tag;\n"
+        "        return byDigest ? '/_owncr/answer/failed' : '/_owncr/answer/404';",
+        "        return go(r, 'private_read', uri);",
+        (
+            "tests/gateway/test_routing.py::test_mirror_door_hides_private_names",
+            "tests/gateway/test_clients_docker.py::test_private_name_is_not_on_the_mirror",
+        ),
+    ),
+    Mutation.one(
+        "mirror-private-to-cache",
+        "private names looked up upstream through the mirror door (a name squatter's image served)",
+        "gateway/router.js",
+        "    if (privateNamespace(cfg, p.name) !== null) {\n        // Private names do not exist",
+        "    if (false) {\n        // Private names do not exist",
+        ("tests/gateway/test_routing.py::test_mirror_door_hides_private_names",),
+    ),
+    Mutation.one(
+        "pull-right-ignored",
+        "any logged-in user reads every private namespace",
+        "gateway/router.js",
+        "        if (read && rights.pull.indexOf(ns) < 0) {",
+        "        if (false) {",
+        (
+            "tests/gateway/test_routing.py::test_pull_needs_a_pull_right_on_the_namespace",
+            "tests/gateway/test_clients_auth.py::test_user_without_pull_rights",
+        ),
+    ),
+    Mutation.one(
+        "mount-from-anywhere",
+        "a pusher copies blobs out of a namespace it may not read (cross-repository mount)",
+        "gateway/router.js",
+        "        if (from !== null && rights.pull.indexOf(from) < 0) {",
+        "        if (false) {",
+        ("tests/gateway/test_routing.py::test_blob_mount_needs_a_pull_right_on_the_source",),
+    ),
+    Mutation.one(
+        "form-body-unchecked",
+        "a mount hidden in a form-encoded body slips past the router",
+        "gateway/router.js",
+        "        if (!read && formBody(r)) {",
+        "        if (false) {",
+        ("tests/gateway/test_security.py::test_a_mount_hidden_in_a_form_body_is_refused",),
+    ),
+    Mutation.one(
+        "no-shared-http-secret",
+        "uploads fail when their chunks reach different registry replicas",
+        "gateway/registry_config.py",
+        '            "secret": settings.http_secret,',
+        "",
+        ("tests/gateway/test_clients_replicas.py",),
+    ),
+    Mutation.one(
+        "cache-shares-private-root",
+        "cache expiry deletes blobs of private images",
+        "gateway/registry_config.py",
+        "    config = _base(settings, addr, cache_root(upstream))",
+        '    config = _base(settings, addr, "/private")',
+        (
+            "tests/gateway/test_render.py",
+            "tests/gateway/test_clients_mirror.py::test_cache_eviction_spares_private_image_sharing_a_layer",
+        ),
+    ),
+    Mutation(
+        "request-buffering-on",
+        "every push spooled to a temp file first (here on a tmpfs: memory), slower and filling the node",
+        (
+            Edit(
+                "gateway/templates/proxy.conf.j2",
+                "proxy_request_buffering off;",
+                "proxy_request_buffering on;",
+            ),
+            Edit(
+                "gateway/templates/nginx.conf.j2",
+                "client_body_temp_path {{ state_dir }}/client_body;",
+                "client_body_temp_path /dev/shm;",
+            ),
+        ),
+        (
+            "tests/gateway/test_clients_large.py::test_one_gib_layer_is_streamed_not_spooled",
+            "tests/gateway/test_security.py::test_refused_request_bodies_are_never_stored",
+        ),
+    ),
+    Mutation.one(
+        "gateway-port-to-world",
+        "nginx's port 8080 open to the internet, around the load balancer and its TLS",
+        "components/network.py",
+        '            _inbound("tcp", NGINX_PORT, load_balancers=[args.load_balancer_id]),',
+        '            _inbound("tcp", NGINX_PORT, addresses=EVERYWHERE),',
+        ("tests/unit/test_program.py", "tests/policy/test_stack_policies.py"),
+    ),
+    Mutation.one(
+        "docker-api-to-world",
+        "the Docker API port open to every address, not only adminCidrs",
+        "components/network.py",
+        '            _inbound("tcp", DOCKER_API_PORT, addresses=admin),',
+        '            _inbound("tcp", DOCKER_API_PORT, addresses=EVERYWHERE),',
+        ("tests/unit/test_program.py", "tests/policy/test_stack_policies.py"),
+    ),
+    Mutation.one(
+        "r2-token-every-bucket",
+        "the registries' R2 token reads and writes every bucket of the account",
+        "components/storage.py",
+        '    return f"com.cloudflare.edge.r2.bucket.{account_id}_{jurisdiction}_{bucket}"',
+        '    return f"com.cloudflare.edge.r2.bucket.{account_id}_{jurisdiction}_*"',
+        ("tests/unit/test_program.py",),
+    ),
+    Mutation.one(
+        "r2-secret-in-plain-text",
+        "the R2 secret access key stored in plain text in the stack state",
+        "components/storage.py",
+        "        self.secret_access_key = pulumi.Output.secret(self.token.value.apply(s3_secret_key))",
+        "        self.secret_access_key = self.token.value.apply(s3_secret_key)",
+        ("tests/unit/test_program.py",),
+    ),
+    Mutation.one(
+        "even-node-count",
+        "a two-manager swarm: loses quorum when either node goes",
+        "settings.py",
+        "NODE_COUNTS = (1, 3, 5)",
+        "NODE_COUNTS = (1, 2, 3, 5)",
+        ("tests/unit/test_settings.py",),
+    ),
+    Mutation.one(
+        "docker-api-without-client-certs",
+        "the Docker API accepts any client that reaches the port (no client certificate)",
+        "components/cloud_init.py",
+        '        "tlsverify": True,',
+        '        "tlsverify": False,',
+        ("tests/unit/test_cloud_init.py",),
+    ),
+)
+
+
+def by_name(names: list[str]) -> list[Mutation]:
+    known = {m.name: m for m in MUTATIONS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        sys.exit(f"mutation-check: no mutation named {', '.join(unknown)} (see --list)")
+    return [known[n] for n in names]
+
+
+def copy_repo(target: Path) -> None:
+    """The tracked and new (not ignored) files, as they are in the work tree, plus the installed tools."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        source = ROOT / rel
+        if source.is_file():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / rel)
+    for link in (".venv", ".tools"):
+        if (ROOT / link).exists():
+            (target / link).symlink_to(ROOT / link)
+
+
+def run_tests(copy: Path, tests: tuple[str, ...], log: Path) -> tuple[int, float]:
+    started = time.monotonic()
+    with log.open("w") as out:
+        code = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "python"), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+             *tests],
+            cwd=copy, stdout=out, stderr=subprocess.STDOUT, check=False,
+        ).returncode  # fmt: skip
+    return code, time.monotonic() - started
+
+
+def apply(copy: Path, mutation: Mutation) -> dict[Path, str]:
+    """Applies every edit; returns the original texts to put back."""
+    originals: dict[Path, str] = {}
+    for edit in mutation.edits:
+        path = copy / edit.path
+        originals.setdefault(path, path.read_text())
+        current = path.read_text()
+        count = current.count(edit.old)
+        if count != 1:
+            raise SystemExit(f"mutation-check: {mutation.name}: its text occurs {count} times in {edit.path}")
+        path.write_text(current.replace(edit.old, edit.new))
+    return originals
+
+
+def first_failure(log: Path) -> tuple[str, str]:
+    """The first failing test and its first error line (why it failed: the reason must fit the mutation)."""
+    lines = log.read_text(errors="replace").splitlines()
+    test = next(
+        (ln.split(" ", 1)[1].split(" - ")[0] for ln in lines if ln.startswith(("FAILED ", "ERROR "))), ""
+    )
+    why = next((ln[1:].strip() for ln in lines if ln.startswith("E ")), "")
+    return test or "no failing test named", why[:160]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME", help="run this mutation only")
+    args = parser.parse_args()
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name:32} {m.breaks}")
+        return 0
+    chosen = by_name(args.only) if args.only else list(MUTATIONS)
+    with tempfile.TemporaryDirectory(prefix="owncr-mutation-") as temp:
+        copy, logs = Path(temp) / "repo", Path(temp) / "logs"
+        copy.mkdir()
+        logs.mkdir()
+        copy_repo(copy)
+        union = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+        print(f"mutation-check: baseline: {len(union)} test targets on the unmutated copy ...", flush=True)
+        code, seconds = run_tests(copy, union, logs / "baseline.log")
+        if code != 0:
+            print((logs / "baseline.log").read_text(errors="replace")[-3000:])
+            print(f"mutation-check: the unmutated copy fails its tests (exit {code}); fix that first")
+            return 2
+        print(f"mutation-check: baseline passed in {seconds:.0f}s", flush=True)
+        rows: list[tuple[str, str, str]] = []
+        for m in chosen:
+            originals = apply(copy, m)
+            try:
+                code, seconds = run_tests(copy, m.tests, logs / f"{m.name}.log")
+            finally:
+                for path, text in originals.items():
+                    path.write_text(text)
+            verdict = {0: "SURVIVED", 1: "caught"}.get(code, f"ERROR (pytest exit {code})")
+            by, why = first_failure(logs / f"{m.name}.log") if code == 1 else ("", "")
+            rows.append((m.name, verdict, by))
+            print(f"mutation-check: {m.name}: {verdict} {by} ({seconds:.0f}s)\n    {why}", flush=True)
+            if code not in (0, 1):
+                print((logs / f"{m.name}.log").read_text(errors="replace")[-2000:])
+    width = max(len(r[0]) for r in rows)
+    print(f"\n| {'mutation':{width}} | result   | caught by |")
+    print(f"|{'-' * (width + 2)}|----------|-----------|")
+    for name, verdict, by in rows:
+        print(f"| {name:{width}} | {verdict:8} | {by} |")
+    failed = [r for r in rows if r[1] != "caught"]
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} mutations caught")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
