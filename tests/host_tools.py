@@ -3,7 +3,7 @@
 A test that calls a program CI does not install fails on a fresh machine (or, worse, skips). So:
 - each host program the tests run is listed here with the Debian package that provides it, and
   tests/unit/test_host_tools.py checks that `.ci/run` installs each package (Essential packages
-  excepted: every Debian has them);
+  excepted: every Debian has them), or with where else CI gets it (Go, which install-tools needs too);
 - tests/conftest.py records every program the test process actually starts (an audit hook on
   subprocess.Popen) and, in CI, fails the run when one is not listed here.
 Programs from the repository itself (scripts/), the production-version tools in `.tools/` (from
@@ -51,6 +51,11 @@ HOST_TOOLS: dict[str, str] = {
     "bash": "bash",
 }
 
+# Programs CI has from elsewhere than apt, and where: scripts/install-tools needs them as well.
+FROM_ELSEWHERE: dict[str, str] = {
+    "go": "Go 1.26 (/usr/local/go on the project's machines, actions/setup-go on GitHub)",
+}
+
 
 def classify(program: str) -> str | None:
     """Where a started program comes from: "repo", "tools", "venv", or its HOST_TOOLS name; None if
@@ -64,4 +69,4 @@ def classify(program: str) -> str | None:
         if path == Path(sys.executable) or resolved == Path(sys.executable).resolve():
             return "venv"
     name = path.name
-    return name if name in HOST_TOOLS else None
+    return name if name in HOST_TOOLS or name in FROM_ELSEWHERE else None

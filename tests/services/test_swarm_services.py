@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -407,6 +408,7 @@ def test_cloud_stack_specs_behind_a_proxy_protocol_load_balancer(swarm: Swarm, t
         port, "mirror.cr.example.com", "/v2/library/hello/manifests/1", "-H", f"Accept: {accept}"
     )
     assert status == 200 and json.loads(body)["config"]["digest"] == swarm.hub_image.config.digest
+    mirrored = "sha256:" + hashlib.sha256(body.encode()).hexdigest()  # the manifest the mirror served
     # Without the PROXY header nginx refuses the connection outright.
     plain = subprocess.run(
         ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/healthz"],
@@ -421,13 +423,28 @@ def test_cloud_stack_specs_behind_a_proxy_protocol_load_balancer(swarm: Swarm, t
     blob = tmp_path / "blob"
     blob.write_bytes(b"a blob for the private root\n")
     pushed = "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    alice = ("-u", f"alice:{PASSWORD}")
+    headers = tmp_path / "upload-headers"
+    status, body = curl(port, "cr.example.com", "/v2/acme/roots/blobs/uploads/", *alice, "-X", "POST",
+                        "-D", str(headers))  # fmt: skip
+    assert status == 202, body
+    location = urllib.parse.urlsplit(_header(headers, "Location"))
     status, body = curl(
-        port, "cr.example.com", f"/v2/acme/roots/blobs/uploads/?digest={pushed}", "-u", f"alice:{PASSWORD}",
-        "-X", "POST", "-H", "Content-Type: application/octet-stream", "--data-binary", f"@{blob}",
+        port, "cr.example.com", f"{location.path}?{location.query}&digest={pushed}", *alice, "-X", "PUT",
+        "-H", "Content-Type: application/octet-stream", "--data-binary", f"@{blob}",
     )  # fmt: skip
     assert status == 201, body
     assert _blob_roots(nfs, pushed) == ["private"]
-    assert _blob_roots(nfs, swarm.hub_image.manifest.digest) == ["cache/docker.io"]
+    assert _blob_roots(nfs, mirrored) == ["cache/docker.io"]
+
+
+def _header(dump: Path, name: str) -> str:
+    """A header's value from a `curl -D` dump."""
+    for line in dump.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    raise AssertionError(f"no {name} header in {dump.read_text()!r}")
 
 
 def _blob_roots(storage: Path, digest: str) -> list[str]:

@@ -104,8 +104,9 @@ def test_every_shown_command_matches_the_product(doc: str, argv: list[str]) -> N
 
 
 def test_the_check_can_fail() -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         gateway_args(["run", "--data", "data", "--no-such-flag"])
+    assert refused.value.code == 2  # argparse's usage error, not a clean exit
     with pytest.raises(AssertionError, match="no config key owncr:nope"):
         check(["pulumi", "config", "set", "nope", "1"])
     with pytest.raises(AssertionError, match="no test covers"):

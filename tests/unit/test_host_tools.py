@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.host_tools import ESSENTIAL, HOST_TOOLS, ROOT, classify
+from tests.host_tools import ESSENTIAL, FROM_ELSEWHERE, HOST_TOOLS, ROOT, classify
 
 
 def ci_apt_packages() -> set[str]:
@@ -24,11 +24,18 @@ def test_ci_installs_the_package_of_every_listed_program() -> None:
     assert needed <= ci_apt_packages(), f".ci/run must install {sorted(needed - ci_apt_packages())}"
 
 
+def test_programs_from_elsewhere_are_what_install_tools_needs_too() -> None:
+    install_tools = (ROOT / "scripts" / "install-tools").read_text()
+    for program in FROM_ELSEWHERE:
+        assert f"command -v {program}" in install_tools, program
+
+
 def test_programs_are_classified_by_where_they_live(tmp_path: Path) -> None:
     assert classify(str(ROOT / ".tools" / "bin" / "nginx")) == "tools"
     assert classify(str(ROOT / "scripts" / "install-tools")) == "repo"
     assert classify(sys.executable) == "venv"
     assert classify("skopeo") == "skopeo"
+    assert classify("/usr/local/go/bin/go") == "go"
     assert classify("/usr/sbin/iptables") == "iptables"
     assert classify(str(tmp_path / "some-tool")) is None
     assert classify("nmap") is None
