@@ -96,6 +96,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/gateway/test_security.py::test_a_mount_hidden_in_a_form_body_is_refused",),
     ),
     Mutation.one(
+        "login-guessing-unlimited",
+        "password guessing at the speed of bcrypt, no per-address limit",
+        "gateway/templates/auth.conf.j2",
+        "            limit_req zone=owncr_logins burst={{ login_burst }} nodelay;",
+        "",
+        ("tests/gateway/test_routing.py::test_failed_logins_are_rate_limited_per_client_address",),
+    ),
+    Mutation.one(
         "no-shared-http-secret",
         "uploads fail when their chunks reach different registry replicas",
         "gateway/registry_config.py",

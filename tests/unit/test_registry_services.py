@@ -40,6 +40,7 @@ MOUNTED_DIRS = (gateway_layout.CONFIG_DIR, gateway_layout.SECRET_DIR)
 class Deployed:
     resources: list[Any]
     outputs: dict[str, Any]
+    secret_outputs: set[str]
     config: dict[str, str]
     layout: Bundle
     http_secret: str
@@ -78,6 +79,7 @@ def _deploy(mock_session, run_program, stack: str, overrides: Mapping[str, objec
         async def collect(run) -> None:
             got["config"] = run.config
             got["outputs"] = {name: await out.future() for name, out in run.outputs.items()}
+            got["secret"] = {name for name, out in run.outputs.items() if await out.is_secret()}
             services = run.namespace["services"]
             assert isinstance(services, RegistryServices)
             got["layout"] = services.layout
@@ -95,6 +97,7 @@ def _deploy(mock_session, run_program, stack: str, overrides: Mapping[str, objec
         return Deployed(
             resources=list(mocks.resources),
             outputs=got["outputs"],
+            secret_outputs=got["secret"],
             config=got["config"],
             layout=got["layout"],
             http_secret=mocks.computed[http.typ](http, "")["result"],
@@ -548,6 +551,7 @@ def test_the_local_stack_generates_missing_passwords_and_says_how_to_log_in(depl
     generated = [r for r in run.resources if r.name == "password-me"]
     assert len(generated) == 1 and generated[0].typ == "random:index/randomPassword:RandomPassword"
     assert set(run.outputs["generated_passwords"]) == {"me"}
+    assert "generated_passwords" in run.secret_outputs
     command = run.outputs["docker_login_command"]
     assert command.startswith("pulumi stack output --show-secrets generated_passwords --json | python3 -c")
     assert command.endswith("| docker login 127.0.0.1:5000 -u me --password-stdin")
