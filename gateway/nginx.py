@@ -14,6 +14,7 @@ import jinja2
 
 from gateway.config import DOCKER_HUB, GatewaySettings
 from gateway.layout import NJS_MODULE, Layout
+from gateway.registry_config import READ_ONLY_HEADER
 
 TEMPLATES = Path(__file__).parent / "templates"
 ROUTER_JS = Path(__file__).parent / "router.js"
@@ -99,4 +100,7 @@ def render_nginx_conf(
         answers=(*REFUSAL_STATUSES, "ping"),
         # Answers are produced by the static handler failing to find a file: a root that does not exist.
         no_files_root=f"{layout.state_dir}/no-files",
+        read_only_header=READ_ONLY_HEADER,
+        # Docker retries a refused layer upload 5 times, 5 s to 25 s apart (about 75 s in all).
+        read_only_retry_after=30,
     )

@@ -1,0 +1,278 @@
+"""Maintenance of the private store: tag retention, then garbage collection in a short read-only window
+for pushes; prints what it did (tags deleted per repository, blobs and bytes freed, how long pushes were
+paused) and how large the caches are. `python -m gateway maintenance --data DIR [--dry-run]` runs it
+against a local `python -m gateway run --data DIR`; `LocalStore` is how it reaches that data plane.
+
+Why garbage collection cannot lose an acknowledged image
+--------------------------------------------------------
+Distribution's `registry garbage-collect` (v3.1.1, registry/storage/garbagecollect.go) marks every
+blob that a manifest of any repository references, then sweeps: deletes every other blob, and the
+repository layer links of unmarked blobs (`vacuum.RemoveLayer`); with `--delete-untagged` it first
+drops manifests that no tag names, unless a marked index lists them. It takes no lock, so a manifest
+committed between mark and sweep loses the blobs it references: acknowledged, then broken. Hence:
+
+1. **No write reaches the store during mark and sweep.** Every private replica is restarted with
+   `storage.maintenance.readonly.enabled: true` (read at start only, handlers/app.go) and the GC
+   starts once the last one answers in that mode. Read-only Distribution registers no PUT, POST,
+   PATCH or DELETE handler (handlers/manifests.go, blob.go, blobupload.go): a write is refused
+   before it touches storage, and the gateway turns that refusal into 503 UNAVAILABLE + Retry-After
+   (gateway/templates/routes.conf.j2), which Docker and containerd retry. Reads go on throughout.
+2. **An image acknowledged before the window is marked.** The manifest PUT's 201 is sent after its
+   revision and tag links are written, and the GC enumerates every repository's manifests, so its
+   blobs are marked and kept.
+3. **A blob uploaded before the window whose manifest comes after it** is unreferenced during the GC:
+   its data and its repository link are swept. When the manifest arrives, the registry checks every
+   blob it names (schema2/OCI handler `verifyManifest`: `Stat` through the repository's links) and an
+   index's platform manifests (`validation.manifests.indexes.platforms: all`, rendered explicitly):
+   missing, so the PUT answers 400 MANIFEST_BLOB_UNKNOWN. That push fails and is never
+   acknowledged; the client's retry uploads the blob again (a HEAD now says 404).
+4. **No stale "it exists" survives the window.** Each replica caches blob descriptors in memory
+   (`cache.blobdescriptor: inmemory`); a cached descriptor of a swept blob would make a HEAD answer 200
+   (the client skips the upload) and the manifest check pass: an acknowledged, broken image. The
+   window ends by restarting every replica again (writable), so each starts with an empty cache.
+5. **Pulls keep working**: replicas are restarted one at a time and nginx retries reads on another
+   replica (with one replica, reads fail for the moments it restarts: run two).
+
+Retention (gateway/retention.py) deletes through the API before the window; what it unreferences is
+collected in the same run. Caches are not collected: they expire by their `proxy.ttl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from gateway.registry_api import Manifest, RegistryApi
+from gateway.retention import Deletion, RetentionRule, Tag, plan
+
+STATE_FILE = "maintenance.json"  # below DIR/state: what `gateway run` tells `gateway maintenance`
+MODE_FILE = "private-mode"  # below DIR/state: the mode the private registries now run in
+READ_ONLY_SIGNAL = signal.SIGUSR1
+WRITABLE_SIGNAL = signal.SIGUSR2
+_GC_SUMMARY = re.compile(r"(\d+) blobs marked, (\d+) blobs and (\d+) manifests eligible for deletion")
+
+
+class MaintenanceError(RuntimeError):
+    """Maintenance could not run or finish; the message says what to do."""
+
+
+class Store(Protocol):
+    """The private store as maintenance sees it (locally: LocalStore)."""
+
+    api: RegistryApi
+    rules: tuple[RetentionRule, ...]
+
+    def tag_pushed(self, repository: str, tag: str) -> datetime: ...
+    def private_bytes(self) -> int: ...
+    def cache_bytes(self) -> dict[str, int]: ...
+    def set_read_only(self, read_only: bool) -> None: ...
+    def collect_garbage(self, dry_run: bool) -> str: ...
+
+
+@dataclass
+class Report:
+    deleted: dict[str, list[str]] = field(default_factory=dict)  # repository -> tags deleted
+    deletions: list[Deletion] = field(default_factory=list)
+    blobs_deleted: int = 0
+    manifests_deleted: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    paused_seconds: float = 0.0
+    cache_bytes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+
+def human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError
+
+
+def image_size(api: RegistryApi, repository: str, manifest: Manifest) -> tuple[int, set[str]]:
+    """Bytes the image references (every platform of an index) and its platform manifests' digests."""
+    if not manifest.is_index:
+        return sum(int(d["size"]) for d in manifest.references()), set()  # type: ignore[arg-type]
+    children = {str(d["digest"]) for d in manifest.references()}
+    total = 0
+    for child in sorted(children):
+        sub = api.manifest(repository, child)
+        total += sum(int(d["size"]) for d in sub.references())  # type: ignore[arg-type]
+    return total, children
+
+
+def apply_retention(store: Store, report: Report, dry_run: bool, out: TextIO, now: datetime) -> None:
+    repositories = store.api.repositories()
+    for rule in store.rules:
+        for repository in (r for r in repositories if rule.covers(r)):
+            tags, needed = [], set()
+            for name in store.api.tags(repository):
+                manifest = store.api.manifest(repository, name)
+                size, children = image_size(store.api, repository, manifest)
+                tags.append(Tag(repository, name, manifest.digest, store.tag_pushed(repository, name), size))
+                needed |= children
+            deletions = plan(rule, tags, now, needed)
+            for deletion in deletions:
+                how = "manifest" if deletion.by_digest else "tag only"
+                verb = "would delete" if dry_run else "deleting"
+                print(
+                    f"retention: {verb} {repository}:{','.join(deletion.tags)} ({how}, "
+                    f"{human(deletion.size)})",
+                    file=out,
+                )
+                if not dry_run:
+                    store.api.delete(repository, deletion.reference)
+                report.deleted.setdefault(repository, []).extend(deletion.tags)
+                report.deletions.append(deletion)
+            kept = len(tags) - sum(len(d.tags) for d in deletions)
+            print(f"retention: {repository}: {len(tags)} tags, {kept} kept", file=out)
+
+
+def run(
+    store: Store, *, dry_run: bool = False, out: TextIO = sys.stdout, now: datetime | None = None
+) -> Report:
+    """Retention, then garbage collection (in the read-only window unless `dry_run`)."""
+    report = Report()
+    apply_retention(store, report, dry_run, out, now or datetime.now(UTC))
+    for repository, tags in sorted(report.deleted.items()):
+        verb = "would delete" if dry_run else "deleted"
+        print(f"retention: {repository}: {verb} {len(tags)} tags: {', '.join(sorted(tags))}", file=out)
+    report.bytes_before = store.private_bytes()
+    if dry_run:
+        output = store.collect_garbage(dry_run=True)
+    else:
+        started = time.monotonic()
+        store.set_read_only(True)
+        try:
+            output = store.collect_garbage(dry_run=False)
+        finally:
+            # Whatever happened, pushes resume (and every replica restarts with an empty cache).
+            store.set_read_only(False)
+            report.paused_seconds = time.monotonic() - started
+    summary = _GC_SUMMARY.search(output)
+    if summary is None:
+        raise MaintenanceError(f"garbage-collect printed no summary:\n{output[-2000:]}")
+    report.blobs_deleted, report.manifests_deleted = int(summary[2]), int(summary[3])
+    report.bytes_after = store.private_bytes()
+    report.cache_bytes = store.cache_bytes()
+    if dry_run:
+        print(
+            f"gc (dry run): {report.blobs_deleted} blobs and {report.manifests_deleted} untagged "
+            f"manifests unreferenced now (before the retention above); pushes not paused",
+            file=out,
+        )
+    else:
+        print(
+            f"gc: pushes paused {report.paused_seconds:.2f} s; deleted {report.blobs_deleted} blobs and "
+            f"{report.manifests_deleted} untagged manifests; private storage "
+            f"{human(report.bytes_before)} -> {human(report.bytes_after)} "
+            f"(freed {human(report.bytes_freed)}, {report.bytes_freed} bytes)",
+            file=out,
+        )
+    for host, size in sorted(report.cache_bytes.items()):
+        print(f"cache {host}: {human(size)} (expires by its TTL, not collected)", file=out)
+    return report
+
+
+# --- the local data plane ---------------------------------------------------------------------------------
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+
+
+class LocalStore:
+    """The data plane of a `python -m gateway run --data DIR`, found through DIR/state/maintenance.json
+    (written by the runner). The read-only switch is a signal to the runner, which owns the registry
+    processes and restarts them (SIGUSR1: read-only, SIGUSR2: writable), then writes DIR/state/
+    private-mode; garbage-collect runs here, on the private registry's own config."""
+
+    def __init__(self, data_dir: Path, timeout: float = 120.0) -> None:
+        self.state = data_dir.resolve() / "state"
+        path = self.state / STATE_FILE
+        try:
+            info = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise MaintenanceError(
+                f"{path} not found: start the data plane first (python -m gateway run --data {data_dir} ...)"
+            ) from None
+        self.pid: int = info["pid"]
+        if not _alive(self.pid):
+            raise MaintenanceError(f"the runner (pid {self.pid}) of {data_dir} is not running; start it")
+        self.api = RegistryApi(info["private_url"])
+        self.rules = tuple(RetentionRule(**{**r, "protect": tuple(r["protect"])}) for r in info["retention"])
+        self.registry_bin: str = info["registry_bin"]
+        self.config: str = info["private_config"]
+        self.private_root = Path(info["private_root"])
+        self.cache_roots = {host: Path(root) for host, root in info["cache_roots"].items()}
+        self.timeout = timeout
+
+    def tag_pushed(self, repository: str, tag: str) -> datetime:
+        # Where Distribution's tag store writes the tag (registry/storage/paths.go,
+        # manifestTagCurrentPathSpec): rewritten whenever the tag moves, so its time is the last push.
+        link = self.private_root / "docker/registry/v2/repositories" / repository
+        link = link / "_manifests/tags" / tag / "current/link"
+        return datetime.fromtimestamp(link.stat().st_mtime, UTC)
+
+    def private_bytes(self) -> int:
+        return tree_bytes(self.private_root)
+
+    def cache_bytes(self) -> dict[str, int]:
+        return {host: tree_bytes(root) for host, root in self.cache_roots.items()}
+
+    def set_read_only(self, read_only: bool) -> None:
+        want = "read-only" if read_only else "writable"
+        mode = self.state / MODE_FILE
+        mode.unlink(missing_ok=True)
+        os.kill(self.pid, READ_ONLY_SIGNAL if read_only else WRITABLE_SIGNAL)
+        deadline = time.monotonic() + self.timeout
+        while (got := _read(mode)) != want:
+            if got.startswith("failed"):
+                raise MaintenanceError(f"the runner could not switch to {want}: {got}")
+            if time.monotonic() > deadline or not _alive(self.pid):
+                raise MaintenanceError(f"the runner did not switch the private registries to {want}")
+            time.sleep(0.05)
+
+    def collect_garbage(self, dry_run: bool) -> str:
+        return garbage_collect(self.registry_bin, self.config, dry_run=dry_run)
+
+
+def garbage_collect(registry_bin: str, config: str, *, dry_run: bool, run: Callable = subprocess.run) -> str:
+    argv = [registry_bin, "garbage-collect", "--delete-untagged", config]
+    if dry_run:
+        argv.insert(2, "--dry-run")
+    done = run(argv, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise MaintenanceError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
