@@ -151,14 +151,17 @@ def run(
     for repository, tags in sorted(report.deleted.items()):
         verb = "would delete" if dry_run else "deleted"
         print(f"retention: {repository}: {verb} {len(tags)} tags: {', '.join(sorted(tags))}", file=out)
-    report.bytes_before = store.private_bytes()
     if dry_run:
+        report.bytes_before = report.bytes_after = store.private_bytes()
         output = store.collect_garbage(dry_run=True)
     else:
         started = time.monotonic()
         store.set_read_only(True)
         try:
+            # Measured inside the window, where nothing but the GC changes the store.
+            report.bytes_before = store.private_bytes()
             output = store.collect_garbage(dry_run=False)
+            report.bytes_after = store.private_bytes()
         finally:
             # Whatever happened, pushes resume (and every replica restarts with an empty cache).
             store.set_read_only(False)
@@ -167,7 +170,6 @@ def run(
     if summary is None:
         raise MaintenanceError(f"garbage-collect printed no summary:\n{output[-2000:]}")
     report.blobs_deleted, report.manifests_deleted = int(summary[2]), int(summary[3])
-    report.bytes_after = store.private_bytes()
     report.cache_bytes = store.cache_bytes()
     if dry_run:
         print(

@@ -89,7 +89,7 @@ def render_nginx_conf(
         trusted_proxy_cidrs=settings.trusted_proxy_cidrs,
         private_servers=layout.private_servers,
         # The same Swarm VIP listed several times must never be taken out of rotation as a whole.
-        private_server_params=" max_fails=0" if layout.production else " max_fails=1 fail_timeout=5s",
+        private_server_params=" max_fails=0",
         caches=[{"id": nginx_id(u.host), "server": layout.cache_servers[u.host]} for u in settings.upstreams],
         registry_listen=layout.registry_listen,
         mirror_listen=layout.mirror_listen,

@@ -224,7 +224,7 @@ class Load:
                 return
             tag = f"w{worker}-{i}"
             image = TinyImage.make(f"load {tag}", 32 * 1024)
-            for _attempt in range(40):  # bounded: 40 x 0.25 s covers a window of 10 s
+            for _attempt in range(300):  # bounded: at least 300 x 0.05 s, longer than any window here
                 answer = push_once(self.gateway, "team/load", tag, image)
                 if answer.status == 201:
                     self.acknowledged[tag] = image
@@ -232,7 +232,7 @@ class Load:
                 if answer.status == 503 or (answer.status == 400 and b"MANIFEST_BLOB_UNKNOWN" in answer.body):
                     if answer.status == 503:
                         self.refused.append(answer)
-                    time.sleep(0.25)
+                    time.sleep(0.05)
                     continue
                 self.other.append(f"{tag}: {answer.status} {answer.body[:200]!r}")
                 break
@@ -271,7 +271,7 @@ def test_gc_under_concurrent_pushes_and_pulls_loses_no_acknowledged_image(launch
     assert_oci_error(not_a_write, 405, "UNSUPPORTED")
 
     load = Load(gateway)
-    threads = [threading.Thread(target=load.pusher, args=(w,)) for w in range(2)]
+    threads = [threading.Thread(target=load.pusher, args=(w,)) for w in range(3)]
     threads.append(threading.Thread(target=load.puller, args=(baseline,)))
     for thread in threads:
         thread.start()
@@ -299,7 +299,7 @@ def test_gc_under_concurrent_pushes_and_pulls_loses_no_acknowledged_image(launch
     paused_refusals = [a for a in load.refused if b"pushes are paused" in a.body]
     assert paused_refusals, "no push met the read-only window: the test proves nothing about it"
     assert all(a.headers["Retry-After"] == "30" for a in paused_refusals)
-    assert load.failed_pulls == [] and load.pulls > 0, (load.failed_pulls, load.pulls)
+    assert load.failed_pulls == [] and load.pulls > 0, (load.failed_pulls[:5], load.pulls)
     # Every acknowledged image pulls completely; the refused ones were acknowledged when retried.
     assert len(load.acknowledged) >= 4
     for tag, image in load.acknowledged.items():
