@@ -33,12 +33,20 @@ committed between mark and sweep loses the blobs it references: acknowledged, th
 5. **Pulls keep working**: replicas are restarted one at a time and nginx retries reads on another
    replica (with one replica, reads fail for the moments it restarts: run two).
 
-Retention (gateway/retention.py) deletes through the API before the window; what it unreferences is
-collected in the same run. Caches are not collected: they expire by their `proxy.ttl`.
+6. **Retention deletes inside the window too.** Deleting through the API while clients push has a
+   race no check closes: a tag pushed onto a manifest between the plan and its `DELETE` by digest
+   would lose that manifest (Distribution also drops every tag naming it). Read-only Distribution
+   refuses deletes as well, so the run starts one more private registry of its own, writable, on the
+   same storage and config, reachable by nothing but this run, plans and deletes through it while
+   every client-facing replica is read-only, and stops it before the GC. The plan thus sees the
+   frozen store it acts on.
+
+Caches are not collected: they expire by their `proxy.ttl`; the run reports their size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -46,13 +54,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TextIO
 
+import yaml
+
+from gateway.ports import free_port
 from gateway.registry_api import Manifest, RegistryApi
+from gateway.registry_config import READ_ONLY_HEADER
 from gateway.retention import Deletion, RetentionRule, Tag, plan
 
 STATE_FILE = "maintenance.json"  # below DIR/state: what `gateway run` tells `gateway maintenance`
@@ -69,8 +82,12 @@ class MaintenanceError(RuntimeError):
 class Store(Protocol):
     """The private store as maintenance sees it (locally: LocalStore)."""
 
-    api: RegistryApi
+    api: RegistryApi  # what clients read (the dry run plans through it)
     rules: tuple[RetentionRule, ...]
+
+    def writer(self) -> AbstractContextManager[RegistryApi]:
+        """A writable private registry only this run reaches (used inside the window)."""
+        ...
 
     def tag_pushed(self, repository: str, tag: str) -> datetime: ...
     def private_bytes(self) -> int: ...
@@ -115,14 +132,16 @@ def image_size(api: RegistryApi, repository: str, manifest: Manifest) -> tuple[i
     return total, children
 
 
-def apply_retention(store: Store, report: Report, dry_run: bool, out: TextIO, now: datetime) -> None:
-    repositories = store.api.repositories()
+def apply_retention(
+    store: Store, api: RegistryApi, report: Report, dry_run: bool, out: TextIO, now: datetime
+) -> None:
+    repositories = api.repositories()
     for rule in store.rules:
         for repository in (r for r in repositories if rule.covers(r)):
             tags, needed = [], set()
-            for name in store.api.tags(repository):
-                manifest = store.api.manifest(repository, name)
-                size, children = image_size(store.api, repository, manifest)
+            for name in api.tags(repository):
+                manifest = api.manifest(repository, name)
+                size, children = image_size(api, repository, manifest)
                 tags.append(Tag(repository, name, manifest.digest, store.tag_pushed(repository, name), size))
                 needed |= children
             deletions = plan(rule, tags, now, needed)
@@ -135,7 +154,7 @@ def apply_retention(store: Store, report: Report, dry_run: bool, out: TextIO, no
                     file=out,
                 )
                 if not dry_run:
-                    store.api.delete(repository, deletion.reference)
+                    api.delete(repository, deletion.reference)
                 report.deleted.setdefault(repository, []).extend(deletion.tags)
                 report.deletions.append(deletion)
             kept = len(tags) - sum(len(d.tags) for d in deletions)
@@ -145,27 +164,31 @@ def apply_retention(store: Store, report: Report, dry_run: bool, out: TextIO, no
 def run(
     store: Store, *, dry_run: bool = False, out: TextIO = sys.stdout, now: datetime | None = None
 ) -> Report:
-    """Retention, then garbage collection (in the read-only window unless `dry_run`)."""
+    """Retention, then garbage collection, both in the read-only window (unless `dry_run`, which
+    plans through the client-facing registry and changes nothing)."""
     report = Report()
-    apply_retention(store, report, dry_run, out, now or datetime.now(UTC))
-    for repository, tags in sorted(report.deleted.items()):
-        verb = "would delete" if dry_run else "deleted"
-        print(f"retention: {repository}: {verb} {len(tags)} tags: {', '.join(sorted(tags))}", file=out)
+    now = now or datetime.now(UTC)
     if dry_run:
+        apply_retention(store, store.api, report, True, out, now)
         report.bytes_before = report.bytes_after = store.private_bytes()
         output = store.collect_garbage(dry_run=True)
     else:
         started = time.monotonic()
         store.set_read_only(True)
         try:
-            # Measured inside the window, where nothing but the GC changes the store.
+            # Measured inside the window, where nothing but this run changes the store.
             report.bytes_before = store.private_bytes()
+            with store.writer() as api:
+                apply_retention(store, api, report, False, out, now)
             output = store.collect_garbage(dry_run=False)
             report.bytes_after = store.private_bytes()
         finally:
             # Whatever happened, pushes resume (and every replica restarts with an empty cache).
             store.set_read_only(False)
             report.paused_seconds = time.monotonic() - started
+    for repository, tags in sorted(report.deleted.items()):
+        verb = "would delete" if dry_run else "deleted"
+        print(f"retention: {repository}: {verb} {len(tags)} tags: {', '.join(sorted(tags))}", file=out)
     summary = _GC_SUMMARY.search(output)
     if summary is None:
         raise MaintenanceError(f"garbage-collect printed no summary:\n{output[-2000:]}")
@@ -251,6 +274,44 @@ class LocalStore:
 
     def collect_garbage(self, dry_run: bool) -> str:
         return garbage_collect(self.registry_bin, self.config, dry_run=dry_run)
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[RegistryApi]:
+        """The private registry's own config, writable, on a free loopback port: nginx does not know it."""
+        config = yaml.safe_load(Path(self.config).read_text())
+        port = free_port()
+        config["http"]["addr"] = f"127.0.0.1:{port}"
+        config["http"]["headers"].pop(READ_ONLY_HEADER, None)
+        config["storage"]["maintenance"]["readonly"] = {"enabled": False}
+        path = self.state / "maintenance-writer.yml"
+        path.touch(mode=0o600)  # it holds the storage keys and http.secret
+        path.write_text(yaml.safe_dump(config))
+        with (self.state / "maintenance-writer.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [self.registry_bin, "serve", str(path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            api = RegistryApi(f"http://127.0.0.1:{port}")
+            deadline = time.monotonic() + self.timeout
+            while not api.answers():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise MaintenanceError(
+                        f"the maintenance registry did not start; see {self.state / 'maintenance-writer.log'}"
+                    )
+                time.sleep(0.05)
+            yield api
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+            path.unlink(missing_ok=True)
 
 
 def garbage_collect(registry_bin: str, config: str, *, dry_run: bool, run: Callable = subprocess.run) -> str:

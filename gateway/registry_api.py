@@ -81,6 +81,13 @@ class RegistryApi:
             next_path = link[1 : link.index(">")] if link.startswith("<") and 'rel="next"' in link else None
         return items
 
+    def answers(self) -> bool:
+        """The API answers (GET /v2/ 200); False while the registry is not listening yet."""
+        try:
+            return self._call("GET", "/v2/")[0] == 200
+        except OSError:
+            return False
+
     def repositories(self) -> list[str]:
         return self._paged("/v2/_catalog", "repositories")
 
