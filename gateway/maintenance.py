@@ -72,6 +72,7 @@ STATE_FILE = "maintenance.json"  # below DIR/state: what `gateway run` tells `ga
 MODE_FILE = "private-mode"  # below DIR/state: the mode the private registries now run in
 READ_ONLY_SIGNAL = signal.SIGUSR1
 WRITABLE_SIGNAL = signal.SIGUSR2
+_EMPTY_STORE = "Path not found: /docker/registry/v2/repositories"
 _GC_SUMMARY = re.compile(r"(\d+) blobs marked, (\d+) blobs and (\d+) manifests eligible for deletion")
 
 
@@ -319,6 +320,9 @@ def garbage_collect(registry_bin: str, config: str, *, dry_run: bool, run: Calla
     if dry_run:
         argv.insert(2, "--dry-run")
     done = run(argv, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0 and _EMPTY_STORE in done.stderr:
+        # Nothing was ever pushed: Distribution's mark phase fails on the missing repositories root.
+        return "0 blobs marked, 0 blobs and 0 manifests eligible for deletion (empty store)"
     if done.returncode != 0:
         raise MaintenanceError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return done.stdout

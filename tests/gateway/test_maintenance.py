@@ -153,6 +153,17 @@ def test_bad_retention_is_refused_naming_the_key(tmp_path: Path, spec: str, mess
     assert message in done.stderr, done.stderr
 
 
+def test_maintenance_of_an_empty_store_collects_nothing(launch: Launcher) -> None:
+    upstream = launch.distribution("dockerhub")
+    gateway = launch.gateway({"docker.io": upstream.url}, extra_args=["--retention", "team=keep:1"])
+    for extra in (["--dry-run"], []):
+        done = maintenance(gateway, *extra)
+        assert done.returncode == 0, done.stderr
+        assert re.search(r"0 blobs and 0 untagged manifests", done.stdout), done.stdout
+    # ... and the registry takes pushes again afterwards.
+    TinyImage.make("after an empty run").push(base(gateway), "team/app", "1", ALICE)
+
+
 def test_maintenance_without_a_running_gateway_says_what_to_do(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "gateway", "maintenance", "--data", str(tmp_path)],
