@@ -226,6 +226,7 @@ class Load:
     acknowledged: dict[str, TinyImage] = field(default_factory=dict)  # tag -> image (201 on its PUT)
     acknowledged_at: list[float] = field(default_factory=list)  # time.monotonic() of each 201
     refused: list[Response] = field(default_factory=list)  # 503s seen, retried
+    refused_at: list[float] = field(default_factory=list)  # time.monotonic() of each 503
     other: list[str] = field(default_factory=list)  # anything else: a failure
     pulls: int = 0
     failed_pulls: list[str] = field(default_factory=list)
@@ -245,6 +246,7 @@ class Load:
                 if answer.status == 503 or (answer.status == 400 and b"MANIFEST_BLOB_UNKNOWN" in answer.body):
                     if answer.status == 503:
                         self.refused.append(answer)
+                        self.refused_at.append(time.monotonic())
                     time.sleep(0.05)
                     continue
                 self.other.append(f"{tag}: {answer.status} {answer.body[:200]!r}")
@@ -312,6 +314,9 @@ def test_gc_under_concurrent_pushes_and_pulls_loses_no_acknowledged_image(launch
     for answer in load.refused:
         assert_oci_error(answer, 503, "UNAVAILABLE")
     paused_refusals = [a for a in load.refused if b"pushes are paused" in a.body]
+    paused_at = [
+        t for a, t in zip(load.refused, load.refused_at, strict=True) if b"pushes are paused" in a.body
+    ]
     assert paused_refusals, "no push met the read-only window: the test proves nothing about it"
     assert all(a.headers["Retry-After"] == "30" for a in paused_refusals)
     assert load.failed_pulls == [] and load.pulls > 0, (load.failed_pulls[:5], load.pulls)
@@ -331,6 +336,7 @@ def test_gc_under_concurrent_pushes_and_pulls_loses_no_acknowledged_image(launch
     assert pulls_completely(gateway, "team/late", late, "1")
     print(
         f"pushes acknowledged {len(load.acknowledged)} (before/during/after "
-        f"{'/'.join(str(when.count(i)) for i in range(3))}), refused then retried {len(load.refused)}, "
+        f"{'/'.join(str(when.count(i)) for i in range(3))}), read-only refusals seen over "
+        f"{max(paused_at) - min(paused_at):.2f} s, refused then retried {len(load.refused)}, "
         f"pulls {load.pulls}; paused {paused[1]} s, freed {freed[1]} bytes"
     )
