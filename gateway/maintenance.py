@@ -7,9 +7,11 @@ Why garbage collection cannot lose an acknowledged image
 --------------------------------------------------------
 Distribution's `registry garbage-collect` (v3.1.1, registry/storage/garbagecollect.go) marks every
 blob that a manifest of any repository references, then sweeps: deletes every other blob, and the
-repository layer links of unmarked blobs (`vacuum.RemoveLayer`); with `--delete-untagged` it first
-drops manifests that no tag names, unless a marked index lists them. It takes no lock, so a manifest
-committed between mark and sweep loses the blobs it references: acknowledged, then broken. Hence:
+repository layer links of unmarked blobs (`vacuum.RemoveLayer`). It runs without `--delete-untagged`
+(which would drop untagged manifests in every namespace, those without a retention rule too, and
+signatures): retention removes the untagged manifests of its own namespaces. It takes no lock, so a
+manifest committed between mark and sweep loses the blobs it references: acknowledged, then broken.
+Hence:
 
 1. **No write reaches the store during mark and sweep.** Every private replica is restarted with
    `storage.maintenance.readonly.enabled: true` (read at start only, handlers/app.go) and the GC
@@ -32,14 +34,14 @@ committed between mark and sweep loses the blobs it references: acknowledged, th
    window ends by restarting every replica again (writable), so each starts with an empty cache.
 5. **Pulls keep working**: replicas are restarted one at a time and nginx retries reads on another
    replica (with one replica, reads fail for the moments it restarts: run two).
-
 6. **Retention deletes inside the window too.** Deleting through the API while clients push has a
    race no check closes: a tag pushed onto a manifest between the plan and its `DELETE` by digest
    would lose that manifest (Distribution also drops every tag naming it). Read-only Distribution
    refuses deletes as well, so the run starts one more private registry of its own, writable, on the
    same storage and config, reachable by nothing but this run, plans and deletes through it while
    every client-facing replica is read-only, and stops it before the GC. The plan thus sees the
-   frozen store it acts on.
+   frozen store it acts on. An untagged platform manifest it deletes whose index only arrives after
+   the window is the case of point 3: the index is refused, never acknowledged.
 
 Caches are not collected: they expire by their `proxy.ttl`; the run reports their size.
 """
@@ -66,7 +68,7 @@ import yaml
 from gateway.ports import free_port
 from gateway.registry_api import Manifest, RegistryApi
 from gateway.registry_config import READ_ONLY_HEADER
-from gateway.retention import Deletion, RetentionRule, Tag, plan
+from gateway.retention import Deletion, RetentionRule, Tag, kept, orphans, plan
 
 STATE_FILE = "maintenance.json"  # below DIR/state: what `gateway run` tells `gateway maintenance`
 MODE_FILE = "private-mode"  # below DIR/state: the mode the private registries now run in
@@ -91,6 +93,7 @@ class Store(Protocol):
         ...
 
     def tag_pushed(self, repository: str, tag: str) -> datetime: ...
+    def manifest_revisions(self, repository: str) -> set[str]: ...
     def private_bytes(self) -> int: ...
     def cache_bytes(self) -> dict[str, int]: ...
     def set_read_only(self, read_only: bool) -> None: ...
@@ -100,9 +103,9 @@ class Store(Protocol):
 @dataclass
 class Report:
     deleted: dict[str, list[str]] = field(default_factory=dict)  # repository -> tags deleted
+    untagged: int = 0  # untagged manifests retention deleted
     deletions: list[Deletion] = field(default_factory=list)
     blobs_deleted: int = 0
-    manifests_deleted: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
     paused_seconds: float = 0.0
@@ -139,27 +142,46 @@ def apply_retention(
     repositories = api.repositories()
     for rule in store.rules:
         for repository in (r for r in repositories if rule.covers(r)):
-            tags, needed = [], set()
+            tags, lists = [], {}
             for name in api.tags(repository):
                 manifest = api.manifest(repository, name)
-                size, children = image_size(api, repository, manifest)
+                size, lists[name] = image_size(api, repository, manifest)
                 tags.append(Tag(repository, name, manifest.digest, store.tag_pushed(repository, name), size))
-                needed |= children
+            keep = kept(rule, tags, now)
+            # What kept indexes list is still wanted, whatever tags name it.
+            needed = set().union(*(lists[t.name] for t in tags if t.name in keep))
             deletions = plan(rule, tags, now, needed)
+            deletions += untagged(store, api, repository, tags, keep, needed)
             for deletion in deletions:
-                how = "manifest" if deletion.by_digest else "tag only"
+                how = ("manifest" if deletion.tags else "untagged") if deletion.by_digest else "tag only"
                 verb = "would delete" if dry_run else "deleting"
-                print(
-                    f"retention: {verb} {repository}:{','.join(deletion.tags)} ({how}, "
-                    f"{human(deletion.size)})",
-                    file=out,
-                )
+                what = ",".join(deletion.tags) if deletion.tags else deletion.reference
+                print(f"retention: {verb} {repository}:{what} ({how}, {human(deletion.size)})", file=out)
                 if not dry_run:
                     api.delete(repository, deletion.reference)
-                report.deleted.setdefault(repository, []).extend(deletion.tags)
+                if deletion.tags:
+                    report.deleted.setdefault(repository, []).extend(deletion.tags)
                 report.deletions.append(deletion)
-            kept = len(tags) - sum(len(d.tags) for d in deletions)
-            print(f"retention: {repository}: {len(tags)} tags, {kept} kept", file=out)
+            loose = sum(1 for d in deletions if not d.tags)
+            print(
+                f"retention: {repository}: {len(tags)} tags, {len(keep)} kept; {loose} untagged manifests go",
+                file=out,
+            )
+            report.untagged += loose
+
+
+def untagged(
+    store: Store, api: RegistryApi, repository: str, tags: list[Tag], keep: set[str], needed: set[str]
+) -> list[Deletion]:
+    """Deletions (by digest, no tags) of the repository's untagged manifests that nothing kept wants."""
+    live = {t.digest for t in tags if t.name in keep} | needed
+    revisions, tagged = store.manifest_revisions(repository), {t.digest for t in tags}
+    documents = {d: api.manifest(repository, d) for d in sorted(revisions - tagged - live)}
+    subjects = {d: m.subject for d, m in documents.items()}
+    return [
+        Deletion(repository, d, (), image_size(api, repository, documents[d])[0])
+        for d in orphans(revisions, tagged, live, subjects)
+    ]
 
 
 def run(
@@ -193,18 +215,18 @@ def run(
     summary = _GC_SUMMARY.search(output)
     if summary is None:
         raise MaintenanceError(f"garbage-collect printed no summary:\n{output[-2000:]}")
-    report.blobs_deleted, report.manifests_deleted = int(summary[2]), int(summary[3])
+    report.blobs_deleted = int(summary[2])
     report.cache_bytes = store.cache_bytes()
     if dry_run:
         print(
-            f"gc (dry run): {report.blobs_deleted} blobs and {report.manifests_deleted} untagged "
-            f"manifests unreferenced now (before the retention above); pushes not paused",
+            f"gc (dry run): {report.blobs_deleted} blobs unreferenced now (before the retention above); "
+            "pushes not paused",
             file=out,
         )
     else:
         print(
             f"gc: pushes paused {report.paused_seconds:.2f} s; deleted {report.blobs_deleted} blobs and "
-            f"{report.manifests_deleted} untagged manifests; private storage "
+            f"{report.untagged} untagged manifests; private storage "
             f"{human(report.bytes_before)} -> {human(report.bytes_after)} "
             f"(freed {human(report.bytes_freed)}, {report.bytes_freed} bytes)",
             file=out,
@@ -253,6 +275,15 @@ class LocalStore:
         link = self.private_root / "docker/registry/v2/repositories" / repository
         link = link / "_manifests/tags" / tag / "current/link"
         return datetime.fromtimestamp(link.stat().st_mtime, UTC)
+
+    def manifest_revisions(self, repository: str) -> set[str]:
+        # Every manifest the repository holds, tagged or not (registry/storage/paths.go,
+        # manifestRevisionLinkPathSpec): the API lists tags only.
+        revisions = self.private_root / "docker/registry/v2/repositories" / repository
+        revisions = revisions / "_manifests/revisions/sha256"
+        if not revisions.is_dir():
+            return set()
+        return {f"sha256:{p.name}" for p in revisions.iterdir() if (p / "link").is_file()}
 
     def private_bytes(self) -> int:
         return tree_bytes(self.private_root)
@@ -316,7 +347,7 @@ class LocalStore:
 
 
 def garbage_collect(registry_bin: str, config: str, *, dry_run: bool, run: Callable = subprocess.run) -> str:
-    argv = [registry_bin, "garbage-collect", "--delete-untagged", config]
+    argv = [registry_bin, "garbage-collect", config]
     if dry_run:
         argv.insert(2, "--dry-run")
     done = run(argv, capture_output=True, text=True, timeout=3600)

@@ -35,6 +35,12 @@ class Manifest:
     def is_index(self) -> bool:
         return self.media_type in INDEX_TYPES or "manifests" in self.document
 
+    @property
+    def subject(self) -> str | None:
+        """The manifest a referrer (signature, SBOM, attestation) is about, if it is one."""
+        subject = self.document.get("subject")
+        return str(subject["digest"]) if isinstance(subject, dict) and "digest" in subject else None
+
     def references(self) -> list[dict[str, object]]:
         """Descriptors this manifest points at: platform manifests of an index, else config + layers."""
         if self.is_index:

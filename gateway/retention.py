@@ -12,8 +12,10 @@ Deletion goes through the registry API, never by editing storage: a manifest who
 deleted by digest (`DELETE /v2/<name>/manifests/<digest>`, which also drops its tags); a tag whose
 manifest is still wanted (another kept tag names it, or a kept image index lists it) is only untagged
 (`DELETE /v2/<name>/manifests/<tag>`, Distribution >= 3.0), so a kept image never loses its manifest.
-Untagged manifests and unreferenced blobs are then removed by the garbage collection
-(gateway/maintenance.py), inside its read-only window.
+Untagged manifests of the namespace go too (by digest: the tags of a pushed `latest` moved on, a
+platform manifest of an index that is gone), except those a kept index lists and referrers (a
+signature, an SBOM) whose `subject` is a kept manifest: `orphans`. Unreferenced blobs are then removed
+by the garbage collection (gateway/maintenance.py); namespaces without a rule are never touched.
 
 Config: `retention` in the stack config (settings.py) and `--retention NAMESPACE=keep:N[,days:D]
 [,protect:GLOB]...` on `python -m gateway run`; both end up as `RetentionRule`s checked here.
@@ -176,3 +178,13 @@ def plan(
         names = tuple(sorted(t.name for t in group))
         deletions.append(Deletion(group[0].repository, digest, names, group[0].size))
     return sorted(deletions, key=lambda d: d.tags)
+
+
+def orphans(
+    revisions: set[str], tagged: set[str], live: set[str], subjects: dict[str, str | None]
+) -> list[str]:
+    """Untagged manifests of ONE repository that go: neither named by a tag (`tagged`, before any
+    deletion), nor listed by a kept index (`live` holds the kept manifests and what they list), nor a
+    referrer of a live manifest (`subjects`: each candidate's `subject` digest, or None)."""
+    candidates = revisions - tagged - live
+    return sorted(d for d in candidates if subjects.get(d) not in live)

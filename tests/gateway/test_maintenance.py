@@ -6,6 +6,7 @@ retried, and the private storage shrinks (gateway/maintenance.py has the safety 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -38,6 +39,19 @@ def maintenance(
 
 def base(gateway: GatewayProcess) -> str:
     return f"http://{gateway.doors.registry}"
+
+
+def put_document(
+    gateway: GatewayProcess, name: str, reference: str, body: bytes, media_type: str
+) -> Response:
+    """PUT a manifest or index under a tag or its digest."""
+    return request(
+        f"{base(gateway)}/v2/{name}/manifests/{reference}",
+        "PUT",
+        body=body,
+        headers={"Content-Type": media_type},
+        auth=ALICE,
+    )
 
 
 def tags_of(gateway: GatewayProcess, name: str) -> list[str]:
@@ -83,6 +97,45 @@ class Pushed:
         self.images[(name, tag)] = image
 
 
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def push_index(gateway: GatewayProcess, name: str, tag: str, platforms: list[TinyImage]) -> bytes:
+    """A multi-platform image: each platform manifest pushed by digest (untagged), then the index."""
+    for image in platforms:
+        image.push(base(gateway), name, image.digest, ALICE)
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": image.digest,
+                    "size": len(image.manifest),
+                    "platform": {"architecture": arch, "os": "linux"},
+                }
+                for image, arch in zip(platforms, ("amd64", "arm64"), strict=False)
+            ],
+        }
+    ).encode()
+    put = put_document(gateway, name, tag, index, INDEX)
+    assert put.status == 201, put.body
+    return index
+
+
+def put_referrer(gateway: GatewayProcess, name: str, image: TinyImage, subject: TinyImage) -> bytes:
+    """`image` as a referrer of `subject` (as cosign and `oras attach` push them): untagged, by digest."""
+    for blob in (image.layer, image.config):
+        assert upload_blob(gateway, name, blob).status == 201
+    document = json.loads(image.manifest)
+    document["subject"] = {"mediaType": OCI_MANIFEST, "digest": subject.digest, "size": len(subject.manifest)}
+    manifest = json.dumps(document).encode()
+    put = put_document(gateway, name, digest_of(manifest), manifest, OCI_MANIFEST)
+    assert put.status == 201, put.body
+    return manifest
+
+
 def test_retention_rules_dry_run_and_protected_tags(launch: Launcher) -> None:
     upstream = launch.distribution("dockerhub")
     args = [a for rule in RULES for a in ("--retention", rule)]
@@ -97,7 +150,25 @@ def test_retention_rules_dry_run_and_protected_tags(launch: Launcher) -> None:
     for tag, days in (("n1", 2), ("n2", 5), ("o1", 15), ("latest", 100)):
         world.push(gateway, "acme/web", tag, days)
     world.push(gateway, "ops/tool", "x", 100)
-    before = {name: tags_of(gateway, name) for name in ("team/app", "acme/web", "ops/tool")}
+    # A kept multi-platform tag and an old tag naming one of its platform manifests: the old tag goes,
+    # the platform manifest stays (never deleted by digest, and the GC keeps what a kept index lists).
+    amd64, arm64 = TinyImage.make("multi amd64", 64 * 1024), TinyImage.make("multi arm64", 64 * 1024)
+    index = push_index(gateway, "team/multi", "v2", [amd64, arm64])
+    amd64.push(base(gateway), "team/multi", "old-amd64", ALICE)
+    pushed_days_ago(gateway, "team/multi", "old-amd64", 90)
+    pushed_days_ago(gateway, "team/multi", "v2", 80)
+    # Untagged manifests: one whose tag moved on (goes), a signature of a kept image (stays), and one
+    # in a namespace without a rule (stays: the GC no longer drops untagged manifests everywhere).
+    moved = TinyImage.make("m2 before it moved", 64 * 1024)
+    moved.push(base(gateway), "team/multi", "m2", ALICE)
+    for tag, days in (("m1", 2), ("m2", 3)):
+        world.push(gateway, "team/multi", tag, days)
+    signature = put_referrer(
+        gateway, "team/multi", TinyImage.make("signature of m1"), world.images[("team/multi", "m1")]
+    )
+    loose = TinyImage.make("ops untagged")
+    loose.push(base(gateway), "ops/tool", loose.digest, ALICE)
+    before = {name: tags_of(gateway, name) for name in ("team/app", "acme/web", "ops/tool", "team/multi")}
 
     dry = maintenance(gateway, "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -108,6 +179,9 @@ def test_retention_rules_dry_run_and_protected_tags(launch: Launcher) -> None:
         r"retention: would delete team/app:old \(tag only, 64.2 KiB\)",
         rf"retention: would delete acme/web:o1 {size}",
         r"retention: team/app: would delete 3 tags: a, b, old",
+        r"retention: would delete team/multi:old-amd64 \(tag only, 64.2 KiB\)",
+        rf"retention: would delete team/multi:{moved.digest} \(untagged, 64.2 KiB\)",
+        r"retention: team/multi: 4 tags, 3 kept; 1 untagged manifests go",
         r"gc \(dry run\): .* pushes not paused",
     ):
         assert re.search(line, dry.stdout), (line, dry.stdout)
@@ -120,12 +194,25 @@ def test_retention_rules_dry_run_and_protected_tags(launch: Launcher) -> None:
     assert tags_of(gateway, "team/app") == ["c", "d", "v1"]  # 2 newest + protected v*
     assert tags_of(gateway, "acme/web") == ["latest", "n1", "n2"]  # 10 days + protected latest
     assert tags_of(gateway, "ops/tool") == ["x"]  # no rule: untouched, however old
+    assert tags_of(gateway, "team/multi") == ["m1", "m2", "v2"]  # v2 protected by v*
+    got = request(f"{base(gateway)}/v2/team/multi/manifests/v2", auth=ALICE, headers={"Accept": INDEX})
+    assert got.status == 200 and got.body == index
+    for image in (amd64, arm64):  # untagged now, listed by the kept index: still complete
+        assert pulls_completely(gateway, "team/multi", image, image.digest)
+    oci = {"Accept": OCI_MANIFEST}  # without it Distribution answers 404 for any OCI manifest
+    gone = request(f"{base(gateway)}/v2/team/multi/manifests/{moved.digest}", auth=ALICE, headers=oci)
+    assert_oci_error(gone, 404, "MANIFEST_UNKNOWN")
+    kept_signature = request(
+        f"{base(gateway)}/v2/team/multi/manifests/{digest_of(signature)}", auth=ALICE, headers=oci
+    )
+    assert kept_signature.status == 200 and kept_signature.body == signature
+    assert pulls_completely(gateway, "ops/tool", loose, loose.digest)
     for name, tag in (("team/app", "c"), ("team/app", "d"), ("team/app", "v1"), ("acme/web", "latest")):
         assert pulls_completely(gateway, name, world.images[(name, tag)], tag), (name, tag)
     # Deleted by digest: the manifests are gone, not only their tags.
     for name, tag in (("team/app", "a"), ("team/app", "b"), ("acme/web", "o1")):
         digest = world.images[(name, tag)].digest
-        gone = request(f"{base(gateway)}/v2/{name}/manifests/{digest}", auth=ALICE)
+        gone = request(f"{base(gateway)}/v2/{name}/manifests/{digest}", auth=ALICE, headers=oci)
         assert_oci_error(gone, 404, "MANIFEST_UNKNOWN")
     freed = re.search(r"freed [0-9.]+ \w+, (\d+) bytes", done.stdout)
     assert freed and int(freed[1]) >= 3 * 64 * 1024, done.stdout  # three unique layers at least
@@ -159,7 +246,7 @@ def test_maintenance_of_an_empty_store_collects_nothing(launch: Launcher) -> Non
     for extra in (["--dry-run"], []):
         done = maintenance(gateway, *extra)
         assert done.returncode == 0, done.stderr
-        assert re.search(r"0 blobs and 0 untagged manifests", done.stdout), done.stdout
+        assert re.search(r"gc( \(dry run\))?: .*\b0 blobs", done.stdout), done.stdout
     # ... and the registry takes pushes again afterwards.
     TinyImage.make("after an empty run").push(base(gateway), "team/app", "1", ALICE)
 
@@ -197,13 +284,7 @@ def upload_blob(gateway: GatewayProcess, name: str, blob: bytes) -> Response:
 
 
 def put_manifest(gateway: GatewayProcess, name: str, tag: str, image: TinyImage) -> Response:
-    return request(
-        f"{base(gateway)}/v2/{name}/manifests/{tag}",
-        "PUT",
-        body=image.manifest,
-        headers={"Content-Type": OCI_MANIFEST},
-        auth=ALICE,
-    )
+    return put_document(gateway, name, tag, image.manifest, OCI_MANIFEST)
 
 
 def push_once(gateway: GatewayProcess, name: str, tag: str, image: TinyImage) -> Response:

@@ -15,6 +15,7 @@ from gateway.retention import (
     Tag,
     check_rules,
     kept,
+    orphans,
     plan,
     rule_from_cli,
     rule_from_mapping,
@@ -120,3 +121,13 @@ def test_rules_name_private_namespaces_once() -> None:
         check_rules([RetentionRule("acme", keep=1)], ("team",))
     with pytest.raises(SettingsError, match="retention.team: given twice"):
         check_rules([RetentionRule("team", keep=1), RetentionRule("team", days=1)], ("team",))
+
+
+def test_untagged_manifests_go_unless_a_kept_index_lists_them_or_they_sign_a_kept_one() -> None:
+    kept_image, kept_child, old, signature, stray_signature, moved = (f"sha256:{c * 64}" for c in "abcdef")
+    revisions = {kept_image, kept_child, old, signature, stray_signature, moved}
+    subjects = {signature: kept_image, stray_signature: old, moved: None}
+    got = orphans(revisions, tagged={kept_image, old}, live={kept_image, kept_child}, subjects=subjects)
+    # `old` is tagged (its tags are retention's business), `signature` is about a kept image; a signature
+    # of a manifest that is not kept goes with the untagged manifests.
+    assert got == [stray_signature, moved]
