@@ -77,11 +77,16 @@ class RegistryApi:
         return answer_headers, body
 
     def _paged(self, path: str, key: str) -> list[str]:
-        """Follows the `Link: <...>; rel="next"` pages of the catalog and tag lists."""
+        """Follows the `Link: <...>; rel="next"` pages of the catalog and tag lists; a 404 (a repository
+        whose every tag was deleted since the catalog was read) is an empty list."""
         items: list[str] = []
         next_path: str | None = f"{path}?n={PAGE}"
         while next_path is not None:
-            headers, body = self._expect("GET", next_path, 200)
+            status, headers, body = self._call("GET", next_path)
+            if status == 404 and not items:
+                return []
+            if status != 200:
+                raise RegistryApiError(f"GET {next_path}: {status} {body[:300].decode(errors='replace')}")
             items += json.loads(body).get(key) or []
             link = headers.get("link", "")
             next_path = link[1 : link.index(">")] if link.startswith("<") and 'rel="next"' in link else None
@@ -98,11 +103,6 @@ class RegistryApi:
         return self._paged("/v2/_catalog", "repositories")
 
     def tags(self, repository: str) -> list[str]:
-        status, _, body = self._call("GET", f"/v2/{repository}/tags/list?n={PAGE}")
-        if status == 404:  # every tag deleted since the catalog was read
-            return []
-        if status != 200:
-            raise RegistryApiError(f"tags of {repository}: {status} {body[:300]!r}")
         return self._paged(f"/v2/{repository}/tags/list", "tags")
 
     def manifest(self, repository: str, reference: str) -> Manifest:

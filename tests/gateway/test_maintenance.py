@@ -20,6 +20,8 @@ import pytest
 from client_harness import REPO_ROOT, USERS, GatewayProcess, Launcher
 from routing_fixtures import OCI_MANIFEST, Response, TinyImage, assert_oci_error, digest_of, request
 
+from gateway import registry_api
+
 ALICE = ("alice", USERS["alice"])
 DAY = 86400.0
 
@@ -421,3 +423,18 @@ def test_gc_under_concurrent_pushes_and_pulls_loses_no_acknowledged_image(launch
         f"{max(paused_at) - min(paused_at):.2f} s, refused then retried {len(load.refused)}, "
         f"pulls {load.pulls}; paused {paused[1]} s, freed {freed[1]} bytes"
     )
+
+
+def test_registry_api_follows_pages_of_tags_and_repositories(
+    launch: Launcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Distribution pages long lists (`Link: <...>; rel="next"`): every page is read."""
+    registry = launch.distribution("plain")
+    for i in range(5):
+        TinyImage.make(f"paged {i}").push(registry.url, f"team/r{i}", f"t{i}")
+        TinyImage.make(f"paged tag {i}").push(registry.url, "team/r0", f"x{i}")
+    monkeypatch.setattr(registry_api, "PAGE", 2)
+    api = registry_api.RegistryApi(registry.url)
+    assert api.repositories() == [f"team/r{i}" for i in range(5)]
+    assert sorted(api.tags("team/r0")) == ["t0", "x0", "x1", "x2", "x3", "x4"]
+    assert api.tags("team/none") == []  # no such repository: nothing to keep or delete
