@@ -142,6 +142,7 @@ def _write_maintenance_state(gateway: LocalGateway, rules: tuple[RetentionRule, 
         "pid": os.getpid(),
         "private_url": f"http://127.0.0.1:{first.port}",
         "private_config": first.files[0].path,
+        "private_replicas": gateway.settings.private_replicas,
         "registry_bin": gateway.registry_bin,
         "private_root": str(storage / PRIVATE_ROOT.lstrip("/")),
         "cache_roots": {u.host: str(storage / cache_root(u).lstrip("/")) for u in gateway.settings.upstreams},
@@ -163,6 +164,12 @@ def _apply_mode(gateway: LocalGateway, read_only: bool) -> None:
 def run_maintenance(args: argparse.Namespace) -> int:
     try:
         store = maintenance.LocalStore(args.data)
+        if store.replicas == 1 and not args.dry_run:
+            print(
+                "maintenance: one private replica: pulls of private images fail while it restarts "
+                "(twice, well under a second each); run with --private-replicas 2 to avoid that",
+                file=sys.stderr,
+            )
         maintenance.run(store, dry_run=args.dry_run)
     except maintenance.MaintenanceError as err:
         print(f"maintenance: {err}", file=sys.stderr)

@@ -265,6 +265,7 @@ class LocalStore:
         self.rules = tuple(RetentionRule(**{**r, "protect": tuple(r["protect"])}) for r in info["retention"])
         self.registry_bin: str = info["registry_bin"]
         self.config: str = info["private_config"]
+        self.replicas: int = info["private_replicas"]
         self.private_root = Path(info["private_root"])
         self.cache_roots = {host: Path(root) for host, root in info["cache_roots"].items()}
         self.timeout = timeout

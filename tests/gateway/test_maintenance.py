@@ -192,6 +192,7 @@ def test_retention_rules_dry_run_and_protected_tags(launch: Launcher) -> None:
 
     done = maintenance(gateway)
     assert done.returncode == 0, done.stderr
+    assert "one private replica: pulls of private images fail while it restarts" in done.stderr
     print(done.stdout)
     assert tags_of(gateway, "team/app") == ["c", "d", "v1"]  # 2 newest + protected v*
     assert tags_of(gateway, "acme/web") == ["latest", "n1", "n2"]  # 10 days + protected latest
@@ -386,6 +387,7 @@ def test_gc_under_concurrent_pushes_and_pulls_loses_no_acknowledged_image(launch
     assert not any(t.is_alive() for t in threads)
     print(done.stdout)
     assert done.returncode == 0, done.stderr
+    assert "one private replica" not in done.stderr  # two here
 
     paused = re.search(r"gc: pushes paused ([0-9.]+) s", done.stdout)
     freed = re.search(r"freed [0-9.]+ \w+, (\d+) bytes", done.stdout)
