@@ -29,6 +29,7 @@ from components.registry_services import (
 )
 from components.storage import NfsStorage, NfsStorageArgs, R2Storage, R2StorageArgs
 from components.swarm_cluster import NfsMount, SwarmCluster, SwarmClusterArgs
+from components.uptime import DoorChecks, DoorChecksArgs, SlackTarget
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,19 @@ def deploy_cloud(settings: owncr_settings.Settings, cloud: owncr_settings.Cloud)
             "alerts",
             NodeAlertsArgs(
                 stack=settings.stack, selector_tag=network.selector_tag_name, emails=cloud.alert_emails
+            ),
+            opts=cloud_opts,
+        )
+        slack = settings.secrets.alert_slack_webhook
+        DoorChecks(
+            "uptime",
+            DoorChecksArgs(
+                stack=settings.stack,
+                doors=(cloud.domain, cloud.mirror_domain),
+                emails=cloud.alert_emails,
+                slack=SlackTarget(channel=cloud.alert_slack_channel, url=slack)
+                if cloud.alert_slack_channel and slack is not None
+                else None,
             ),
             opts=cloud_opts,
         )

@@ -27,6 +27,9 @@ import pulumi
 import yaml
 from pulumi.runtime import config as runtime_config
 
+from gateway.config import SettingsError
+from gateway.retention import RetentionRule, check_rules, rule_from_mapping
+
 PROJECT = "owncr"
 PROJECT_FILE = Path(__file__).resolve().parent / "Pulumi.yaml"
 
@@ -84,7 +87,7 @@ PROVIDER_SECRETS = (
     "cloudflare:apiUserServiceKey",
 )
 CREDENTIAL_WORDS = re.compile(r"token|secret|password|apikey|api_key|accesskey|privatekey", re.IGNORECASE)
-SECRET_KEYS = ("userPasswords", "dockerHubToken")  # secret: true in Pulumi.yaml
+SECRET_KEYS = ("userPasswords", "dockerHubToken", "alertSlackWebhook")  # secret: true in Pulumi.yaml
 
 
 class ConfigError(pulumi.RunError):
@@ -192,6 +195,7 @@ class Cloud:
     docker_version: str
     monitoring_alerts: bool
     alert_emails: tuple[str, ...]
+    alert_slack_channel: str | None  # None: alerts by e-mail only
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,7 @@ class Registry:
     cache_ttl: str
     mirror_client_cidrs: tuple[str, ...]
     docker_hub_username: str | None
+    retention: tuple[RetentionRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,7 @@ class Secrets:
 
     user_passwords: Mapping[str, pulumi.Output[str]]
     docker_hub_token: pulumi.Output[str] | None
+    alert_slack_webhook: pulumi.Output[str] | None = None
     # Users without a configured password (only the `local` platform allows that: the program generates
     # one and exports it as a secret output, so trying owncr needs no step by hand).
     generated: tuple[str, ...] = ()
@@ -498,6 +504,25 @@ def _node_image(image: str, docker_version: str) -> None:
         )
 
 
+def _retention(raw: dict[str, Any], namespaces: tuple[str, ...]) -> tuple[RetentionRule, ...]:
+    """The rules are checked by gateway/retention.py (the code maintenance runs); its message names
+    `retention.<namespace>[.<key>]` and what to set."""
+    try:
+        return check_rules((rule_from_mapping(ns, value) for ns, value in raw.items()), namespaces)
+    except SettingsError as err:
+        raise ConfigError("retention", raw, str(err)) from None
+
+
+def _slack_webhook(raw: _Raw) -> pulumi.Output[str] | None:
+    url = raw.string("alertSlackWebhook")
+    if not url:
+        return None
+    _require_secret("alertSlackWebhook")
+    if not url.startswith("https://"):
+        raise ConfigError("alertSlackWebhook", "[secret]", "an https:// Slack incoming-webhook URL")
+    return pulumi.Output.secret(url)
+
+
 def _in_range(key: str, value: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ConfigError(key, str(value), f"an integer from {low} to {high}")
@@ -563,6 +588,7 @@ def load() -> Settings:
         cache_ttl=cache_ttl,
         mirror_client_cidrs=_cidrs("mirrorClientCidrs", raw.strings("mirrorClientCidrs"), required=True),
         docker_hub_username=hub_user or None,
+        retention=_retention(raw.mapping("retention"), namespaces),
     )
     passwords = _passwords(
         raw.mapping("userPasswords", secret=True), users, generate_missing=platform == "local"
@@ -570,6 +596,7 @@ def load() -> Settings:
     secrets = Secrets(
         user_passwords=passwords,
         docker_hub_token=pulumi.Output.secret(hub_token) if hub_token else None,
+        alert_slack_webhook=_slack_webhook(raw),
         generated=tuple(sorted({u.name for u in users} - set(passwords))),
     )
     local = _local(raw) if platform == "local" else None
@@ -631,6 +658,11 @@ def _cloud(raw: _Raw) -> Cloud:
             raise ConfigError("alertEmails", email, "e-mail addresses")
     if monitoring_alerts and not emails:
         raise ConfigError("alertEmails", [], "at least one address when monitoringAlerts is true")
+    slack_channel = raw.string("alertSlackChannel")
+    if bool(slack_channel) != bool(raw.string("alertSlackWebhook")):
+        raise ConfigError(
+            "alertSlackChannel", slack_channel, "set together with the secret alertSlackWebhook, or neither"
+        )
     node_count = _one_of(
         "nodeCount",
         raw.integer("nodeCount"),
@@ -661,6 +693,7 @@ def _cloud(raw: _Raw) -> Cloud:
         docker_version=docker_version,
         monitoring_alerts=monitoring_alerts,
         alert_emails=emails,
+        alert_slack_channel=slack_channel or None,
     )
 
 

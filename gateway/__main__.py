@@ -1,15 +1,20 @@
-"""`python -m gateway run ...`: the local runner's command line (docs/local.md, docs/architecture.md)."""
+"""`python -m gateway run ...`: the local runner's command line (docs/local.md, docs/architecture.md);
+`python -m gateway maintenance ...`: retention and garbage collection of that running data plane
+(gateway/maintenance.py, docs/operations.md)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import secrets
 import signal
 import sys
 import time
 from pathlib import Path
 
-from gateway import binaries
+from gateway import binaries, maintenance
 from gateway.config import (
     DOCKER_HUB,
     JS_ENGINES,
@@ -19,6 +24,8 @@ from gateway.config import (
     Upstream,
     User,
 )
+from gateway.registry_config import PRIVATE_ROOT, cache_root
+from gateway.retention import RetentionRule, check_rules, rule_from_cli
 from gateway.runner import GatewayError, LocalGateway
 
 
@@ -68,6 +75,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=JS_ENGINES,
         help="njs engine for the router (njs >= 0.8.6; default: the module's own default)",
     )
+    run.add_argument(
+        "--retention",
+        action="append",
+        default=[],
+        metavar="NAMESPACE=keep:N[,days:D][,protect:GLOB]",
+        help="tag retention of a private namespace, applied by `maintenance` (repeatable; protect too)",
+    )
+    tend = sub.add_parser(
+        "maintenance",
+        help="retention, then garbage collection in a read-only window, of a running `run --data DIR`",
+    )
+    tend.add_argument("--data", required=True, type=Path, help="the --data directory of `run`")
+    tend.add_argument(
+        "--dry-run", action="store_true", help="list what would be deleted (with sizes); change nothing"
+    )
     return parser.parse_args(argv)
 
 
@@ -91,6 +113,10 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
     )
 
 
+def retention_from(args: argparse.Namespace, settings: GatewaySettings) -> tuple[RetentionRule, ...]:
+    return check_rules((rule_from_cli(spec) for spec in args.retention), settings.namespaces)
+
+
 class _Stop(Exception):
     pass
 
@@ -99,15 +125,72 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop(signum)
 
 
+# The private registries' mode `maintenance` asked for (signals), applied by the main loop.
+_requested: list[bool] = []
+
+
+def _request_mode(signum: int, frame: object) -> None:
+    _requested.append(signum == maintenance.READ_ONLY_SIGNAL)
+
+
+def _write_maintenance_state(gateway: LocalGateway, rules: tuple[RetentionRule, ...]) -> None:
+    """What `python -m gateway maintenance --data DIR` needs to reach this data plane."""
+    assert gateway.bundle is not None and isinstance(gateway.settings.storage, FilesystemStorage)
+    storage = Path(gateway.settings.storage.root)
+    first = gateway.bundle.services[gateway.private_keys()[0]]
+    info = {
+        "pid": os.getpid(),
+        "private_url": f"http://127.0.0.1:{first.port}",
+        "private_config": first.files[0].path,
+        "private_replicas": gateway.settings.private_replicas,
+        "registry_bin": gateway.registry_bin,
+        "private_root": str(storage / PRIVATE_ROOT.lstrip("/")),
+        "cache_roots": {u.host: str(storage / cache_root(u).lstrip("/")) for u in gateway.settings.upstreams},
+        "retention": [dataclasses.asdict(rule) for rule in rules],
+    }
+    (gateway.data_dir / "state" / maintenance.STATE_FILE).write_text(json.dumps(info, indent=2))
+
+
+def _apply_mode(gateway: LocalGateway, read_only: bool) -> None:
+    mode = gateway.data_dir / "state" / maintenance.MODE_FILE
+    try:
+        gateway.set_private_read_only(read_only)
+    except GatewayError as err:
+        mode.write_text(f"failed: {err}")
+        raise
+    mode.write_text("read-only" if read_only else "writable")
+
+
+def run_maintenance(args: argparse.Namespace) -> int:
+    try:
+        store = maintenance.LocalStore(args.data)
+        if store.replicas == 1 and not args.dry_run:
+            print(
+                "maintenance: one private replica: pulls of private images fail while it restarts "
+                "(twice, well under a second each); run with --private-replicas 2 to avoid that",
+                file=sys.stderr,
+            )
+        maintenance.run(store, dry_run=args.dry_run)
+    except maintenance.MaintenanceError as err:
+        print(f"maintenance: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "maintenance":
+        return run_maintenance(args)
     try:
         settings = settings_from(args)
+        rules = retention_from(args, settings)
     except SettingsError as err:
         print(f"gateway: invalid settings: {err}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(maintenance.READ_ONLY_SIGNAL, _request_mode)
+    signal.signal(maintenance.WRITABLE_SIGNAL, _request_mode)
     gateway = LocalGateway(
         settings,
         data_dir=args.data,
@@ -118,10 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         gateway.start()
+        _write_maintenance_state(gateway, rules)
         ready = f"ready registry={gateway.registry_url} mirror={gateway.mirror_url} {gateway.versions}"
         print(ready, flush=True)
         while not (dead := gateway.dead()):
-            time.sleep(0.5)
+            while _requested:
+                _apply_mode(gateway, _requested.pop(0))
+            time.sleep(0.1)
         print(f"gateway: {', '.join(dead)} exited; see {gateway.data_dir / 'logs'}", file=sys.stderr)
         return 1
     except _Stop:

@@ -14,6 +14,7 @@ import jinja2
 
 from gateway.config import DOCKER_HUB, GatewaySettings
 from gateway.layout import NJS_MODULE, Layout
+from gateway.registry_config import READ_ONLY_HEADER
 
 TEMPLATES = Path(__file__).parent / "templates"
 ROUTER_JS = Path(__file__).parent / "router.js"
@@ -88,7 +89,7 @@ def render_nginx_conf(
         trusted_proxy_cidrs=settings.trusted_proxy_cidrs,
         private_servers=layout.private_servers,
         # The same Swarm VIP listed several times must never be taken out of rotation as a whole.
-        private_server_params=" max_fails=0" if layout.production else " max_fails=1 fail_timeout=5s",
+        private_server_params=" max_fails=0",
         caches=[{"id": nginx_id(u.host), "server": layout.cache_servers[u.host]} for u in settings.upstreams],
         registry_listen=layout.registry_listen,
         mirror_listen=layout.mirror_listen,
@@ -99,4 +100,7 @@ def render_nginx_conf(
         answers=(*REFUSAL_STATUSES, "ping"),
         # Answers are produced by the static handler failing to find a file: a root that does not exist.
         no_files_root=f"{layout.state_dir}/no-files",
+        read_only_header=READ_ONLY_HEADER,
+        # Docker retries a refused layer upload 5 times, 5 s to 25 s apart (about 75 s in all).
+        read_only_retry_after=30,
     )

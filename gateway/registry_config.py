@@ -74,11 +74,25 @@ def _base(settings: GatewaySettings, addr: str, root: str) -> dict[str, Any]:
     }
 
 
-def private_config(settings: GatewaySettings, addr: str) -> dict[str, Any]:
+# The header a read-only private registry adds to every answer (http.headers), so that the gateway can
+# tell its refusal of a write (a bare 405 from the router, handlers/app.go drops the write handlers)
+# from any other 405, and answer 503 UNAVAILABLE with Retry-After: a refusal clients retry.
+READ_ONLY_HEADER = "X-Owncr-Read-Only"
+
+
+def private_config(settings: GatewaySettings, addr: str, *, read_only: bool = False) -> dict[str, Any]:
+    """`read_only`: the maintenance window of the garbage collection (gateway/maintenance.py)."""
     config = _base(settings, addr, PRIVATE_ROOT)
     config["storage"]["maintenance"] = {
-        "uploadpurging": {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False}
+        "uploadpurging": {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False},
+        "readonly": {"enabled": read_only},
     }
+    if read_only:
+        config["http"]["headers"][READ_ONLY_HEADER] = ["true"]
+    # An image index is accepted only once every platform manifest it lists is in the repository (the
+    # v3.1.1 default, stated because garbage collection relies on it: an index whose platform manifests
+    # were collected is refused, never acknowledged half-present).
+    config["validation"] = {"manifests": {"indexes": {"platforms": "all"}}}
     return config
 
 

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from gateway import binaries
+from gateway import binaries, registry_config
 from gateway.config import FilesystemStorage, GatewaySettings
+from gateway.layout import private_key
 from gateway.ports import free_ports
 from gateway.render import Bundle, ServiceFiles, render_local
 
@@ -202,6 +203,27 @@ class LocalGateway:
                 raise GatewayError(f"{key} did not start; log tail:\n{_tail(self.log_path(key))}")
             time.sleep(0.05)
 
+    def private_keys(self) -> list[str]:
+        return [private_key(i) for i in range(self.settings.private_replicas)]
+
+    def set_private_read_only(self, read_only: bool) -> None:
+        """Restart the private registries, one at a time, in (or out of) Distribution's read-only mode
+        (gateway/maintenance.py: the garbage collection's window). One at a time, so reads always find
+        a running replica (nginx retries them) when there are two or more; returns once every replica
+        answers in the new mode, with an empty in-memory blob descriptor cache."""
+        assert self.bundle is not None, "not started"
+        deadline = time.monotonic() + self.startup_timeout
+        for key in self.private_keys():
+            service = self.bundle.services[key]
+            config = registry_config.private_config(
+                self.settings, f"127.0.0.1:{service.port}", read_only=read_only
+            )
+            Path(service.files[0].path).write_text(registry_config.dump(config))
+            proc = self.processes.pop(key)
+            _stop_group(proc, timeout=40.0)  # Distribution drains in-flight requests for up to 30 s
+            self._spawn(key, service)
+            self._wait_healthy(key, service.port, "/v2/", deadline)
+
     def dead(self) -> list[str]:
         """Children that have exited (the CLI watches this)."""
         return [k for k, p in self.processes.items() if p.poll() is not None]
@@ -213,13 +235,7 @@ class LocalGateway:
                 _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for proc in self.processes.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait(timeout=5)
-            # The group may hold more than the leader (nginx workers): make sure none survive.
-            _signal_group(proc, signal.SIGKILL)
+            _stop_group(proc, timeout=max(0.1, deadline - time.monotonic()), signalled=True)
         self.processes.clear()
 
     def __enter__(self) -> LocalGateway:
@@ -229,6 +245,19 @@ class LocalGateway:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _stop_group(proc: subprocess.Popen[bytes], *, timeout: float, signalled: bool = False) -> None:
+    """SIGTERM (unless already sent), wait, SIGKILL if need be; no process of the group survives."""
+    if not signalled and proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait(timeout=5)
+    # The group may hold more than the leader (nginx workers): make sure none survive.
+    _signal_group(proc, signal.SIGKILL)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

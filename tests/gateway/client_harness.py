@@ -346,6 +346,7 @@ class GatewayProcess:
         namespaces: Sequence[str],
         users: Mapping[str, str],
         private_replicas: int = 1,
+        extra_args: Sequence[str] = (),
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.data = workdir / "gateway"
@@ -358,7 +359,7 @@ class GatewayProcess:
             argv += ["--namespace", ns]
         for name, password in users.items():
             argv += ["--user", f"{name}:{password}"]
-        argv += ["--private-replicas", str(private_replicas)]
+        argv += ["--private-replicas", str(private_replicas), *extra_args]
         self.argv = argv
         self.log = workdir / "gateway-run.log"
         self.stdout: list[str] = []
@@ -499,6 +500,7 @@ class Launcher:
         users: Mapping[str, str] | None = None,
         private_replicas: int = 1,
         name: str = "gw",
+        extra_args: Sequence[str] = (),
     ) -> GatewayProcess:
         gateway = GatewayProcess(
             self.workdir / name,
@@ -506,6 +508,7 @@ class Launcher:
             namespaces=namespaces,
             users=users if users is not None else USERS,
             private_replicas=private_replicas,
+            extra_args=extra_args,
         )
         self._stops.append(lambda: _stopped_cleanly(gateway))
         return gateway.start()

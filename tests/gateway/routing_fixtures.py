@@ -96,8 +96,9 @@ class TinyImage:
     manifest: bytes
 
     @classmethod
-    def make(cls, label: str) -> TinyImage:
-        layer = f"layer of {label}\n".encode()
+    def make(cls, label: str, size: int = 0) -> TinyImage:
+        """`size` more bytes of layer, pseudo-random from `label` (distinct labels share no layer)."""
+        layer = f"layer of {label}\n".encode() + hashlib.shake_256(label.encode()).digest(size)
         config = json.dumps(
             {
                 "architecture": "amd64",

@@ -99,7 +99,11 @@ def test_every_rendered_key_is_read_by_the_distribution_that_runs(
     storage: S3Storage | FilesystemStorage,
 ) -> None:
     settings = replace(SETTINGS, storage=storage)
-    configs = [private_config(settings, ":5000"), cache_config(settings, settings.docker_hub, ":5000")]
+    configs = [
+        private_config(settings, ":5000"),
+        private_config(settings, ":5000", read_only=True),  # the garbage collection's window
+        cache_config(settings, settings.docker_hub, ":5000"),
+    ]
     for config in configs:
         assert unread_keys(config) == []
     # The check can fail: a misspelt key at each level is reported.

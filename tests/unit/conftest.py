@@ -51,6 +51,7 @@ TEST_STACK = "test"
 SECRET_CONFIG_KEYS = (
     f"{PROJECT}:userPasswords",
     f"{PROJECT}:dockerHubToken",
+    f"{PROJECT}:alertSlackWebhook",
     "digitalocean:token",
     "cloudflare:apiToken",
 )
@@ -150,6 +151,8 @@ COMPUTED: dict[str, Computed] = {
     },
     "digitalocean:index/firewall:Firewall": lambda a, i: {"status": "succeeded"},
     "digitalocean:index/monitorAlert:MonitorAlert": lambda a, i: {"uuid": fake_uuid(a.name + "/alert")},
+    "digitalocean:index/uptimeCheck:UptimeCheck": lambda a, i: {},
+    "digitalocean:index/uptimeAlert:UptimeAlert": lambda a, i: {},
     "digitalocean:index/project:Project": lambda a, i: {},
     "cloudflare:index/apiToken:ApiToken": lambda a, i: {"value": f"token-value-{digest(a.name)[:40]}"},
     "cloudflare:index/accountToken:AccountToken": lambda a, i: {

@@ -67,8 +67,8 @@ def _exports() -> set[str]:
 
 def check(argv: list[str]) -> None:
     program = argv[0]
-    if argv[:3] == ["python", "-m", "gateway"] and argv[3:4] == ["run"]:
-        gateway_args(argv[3:])
+    if argv[:3] == ["python", "-m", "gateway"] and argv[3:4] in (["run"], ["maintenance"]):
+        gateway_args(argv[3:])  # the run itself: tests/gateway/test_maintenance.py
     elif argv[:3] == ["python", "-m", "gateway.bench"]:
         bench.parse_args(argv[3:])
     elif program == "pulumi":
@@ -107,6 +107,9 @@ def test_the_check_can_fail() -> None:
     with pytest.raises(SystemExit) as refused:
         gateway_args(["run", "--data", "data", "--no-such-flag"])
     assert refused.value.code == 2  # argparse's usage error, not a clean exit
+    with pytest.raises(SystemExit) as refused:
+        gateway_args(["maintenance", "--data", "data", "--dryrun"])
+    assert refused.value.code == 2
     with pytest.raises(AssertionError, match="no config key owncr:nope"):
         check(["pulumi", "config", "set", "nope", "1"])
     with pytest.raises(AssertionError, match="no test covers"):

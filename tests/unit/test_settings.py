@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 import settings as owncr_settings
+from gateway.retention import RetentionRule
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_YAML = yaml.safe_load((ROOT / "Pulumi.yaml").read_text(encoding="utf-8"))
@@ -54,6 +55,14 @@ def test_prod_values_are_typed_and_normalised(mocks, load_settings):
     )
     assert cloud.storage.s3_endpoint == "https://0123456789abcdef0123456789abcdef.eu.r2.cloudflarestorage.com"
     assert cloud.ssh_public_key is None  # "" in Pulumi.yaml means: generate a key pair
+
+
+@pulumi.runtime.test
+def test_retention_is_read_into_rules(mocks, load_settings):
+    retention = {"acme": {"keep": 10, "days": 30, "protect": ["latest", "v*"]}}
+    rules = load_settings("dev", {"retention": retention}).registry.retention
+    assert rules == (RetentionRule(namespace="acme", keep=10, days=30, protect=("latest", "v*")),)
+    assert load_settings("dev").registry.retention == ()  # default: no retention, nothing deleted
 
 
 @pulumi.runtime.test
@@ -256,6 +265,41 @@ REJECTED: list[tuple[str, dict[str, object], str, str, str]] = [
         "http://registry-1.docker.io",
         "https",
     ),
+    (
+        "retention of no private namespace",
+        {"retention": {"nobody": {"keep": 5}}},
+        "retention",
+        "nobody",
+        "retention.nobody: not a private namespace",
+    ),
+    (
+        "retention keep not a number",
+        {"retention": {"acme": {"keep": "ten"}}},
+        "retention",
+        "ten",
+        "retention.acme.keep = 'ten': a whole number >= 0 (e.g. keep: 10",
+    ),
+    (
+        "retention protect only",
+        {"retention": {"acme": {"protect": ["v*"]}}},
+        "retention",
+        "v*",
+        "retention.acme: set keep (newest tags kept) or days",
+    ),
+    (
+        "retention unknown key",
+        {"retention": {"acme": {"keep": 3, "dayz": 9}}},
+        "retention",
+        "dayz",
+        "unknown key(s) ['dayz']; the keys are keep, days and protect",
+    ),
+    (
+        "slack channel without webhook",
+        {"alertSlackChannel": "#ops"},
+        "alertSlackChannel",
+        "#ops",
+        "alertSlackWebhook",
+    ),
     ("unknown key", {"nodecount": "3"}, "nodecount", "unknown key", "nodeCount"),
     (
         "credential in owncr config",
@@ -359,7 +403,9 @@ def test_secret_keys_are_untyped_so_the_cli_accepts_their_plain_default():
     # The CLI checks `secret: true` only on typed keys, and a typed secret key with a (plain) default
     # fails every stack that leaves it unset ("must be encrypted as it's secret"): keep them untyped.
     secret = {k for k, d in SCHEMA.items() if d.get("secret")}
-    assert secret == set(owncr_settings.SECRET_KEYS) == {"userPasswords", "dockerHubToken"}
+    assert (
+        secret == set(owncr_settings.SECRET_KEYS) == {"userPasswords", "dockerHubToken", "alertSlackWebhook"}
+    )
     assert all("type" not in SCHEMA[k] for k in secret)
 
 

@@ -1,0 +1,120 @@
+"""A minimal client of the Distribution API, for maintenance: list repositories and tags, read
+manifests, delete manifests and tags. It talks to the private registry directly (locally its loopback
+port; in the cluster its service address on the overlay network), never through the doors: the
+maintenance job is no user and needs no login.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+INDEX_TYPES = MANIFEST_TYPES[0], MANIFEST_TYPES[2]
+PAGE = 1000
+
+
+class RegistryApiError(RuntimeError):
+    """The registry answered something other than what the call expects."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    document: dict[str, object]
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES or "manifests" in self.document
+
+    @property
+    def subject(self) -> str | None:
+        """The manifest a referrer (signature, SBOM, attestation) is about, if it is one."""
+        subject = self.document.get("subject")
+        return str(subject["digest"]) if isinstance(subject, dict) and "digest" in subject else None
+
+    def references(self) -> list[dict[str, object]]:
+        """Descriptors this manifest points at: platform manifests of an index, else config + layers."""
+        if self.is_index:
+            return list(self.document.get("manifests", []))  # type: ignore[arg-type]
+        config = self.document.get("config")
+        layers = list(self.document.get("layers", []))  # type: ignore[arg-type]
+        return ([config] if isinstance(config, dict) else []) + layers
+
+
+class RegistryApi:
+    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"{base_url!r}: the private registry's plain http://host:port")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.timeout = timeout
+
+    def _call(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request(method, path, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def _expect(self, method: str, path: str, status: int, headers: dict[str, str] | None = None):
+        got, answer_headers, body = self._call(method, path, headers)
+        if got != status:
+            raise RegistryApiError(f"{method} {path}: {got} {body[:300].decode(errors='replace')}")
+        return answer_headers, body
+
+    def _paged(self, path: str, key: str) -> list[str]:
+        """Follows the `Link: <...>; rel="next"` pages of the catalog and tag lists; a 404 (a repository
+        whose every tag was deleted since the catalog was read) is an empty list."""
+        items: list[str] = []
+        next_path: str | None = f"{path}?n={PAGE}"
+        while next_path is not None:
+            status, headers, body = self._call("GET", next_path)
+            if status == 404 and not items:
+                return []
+            if status != 200:
+                raise RegistryApiError(f"GET {next_path}: {status} {body[:300].decode(errors='replace')}")
+            items += json.loads(body).get(key) or []
+            link = headers.get("link", "")
+            next_path = link[1 : link.index(">")] if link.startswith("<") and 'rel="next"' in link else None
+        return items
+
+    def answers(self) -> bool:
+        """The API answers (GET /v2/ 200); False while the registry is not listening yet."""
+        try:
+            return self._call("GET", "/v2/")[0] == 200
+        except OSError:
+            return False
+
+    def repositories(self) -> list[str]:
+        return self._paged("/v2/_catalog", "repositories")
+
+    def tags(self, repository: str) -> list[str]:
+        return self._paged(f"/v2/{repository}/tags/list", "tags")
+
+    def manifest(self, repository: str, reference: str) -> Manifest:
+        headers, body = self._expect(
+            "GET", f"/v2/{repository}/manifests/{reference}", 200, {"Accept": ", ".join(MANIFEST_TYPES)}
+        )
+        return Manifest(
+            digest=headers["docker-content-digest"],
+            media_type=headers.get("content-type", "").split(";")[0],
+            document=json.loads(body),
+        )
+
+    def delete(self, repository: str, reference: str) -> None:
+        """A manifest by digest (and every tag naming it), or one tag (Distribution >= 3.0)."""
+        self._expect("DELETE", f"/v2/{repository}/manifests/{reference}", 202)
