@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import signal
 import sys
@@ -15,6 +16,7 @@ from gateway.config import (
     JS_ENGINES,
     FilesystemStorage,
     GatewaySettings,
+    S3Storage,
     SettingsError,
     Upstream,
     User,
@@ -63,6 +65,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="PATH",
         help="Distribution's registry binary (default: %(default)s)",
     )
+    s3 = run.add_argument_group(
+        "S3-compatible storage (default: a directory under --data)",
+        "credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, never from the command line",
+    )
+    s3.add_argument("--s3-endpoint", metavar="URL", help="e.g. http://127.0.0.1:5000 (path-style addressing)")
+    s3.add_argument("--s3-bucket", metavar="NAME")
+    s3.add_argument("--s3-region", metavar="R", default="auto", help="default: %(default)s (as R2)")
+    s3.add_argument(
+        "--blob-redirect",
+        action="store_true",
+        help="answer authorised blob GET/HEAD with a 307 to a presigned URL on --s3-endpoint",
+    )
     run.add_argument(
         "--js-engine",
         choices=JS_ENGINES,
@@ -71,7 +85,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def settings_from(args: argparse.Namespace) -> GatewaySettings:
+def _storage(args: argparse.Namespace, environ: dict[str, str]) -> FilesystemStorage | S3Storage:
+    if args.s3_endpoint is None and args.s3_bucket is None:
+        if args.blob_redirect:
+            raise SettingsError(
+                "--blob-redirect needs --s3-endpoint and --s3-bucket: a directory has no URLs to redirect to"
+            )
+        return FilesystemStorage(str(args.data.resolve() / "storage"))
+    if args.s3_endpoint is None or args.s3_bucket is None:
+        raise SettingsError("--s3-endpoint and --s3-bucket go together")
+    missing = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not environ.get(k)]
+    if missing:
+        raise SettingsError(f"--s3-endpoint: set {' and '.join(missing)} in the environment")
+    return S3Storage(
+        bucket=args.s3_bucket,
+        endpoint=args.s3_endpoint,
+        access_key=environ["AWS_ACCESS_KEY_ID"],
+        secret_key=environ["AWS_SECRET_ACCESS_KEY"],
+        region=args.s3_region,
+        redirect=args.blob_redirect,
+    )
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> GatewaySettings:
     namespaces = tuple(args.namespace)
     users = []
     for spec in args.user:
@@ -83,7 +119,7 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
         namespaces=namespaces,
         users=tuple(users),
         upstreams=tuple(_upstream(u) for u in args.upstream),
-        storage=FilesystemStorage(str(args.data.resolve() / "storage")),
+        storage=_storage(args, dict(os.environ) if environ is None else environ),
         # A fresh secret per run: it only has to be shared by the replicas of this run.
         http_secret=secrets.token_hex(32),
         private_replicas=args.private_replicas,

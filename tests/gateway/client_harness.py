@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from production_versions import assert_production, parse_ready
+from s3_server import S3Server
 
 from gateway.bench import PlainRegistry
 from gateway.binaries import Versions, default_docker, default_dockerd
@@ -346,6 +347,8 @@ class GatewayProcess:
         namespaces: Sequence[str],
         users: Mapping[str, str],
         private_replicas: int = 1,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.data = workdir / "gateway"
@@ -358,8 +361,9 @@ class GatewayProcess:
             argv += ["--namespace", ns]
         for name, password in users.items():
             argv += ["--user", f"{name}:{password}"]
-        argv += ["--private-replicas", str(private_replicas)]
+        argv += ["--private-replicas", str(private_replicas), *extra_args]
         self.argv = argv
+        self.env = None if env is None else {**os.environ, **env}
         self.log = workdir / "gateway-run.log"
         self.stdout: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
@@ -377,6 +381,7 @@ class GatewayProcess:
                 text=True,
                 cwd=REPO_ROOT,
                 start_new_session=True,
+                env=self.env,
             )
         lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._drain, args=(self.proc, lines), daemon=True).start()
@@ -499,6 +504,8 @@ class Launcher:
         users: Mapping[str, str] | None = None,
         private_replicas: int = 1,
         name: str = "gw",
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> GatewayProcess:
         gateway = GatewayProcess(
             self.workdir / name,
@@ -506,9 +513,17 @@ class Launcher:
             namespaces=namespaces,
             users=users if users is not None else USERS,
             private_replicas=private_replicas,
+            extra_args=extra_args,
+            env=env,
         )
         self._stops.append(lambda: _stopped_cleanly(gateway))
         return gateway.start()
+
+    def s3_server(self) -> S3Server:
+        """moto's S3 server with one bucket, presigned URLs checked (s3_server.py)."""
+        server = S3Server()
+        self._stops.append(server.stop)
+        return server.start()
 
     def seed(self, registry: PlainRegistry, image: Image, name: str) -> None:
         """Put `image` straight into an upstream stand-in as `name` (repository:tag)."""
