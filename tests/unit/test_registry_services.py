@@ -17,6 +17,7 @@ from typing import Any
 
 import pulumi
 import pytest
+import yaml
 from program_capture import plain
 from pulumi.runtime.rpc import is_rpc_secret
 
@@ -239,6 +240,37 @@ def test_the_shared_http_secret_reaches_every_registry_config(stack):
             continue
         (config,) = files.files
         assert stack.http_secret in base64.b64decode(by_path[config.path]).decode(), key
+
+
+def _registry_configs(run: Deployed) -> dict[str, dict[str, Any]]:
+    """Service key -> its Distribution config.yml as deployed (decoded from the Swarm secret)."""
+    by_path = {
+        next(lb["value"] for lb in s.inputs["labels"] if lb["label"] == "owncr.path"): plain(s.inputs["data"])
+        for s in run.of_type(SECRET)
+    }
+    return {
+        key: yaml.safe_load(base64.b64decode(by_path[files.files[0].path]))
+        for key, files in run.layout.services.items()
+        if key != "nginx"
+    }
+
+
+@pytest.mark.parametrize(
+    ("stack_name", "overrides", "redirect"),
+    [
+        ("dev", None, True),  # storage r2, blobRedirect unset: on
+        ("prod", None, True),
+        ("dev", {"blobRedirect": "false"}, False),
+        ("dev", {"storage": "nfs"}, False),
+        ("local", None, False),
+    ],
+)
+def test_registries_on_r2_answer_blob_reads_with_presigned_urls(deployed, stack_name, overrides, redirect):
+    configs = _registry_configs(deployed(stack_name, overrides))
+    assert {"private", "cache-docker-io"} <= set(configs)
+    for key, config in configs.items():
+        assert config["storage"]["redirect"] == {"disable": not redirect}, key
+        assert ("s3" in config["storage"]) == (stack_name != "local" and overrides != {"storage": "nfs"}), key
 
 
 def test_every_object_is_named_by_its_role_and_content_hash(stack):
