@@ -25,6 +25,7 @@ from pathlib import Path
 from production_versions import assert_production, parse_ready
 from s3_server import S3Server
 
+from gateway import procfs
 from gateway.bench import PlainRegistry
 from gateway.binaries import Versions, default_docker, default_dockerd
 from gateway.config import GatewaySettings
@@ -57,20 +58,11 @@ class Proc:
 
 def processes() -> list[Proc]:
     """Every live (non-zombie) process."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp session ... starttime is field 22: index 19 after the comm.
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z":
-            found.append(Proc(int(entry.name), int(fields[1]), int(fields[3]), int(fields[19]), comm))
-    return found
+    return [
+        Proc(pid, int(fields[1]), int(fields[3]), int(fields[19]), comm)
+        for pid, comm, fields in procfs.stats()
+        if fields[0] != "Z"
+    ]
 
 
 def session_members(sid: int) -> list[int]:

@@ -25,6 +25,24 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "the bench removes its work directory"
 
 
+def test_bench_s3_redirect_smoke(tmp_path: Path) -> None:
+    """The S3 mode prints its three figures for both sides; with redirects nginx carries a few KiB per
+    GiB (the 307s), without it carries every byte."""
+    argv = [sys.executable, "-m", "gateway.bench", "--s3", "--layer-mib", "8", "--rounds", "1"]
+    argv += ["--workdir", str(tmp_path)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for what in ("pull MiB/s through the registry door", "pull MiB/s straight from the S3 server"):
+        assert what in out, out
+    assert "CPU s nginx + registries per GiB" in out, out
+    (moved,) = [line for line in out.splitlines() if line.startswith("bytes through nginx per GiB")]
+    words = moved.split()  # ... pulled <on> KiB <off> MiB ...
+    assert words[7] == "KiB" and words[9] == "MiB" and float(words[8]) >= 1024, moved
+    assert "target on: < 1 MiB ok" in moved, moved
+    assert list(tmp_path.iterdir()) == [], "the bench removes its work directory"
+
+
 def test_verdicts() -> None:
     assert Row("push", 100.0, 96.0, ">= 0.95").met
     assert not Row("push", 100.0, 90.0, ">= 0.95").met
