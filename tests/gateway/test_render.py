@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -223,6 +224,14 @@ CLI = ["run", "--data", "x", "--registry-port", "1", "--mirror-port", "2", "--up
 CLI += ["--namespace", "team", "--user", "alice:alice-secret-1"]
 S3_FLAGS = ["--s3-endpoint", "http://127.0.0.1:9", "--s3-bucket", "b"]
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}
+
+
+def test_nginx_passes_redirects_through_untouched() -> None:
+    """A presigned Location must reach the client byte for byte, and no 3xx is ever intercepted."""
+    conf = next(f.content for f in local().services["nginx"].files if f.path.endswith("nginx.conf"))
+    assert "proxy_redirect off;" in conf
+    assert "proxy_redirect " not in conf.replace("proxy_redirect off;", "")
+    assert not re.search(r"error_page[^;]*\b3\d\d\b", conf), "a 3xx would be replaced by nginx"
 
 
 def _cli_storage(flags: list[str], env: dict[str, str]) -> FilesystemStorage | S3Storage:
