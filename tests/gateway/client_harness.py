@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from production_versions import assert_production, parse_ready
-from s3_server import S3Server
 
 from gateway import procfs
 from gateway.bench import PlainRegistry
@@ -32,6 +32,9 @@ from gateway.config import GatewaySettings
 from gateway.images import Image, Layer, build_image
 from gateway.ports import free_port
 from gateway.runner import LocalGateway
+
+if TYPE_CHECKING:
+    from s3_server import S3Server
 
 CLIENT_TIMEOUT = 180.0
 
@@ -513,6 +516,8 @@ class Launcher:
 
     def s3_server(self) -> S3Server:
         """moto's S3 server with one bucket, presigned URLs checked (s3_server.py)."""
+        from s3_server import S3Server  # moto and boto3 load only for the tests that use them
+
         server = S3Server()
         self._stops.append(server.stop)
         return server.start()

@@ -458,6 +458,18 @@ CLOUD_BUILD = gateway_wiring.cloud_build(
 )
 
 
+def test_cloud_build_refuses_redirects_without_an_object_store():
+    with pytest.raises(ValueError, match="blob_redirect needs S3 storage"):
+        gateway_wiring.cloud_build(
+            REGISTRY,
+            domain="cr.example.com",
+            mirror_domain="m.cr.example.com",
+            vpc_cidr="10.0.0.0/24",
+            s3=None,
+            blob_redirect=True,
+        )
+
+
 def _roles(*services: str) -> set[str]:
     return {f.role for f in swarm_specs.swarm_files(CLOUD_BUILD(VALUES)) if f.service in services}
 
