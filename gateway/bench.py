@@ -204,12 +204,14 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 
 def interleaved(rounds: int, steps: dict[str, Callable[[int], T]]) -> dict[str, list[T]]:
-    """Run each step once per round, alternating which goes first, so drift (other load on the machine,
-    page cache) hits both sides alike."""
+    """Run each step once per round, rotating the order (a, b, c; b, c, a; c, a, b; ...), so drift (other
+    load on the machine, page cache, what the step before leaves behind) hits every side alike: over a
+    multiple of len(steps) rounds each step runs at each position equally often (two steps alternate)."""
     results: dict[str, list[T]] = {label: [] for label in steps}
     labels = list(steps)
     for i in range(rounds):
-        for label in labels if i % 2 == 0 else reversed(labels):
+        shift = i % len(labels)
+        for label in labels[shift:] + labels[:shift]:
             results[label].append(steps[label](i))
     return results
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from client_harness import REPO_ROOT
 
-from gateway.bench import Row, percentile
+from gateway.bench import Row, interleaved, percentile
 
 
 def test_bench_smoke(tmp_path: Path) -> None:
@@ -41,6 +41,16 @@ def test_bench_s3_redirect_smoke(tmp_path: Path) -> None:
     assert words[7] == "KiB" and words[9] == "MiB" and float(words[8]) >= 1024, moved
     assert "target on: < 1 MiB ok" in moved, moved
     assert list(tmp_path.iterdir()) == [], "the bench removes its work directory"
+
+
+def test_interleaving_puts_every_side_at_every_position() -> None:
+    order: list[str] = []
+    interleaved(6, {k: (lambda _i, k=k: order.append(k)) for k in "abc"})
+    rounds = ["".join(order[i : i + 3]) for i in range(0, 18, 3)]
+    assert rounds == ["abc", "bca", "cab", "abc", "bca", "cab"]
+    two: list[str] = []
+    interleaved(2, {k: (lambda _i, k=k: two.append(k)) for k in "ab"})
+    assert two == ["a", "b", "b", "a"]
 
 
 def test_verdicts() -> None:
