@@ -10,8 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import http.client
+import secrets
 from base64 import b64encode
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,6 +31,7 @@ from client_harness import (
 )
 from s3_server import S3_HOST, S3Server, Seen
 
+from gateway.config import GatewaySettings, S3Storage, Upstream, User
 from gateway.images import Image, Layer, MiB, write_docker_archive
 
 pytestmark = pytest.mark.docker
@@ -132,7 +135,14 @@ def world(module_launch: Launcher, images: Images) -> World:
     return World(module_launch, images)
 
 
-def _request(door: str, method: str, path: str, creds: str | None = None) -> http.client.HTTPResponse:
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    location: str | None
+    body: bytes
+
+
+def _request(door: str, method: str, path: str, creds: str | None = None) -> Answer:
     """One request, redirects not followed (http.client): the door's own answer."""
     host, port = door.split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -143,9 +153,9 @@ def _request(door: str, method: str, path: str, creds: str | None = None) -> htt
     headers |= {"Authorization": "Basic " + b64encode(creds.encode()).decode()} if creds else {}
     conn.request(method, path, headers=headers)
     response = conn.getresponse()
-    response.read()
+    answer = Answer(response.status, response.getheader("Location"), response.read())
     conn.close()
-    return response
+    return answer
 
 
 def test_skopeo_push_is_not_redirected_and_pull_is(world: World, tmp_path: Path) -> None:
@@ -246,14 +256,41 @@ def test_unauthorised_requests_get_the_refusal_never_a_url(world: World) -> None
     for method in ("GET", "HEAD"):
         for creds in (None, "alice:wrong-password", "nobody:alice-secret-1"):
             answer = _request(world.registry, method, blob, creds)
-            assert answer.status == 401 and answer.getheader("Location") is None, (method, creds)
+            assert answer.status == 401 and answer.location is None, (method, creds)
         # The mirror door does not know private names at all.
         answer = _request(world.mirror, method, blob)
-        assert answer.status == 404 and answer.getheader("Location") is None, method
+        assert answer.status == 404 and answer.location is None, method
     # A write to a cached name is refused before any registry sees it.
     answer = _request(world.registry, "POST", "/v2/library/base/blobs/uploads/", ALICE)
-    assert answer.status == 403 and answer.getheader("Location") is None
+    assert answer.status == 403 and answer.location is None
     assert not any(s.presigned for s in world.s3.check.requests()[since[1] :])
+
+
+def test_a_user_without_pull_rights_gets_the_refusal_never_a_url(world: World, launch: Launcher) -> None:
+    """Per-user rights (the command line grants every user every namespace, so through the Python API, on
+    the same bucket and root): the router refuses bob before any registry could sign a URL for him."""
+    storage = S3Storage(
+        bucket=world.s3.bucket,
+        endpoint=world.s3.endpoint,
+        access_key=world.s3.credentials["AWS_ACCESS_KEY_ID"],
+        secret_key=world.s3.credentials["AWS_SECRET_ACCESS_KEY"],
+        redirect=True,
+    )
+    settings = GatewaySettings(
+        namespaces=("team", "acme"),
+        users=(User("alice", USERS["alice"], pull=("team",)), User("bob", USERS["bob"], pull=("acme",))),
+        upstreams=(Upstream("docker.io", world.dockerhub.url),),
+        storage=storage,
+        http_secret=secrets.token_hex(16),
+    )
+    door = launch.local_gateway(settings).registry_url.removeprefix("http://")
+    blob = f"/v2/team/app/blobs/{world.private.layers[0].digest}"
+    for method in ("GET", "HEAD"):
+        assert _request(door, method, blob, ALICE).status == 307, method  # the control: alice may pull
+        answer = _request(door, method, blob, f"bob:{USERS['bob']}")
+        assert answer.status == 403 and answer.location is None, (method, answer.status)
+    body = _request(door, "GET", blob, f"bob:{USERS['bob']}").body
+    assert b'"DENIED"' in body and b"may not pull from team" in body, body
 
 
 def test_manifests_tags_and_referrers_never_redirect(world: World) -> None:
@@ -270,7 +307,7 @@ def test_manifests_tags_and_referrers_never_redirect(world: World) -> None:
             # referrers API (its 404); the point is that none of them is a 307.
             expected = 405 if method == "HEAD" and path.endswith("/tags/list") else 200
             expected = 404 if "/referrers/" in path else expected
-            assert answer.status == expected and answer.getheader("Location") is None, (
+            assert answer.status == expected and answer.location is None, (
                 method,
                 path,
                 answer.status,
@@ -305,7 +342,7 @@ def test_presigned_url_is_short_lived_and_cannot_be_altered(world: World, clock:
     layer = world.private.layers[0]
     answer = _request(world.registry, "GET", f"/v2/team/app/blobs/{layer.digest}", ALICE)
     assert answer.status == 307
-    location = answer.getheader("Location") or ""
+    location = answer.location or ""
     parts = urlsplit(location)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
     assert parts.hostname == S3_HOST and parts.path.startswith(f"/{world.s3.bucket}/private/"), location
@@ -316,7 +353,7 @@ def test_presigned_url_is_short_lived_and_cannot_be_altered(world: World, clock:
     # HEAD is redirected too, to a URL signed for HEAD only.
     head = _request(world.registry, "HEAD", f"/v2/team/app/blobs/{layer.digest}", ALICE)
     assert head.status == 307
-    head_url = head.getheader("Location") or ""
+    head_url = head.location or ""
     assert _fetch(head_url, "HEAD")[0] == 200
     assert _fetch(head_url, "GET")[0] == 403
 
