@@ -183,6 +183,7 @@ def deploy_cloud(settings: owncr_settings.Settings, cloud: owncr_settings.Cloud)
                 mirror_domain=cloud.mirror_domain,
                 vpc_cidr=cloud.vpc_cidr,
                 s3=(storage.bucket_name, storage.s3_endpoint) if isinstance(storage, R2Storage) else None,
+                blob_redirect=isinstance(cloud.storage, owncr_settings.R2) and cloud.storage.blob_redirect,
             ),
             secrets=gateway_wiring.secret_inputs(
                 settings.secrets,

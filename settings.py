@@ -162,6 +162,8 @@ class R2:
     account_id: str
     location: str | None  # None: Cloudflare chooses
     jurisdiction: str
+    # Registries answer authorised blob GET/HEAD with a 307 to a presigned URL on s3_endpoint.
+    blob_redirect: bool
 
     @property
     def s3_endpoint(self) -> str:
@@ -599,6 +601,8 @@ def load() -> Settings:
         alert_slack_webhook=_slack_webhook(raw),
         generated=tuple(sorted({u.name for u in users} - set(passwords))),
     )
+    if platform == "local":
+        _blob_redirect(raw, "the local platform")
     local = _local(raw) if platform == "local" else None
     cloud = _cloud(raw) if platform == "digitalocean" else None
     return Settings(
@@ -697,9 +701,25 @@ def _cloud(raw: _Raw) -> Cloud:
     )
 
 
+def _blob_redirect(raw: _Raw, without_object_store: str | None) -> bool:
+    """`blobRedirect`: "" (the default) means on wherever there is an object store (storage r2)."""
+    value = _one_of("blobRedirect", raw.string("blobRedirect"), ("", "true", "false"))
+    if without_object_store is None:
+        return value != "false"
+    if value == "true":
+        raise ConfigError(
+            "blobRedirect",
+            value,
+            f"false or empty with {without_object_store}: redirects hand out presigned URLs of an object "
+            "store, and there is none (use storage r2, or unset blobRedirect)",
+        )
+    return False
+
+
 def _storage(raw: _Raw) -> R2 | Nfs:
     kind = _one_of("storage", raw.string("storage"), STORAGE_KINDS)
     if kind == "nfs":
+        _blob_redirect(raw, "storage nfs")
         size = raw.integer("nfsSizeGib")
         if size < NFS_MIN_GIB:
             raise ConfigError(
@@ -721,4 +741,9 @@ def _storage(raw: _Raw) -> R2 | Nfs:
             location,
             f'"" (empty) with r2Jurisdiction {jurisdiction}: the jurisdiction already fixes where data lives',
         )
-    return R2(account_id=account_id, location=location or None, jurisdiction=jurisdiction)
+    return R2(
+        account_id=account_id,
+        location=location or None,
+        jurisdiction=jurisdiction,
+        blob_redirect=_blob_redirect(raw, None),
+    )

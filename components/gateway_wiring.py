@@ -108,8 +108,12 @@ def cloud_build(
     mirror_domain: str,
     vpc_cidr: str,
     s3: tuple[str, str] | None,
+    blob_redirect: bool = False,
 ) -> Build:
-    """Production render. `s3` is (bucket, endpoint) for R2; None means filesystem storage on NFS."""
+    """Production render. `s3` is (bucket, endpoint) for R2; None means filesystem storage on NFS.
+    `blob_redirect` (R2 only): registries answer blob GETs with presigned R2 URLs."""
+    if blob_redirect and s3 is None:
+        raise ValueError("blob_redirect needs S3 storage (R2): a filesystem has no URLs to redirect to")
 
     def build(values: Mapping[str, str]) -> Bundle:
         storage: FilesystemStorage | S3Storage = (
@@ -118,6 +122,7 @@ def cloud_build(
                 endpoint=s3[1],
                 access_key=values[S3_ACCESS_KEY],
                 secret_key=values[S3_SECRET_KEY],
+                redirect=blob_redirect,
             )
             if s3 is not None
             else FilesystemStorage(STORAGE_ROOT)

@@ -5,7 +5,10 @@ policy allows only "Workers R2 Storage Bucket Item Read" and "... Item Write" (o
 administration) on exactly this bucket, and turns it into S3 credentials as Cloudflare documents
 (https://developers.cloudflare.com/r2/api/tokens/): access key id = token id, secret access key = SHA-256
 hex of the token value. Exposes `bucket_name`, `s3_endpoint`, `access_key_id`, `secret_access_key` (secret).
-The permission-group ids are looked up at run time by name (they are Cloudflare's, not ours).
+The permission-group ids are looked up at run time by name (they are Cloudflare's, not ours). The bucket's
+lifecycle rule aborts multipart uploads left incomplete for ABORT_MULTIPART_DAYS (an abandoned push:
+Distribution's upload purger deletes the `_uploads` objects of a registry, but an unfinished multipart
+upload is no object, and R2 keeps and bills its parts until it is aborted).
 
 `NfsStorage` (`owncr:storage:NfsStorage`) creates a managed NFS share in the VPC and exposes `host` and
 `mount_path` for the nodes' mount (SwarmCluster's `NfsMount`).
@@ -27,6 +30,9 @@ from components import physical_name
 
 # Token permission groups, by the names Cloudflare lists (scope com.cloudflare.edge.r2.bucket).
 R2_OBJECT_GROUPS = ("Workers R2 Storage Bucket Item Read", "Workers R2 Storage Bucket Item Write")
+# An upload left incomplete this long is abandoned: a push that takes longer fails in any case (the
+# registries purge their upload state after 7 days, nginx times out idle transfers after 15 minutes).
+ABORT_MULTIPART_DAYS = 3
 NFS_PERFORMANCE_TIER = "standard"  # `high` can never be downgraded; registry blob I/O is sequential
 
 
@@ -76,6 +82,7 @@ class R2StorageArgs:
 
 class R2Storage(pulumi.ComponentResource):
     bucket: cloudflare.R2Bucket
+    lifecycle: cloudflare.R2BucketLifecycle
     token: cloudflare.ApiToken
     bucket_name: str
     s3_endpoint: str
@@ -106,6 +113,27 @@ class R2Storage(pulumi.ComponentResource):
                 # deliberately: `pulumi state unprotect`.
                 protect=True,
             ),
+        )
+        # The bucket's whole lifecycle configuration (it replaces the rule R2 puts on new buckets, which
+        # aborts after 7 days): https://developers.cloudflare.com/r2/buckets/object-lifecycles/
+        self.lifecycle = cloudflare.R2BucketLifecycle(
+            f"{name}-lifecycle",
+            account_id=args.account_id,
+            bucket_name=self.bucket.name,
+            jurisdiction=args.jurisdiction,
+            rules=[
+                cloudflare.R2BucketLifecycleRuleArgs(
+                    id="owncr-abort-incomplete-uploads",
+                    enabled=True,
+                    conditions=cloudflare.R2BucketLifecycleRuleConditionsArgs(prefix=""),
+                    abort_multipart_uploads_transition=cloudflare.R2BucketLifecycleRuleAbortMultipartUploadsTransitionArgs(
+                        condition=cloudflare.R2BucketLifecycleRuleAbortMultipartUploadsTransitionConditionArgs(
+                            type="Age", max_age=ABORT_MULTIPART_DAYS * 24 * 3600
+                        )
+                    ),
+                )
+            ],
+            opts=pulumi.ResourceOptions(parent=self),
         )
         groups = cloudflare.get_api_token_permission_groups_list_output(
             opts=pulumi.InvokeOutputOptions(parent=self)

@@ -20,6 +20,7 @@ from gateway.config import (
     JS_ENGINES,
     FilesystemStorage,
     GatewaySettings,
+    S3Storage,
     SettingsError,
     Upstream,
     User,
@@ -70,6 +71,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="PATH",
         help="Distribution's registry binary (default: %(default)s)",
     )
+    s3 = run.add_argument_group(
+        "S3-compatible storage (default: a directory under --data)",
+        "credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, never from the command line",
+    )
+    s3.add_argument("--s3-endpoint", metavar="URL", help="e.g. http://127.0.0.1:5000 (path-style addressing)")
+    s3.add_argument("--s3-bucket", metavar="NAME")
+    s3.add_argument("--s3-region", metavar="R", default="auto", help="default: %(default)s (as R2)")
+    s3.add_argument(
+        "--blob-redirect",
+        action="store_true",
+        help="answer authorised blob GET/HEAD with a 307 to a presigned URL on --s3-endpoint",
+    )
     run.add_argument(
         "--js-engine",
         choices=JS_ENGINES,
@@ -93,7 +106,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def settings_from(args: argparse.Namespace) -> GatewaySettings:
+def _storage(args: argparse.Namespace, environ: dict[str, str]) -> FilesystemStorage | S3Storage:
+    if args.s3_endpoint is None and args.s3_bucket is None:
+        if args.blob_redirect:
+            raise SettingsError(
+                "--blob-redirect needs --s3-endpoint and --s3-bucket: a directory has no URLs to redirect to"
+            )
+        return FilesystemStorage(str(args.data.resolve() / "storage"))
+    if args.s3_endpoint is None or args.s3_bucket is None:
+        raise SettingsError("--s3-endpoint and --s3-bucket go together")
+    missing = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not environ.get(k)]
+    if missing:
+        raise SettingsError(f"--s3-endpoint: set {' and '.join(missing)} in the environment")
+    return S3Storage(
+        bucket=args.s3_bucket,
+        endpoint=args.s3_endpoint,
+        access_key=environ["AWS_ACCESS_KEY_ID"],
+        secret_key=environ["AWS_SECRET_ACCESS_KEY"],
+        region=args.s3_region,
+        redirect=args.blob_redirect,
+    )
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> GatewaySettings:
     namespaces = tuple(args.namespace)
     users = []
     for spec in args.user:
@@ -105,7 +140,7 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
         namespaces=namespaces,
         users=tuple(users),
         upstreams=tuple(_upstream(u) for u in args.upstream),
-        storage=FilesystemStorage(str(args.data.resolve() / "storage")),
+        storage=_storage(args, dict(os.environ) if environ is None else environ),
         # A fresh secret per run: it only has to be shared by the replicas of this run.
         http_secret=secrets.token_hex(32),
         private_replicas=args.private_replicas,
@@ -114,7 +149,11 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
 
 
 def retention_from(args: argparse.Namespace, settings: GatewaySettings) -> tuple[RetentionRule, ...]:
-    return check_rules((rule_from_cli(spec) for spec in args.retention), settings.namespaces)
+    rules = check_rules((rule_from_cli(spec) for spec in args.retention), settings.namespaces)
+    if rules and not isinstance(settings.storage, FilesystemStorage):
+        # Push times come from the tag files' modification times in the storage directory.
+        raise SettingsError("--retention needs the filesystem storage under --data; drop --s3-endpoint")
+    return rules
 
 
 class _Stop(Exception):
@@ -135,7 +174,11 @@ def _request_mode(signum: int, frame: object) -> None:
 
 def _write_maintenance_state(gateway: LocalGateway, rules: tuple[RetentionRule, ...]) -> None:
     """What `python -m gateway maintenance --data DIR` needs to reach this data plane."""
-    assert gateway.bundle is not None and isinstance(gateway.settings.storage, FilesystemStorage)
+    path = gateway.data_dir / "state" / maintenance.STATE_FILE
+    if not isinstance(gateway.settings.storage, FilesystemStorage):
+        path.write_text(json.dumps({"pid": os.getpid(), "storage": "s3"}))
+        return
+    assert gateway.bundle is not None
     storage = Path(gateway.settings.storage.root)
     first = gateway.bundle.services[gateway.private_keys()[0]]
     info = {
@@ -148,7 +191,7 @@ def _write_maintenance_state(gateway: LocalGateway, rules: tuple[RetentionRule, 
         "cache_roots": {u.host: str(storage / cache_root(u).lstrip("/")) for u in gateway.settings.upstreams},
         "retention": [dataclasses.asdict(rule) for rule in rules],
     }
-    (gateway.data_dir / "state" / maintenance.STATE_FILE).write_text(json.dumps(info, indent=2))
+    path.write_text(json.dumps(info, indent=2))
 
 
 def _apply_mode(gateway: LocalGateway, read_only: bool) -> None:

@@ -1,6 +1,7 @@
 """Benchmark of the gateway against a registry reached directly, measured side by side in one run.
 
     python -m gateway.bench [--layer-mib 1024] [--requests 400] [--rounds 3] [--tag-seconds 25]
+    python -m gateway.bench --s3 [--layer-mib 1024] [--rounds 3]     (gateway/bench_redirect.py)
 
 Starts its own processes on loopback ports: a Docker Hub stand-in (a plain Distribution registry behind a
 small proxy that delays every upstream request, as a distant Docker Hub would), the gateway (the local
@@ -138,19 +139,22 @@ def pull_blob(target: Target, name: str, digest: str, size: int) -> float:
     try:
         started = time.perf_counter()
         conn.request("GET", f"/v2/{name}/blobs/{digest}", headers=target.headers())
-        response = conn.getresponse()
-        _expect(response, 200)
-        sha = hashlib.sha256()
-        received = 0
-        while chunk := response.read(CHUNK):
-            sha.update(chunk)
-            received += len(chunk)
-        elapsed = time.perf_counter() - started
-        if received != size or f"sha256:{sha.hexdigest()}" != digest:
-            raise BenchError(f"{target.label}: pulled {received} bytes, digest sha256:{sha.hexdigest()}")
-        return elapsed
+        read_verified(conn.getresponse(), digest, size, target.label)
+        return time.perf_counter() - started
     finally:
         conn.close()
+
+
+def read_verified(response: http.client.HTTPResponse, digest: str, size: int, label: str) -> None:
+    """Read a 200 blob answer to the end, hashing it as clients do; raise unless it is the blob."""
+    _expect(response, 200)
+    sha = hashlib.sha256()
+    received = 0
+    while chunk := response.read(CHUNK):
+        sha.update(chunk)
+        received += len(chunk)
+    if received != size or f"sha256:{sha.hexdigest()}" != digest:
+        raise BenchError(f"{label}: pulled {received} bytes, digest sha256:{sha.hexdigest()}")
 
 
 def put_manifest(target: Target, name: str, tag: str, image: Image) -> None:
@@ -200,12 +204,14 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 
 def interleaved(rounds: int, steps: dict[str, Callable[[int], T]]) -> dict[str, list[T]]:
-    """Run each step once per round, alternating which goes first, so drift (other load on the machine,
-    page cache) hits both sides alike."""
+    """Run each step once per round, rotating the order (a, b, c; b, c, a; c, a, b; ...), so drift (other
+    load on the machine, page cache, what the step before leaves behind) hits every side alike: over a
+    multiple of len(steps) rounds each step runs at each position equally often (two steps alternate)."""
     results: dict[str, list[T]] = {label: [] for label in steps}
     labels = list(steps)
     for i in range(rounds):
-        for label in labels if i % 2 == 0 else reversed(labels):
+        shift = i % len(labels)
+        for label in labels[shift:] + labels[:shift]:
             results[label].append(steps[label](i))
     return results
 
@@ -220,6 +226,28 @@ class Request:
     method: str
     path: str
     status: int
+
+
+def spawn_until_ready(
+    argv: list[str], log: Path, ready: Callable[[], bool], timeout: float, what: str
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session, output appended to `log`, and wait until `ready()`; on failure
+    stop it and raise with the end of its log."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise BenchError(f"{what} did not start: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.1)
+    return proc
 
 
 class PlainRegistry:
@@ -252,20 +280,8 @@ class PlainRegistry:
         return f"http://{self.host}"
 
     def start(self, timeout: float = 20.0) -> PlainRegistry:
-        with self.log.open("ab") as out:
-            self._proc = subprocess.Popen(
-                [self.binary, "serve", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if time.monotonic() > deadline or self._proc.poll() is not None:
-                self.stop()
-                raise BenchError(f"registry {self.host} did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        argv = [self.binary, "serve", str(self.config)]
+        self._proc = spawn_until_ready(argv, self.log, self._answers, timeout, f"registry {self.host}")
         return self
 
     def _answers(self) -> bool:
@@ -545,6 +561,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tag-seconds", type=float, default=25.0, help="how long to read a cached tag")
     parser.add_argument("--upstream-delay-ms", type=int, default=100, help="delay added to upstream requests")
     parser.add_argument("--workdir", type=Path, default=None, help="where to put images and data (temp dir)")
+    parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="instead: blob pulls on S3 storage (moto), redirects on vs off vs straight from the bucket",
+    )
     return parser.parse_args(argv)
 
 
@@ -552,7 +573,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="owncr-bench-", dir=args.workdir) as tmp:
         try:
-            run(args, Path(tmp))
+            if args.s3:
+                from gateway import bench_redirect  # imports this module: not at the top
+
+                bench_redirect.run(args, Path(tmp))
+            else:
+                run(args, Path(tmp))
         except (BenchError, GatewayError) as e:
             print(f"owncr bench: failed: {e}", file=sys.stderr)
             return 1

@@ -128,6 +128,10 @@ class S3Storage:
     force_path_style: bool = True
     # Multipart part size. R2 wants equal-sized parts; Distribution's minimum is 5 MiB.
     chunk_size: int = 16 * 1024 * 1024
+    # Answer an authorised blob GET/HEAD with a 307 to a presigned URL on `endpoint` (Distribution's
+    # `storage.redirect`): the client fetches the bytes from the bucket, not through nginx. Only an
+    # object store can do this, hence it lives here and not on FilesystemStorage.
+    redirect: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.bucket), "s3 storage: bucket is empty")

@@ -258,6 +258,12 @@ class LocalStore:
             raise MaintenanceError(
                 f"{path} not found: start the data plane first (python -m gateway run --data {data_dir} ...)"
             ) from None
+        if info.get("storage") == "s3":
+            raise MaintenanceError(
+                f"the data plane of {data_dir} stores on S3 (--s3-endpoint): local maintenance needs the "
+                "filesystem storage under --data (retention reads push times from it); "
+                "restart it without --s3-endpoint"
+            )
         self.pid: int = info["pid"]
         if not _alive(self.pid):
             raise MaintenanceError(f"the runner (pid {self.pid}) of {data_dir} is not running; start it")

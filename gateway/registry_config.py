@@ -43,10 +43,11 @@ def storage_section(storage: FilesystemStorage | S3Storage, root: str) -> dict[s
     return driver | {
         "delete": {"enabled": True},
         "cache": {"blobdescriptor": "inmemory"},
-        # Blob GETs must not be redirected to presigned bucket URLs: clients behind the mirror door may
-        # not reach the bucket endpoint, and a presigned URL would hand out private blobs outside the
-        # registry door's auth.
-        "redirect": {"disable": True},
+        # Blob GET/HEAD answered with a 307 to a presigned bucket URL only when asked for (S3Storage.
+        # redirect). Safe for private blobs: the router and the registry door's auth run before the
+        # request reaches a registry, and the URL (s3-aws driver's RedirectURL: GetObject/HeadObject
+        # presigned for 20 minutes, hard-coded in Distribution 3.1.1) names one blob, for minutes.
+        "redirect": {"disable": not (isinstance(storage, S3Storage) and storage.redirect)},
     }
 
 

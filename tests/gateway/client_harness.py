@@ -21,15 +21,20 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from production_versions import assert_production, parse_ready
 
+from gateway import procfs
 from gateway.bench import PlainRegistry
 from gateway.binaries import Versions, default_docker, default_dockerd
 from gateway.config import GatewaySettings
 from gateway.images import Image, Layer, build_image
 from gateway.ports import free_port
 from gateway.runner import LocalGateway
+
+if TYPE_CHECKING:
+    from s3_server import S3Server
 
 CLIENT_TIMEOUT = 180.0
 
@@ -56,20 +61,11 @@ class Proc:
 
 def processes() -> list[Proc]:
     """Every live (non-zombie) process."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp session ... starttime is field 22: index 19 after the comm.
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z":
-            found.append(Proc(int(entry.name), int(fields[1]), int(fields[3]), int(fields[19]), comm))
-    return found
+    return [
+        Proc(pid, int(fields[1]), int(fields[3]), int(fields[19]), comm)
+        for pid, comm, fields in procfs.stats()
+        if fields[0] != "Z"
+    ]
 
 
 def session_members(sid: int) -> list[int]:
@@ -347,6 +343,7 @@ class GatewayProcess:
         users: Mapping[str, str],
         private_replicas: int = 1,
         extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.data = workdir / "gateway"
@@ -361,6 +358,7 @@ class GatewayProcess:
             argv += ["--user", f"{name}:{password}"]
         argv += ["--private-replicas", str(private_replicas), *extra_args]
         self.argv = argv
+        self.env = None if env is None else {**os.environ, **env}
         self.log = workdir / "gateway-run.log"
         self.stdout: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
@@ -378,6 +376,7 @@ class GatewayProcess:
                 text=True,
                 cwd=REPO_ROOT,
                 start_new_session=True,
+                env=self.env,
             )
         lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._drain, args=(self.proc, lines), daemon=True).start()
@@ -501,6 +500,7 @@ class Launcher:
         private_replicas: int = 1,
         name: str = "gw",
         extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> GatewayProcess:
         gateway = GatewayProcess(
             self.workdir / name,
@@ -509,9 +509,18 @@ class Launcher:
             users=users if users is not None else USERS,
             private_replicas=private_replicas,
             extra_args=extra_args,
+            env=env,
         )
         self._stops.append(lambda: _stopped_cleanly(gateway))
         return gateway.start()
+
+    def s3_server(self) -> S3Server:
+        """moto's S3 server with one bucket, presigned URLs checked (s3_server.py)."""
+        from s3_server import S3Server  # moto and boto3 load only for the tests that use them
+
+        server = S3Server()
+        self._stops.append(server.stop)
+        return server.start()
 
     def seed(self, registry: PlainRegistry, image: Image, name: str) -> None:
         """Put `image` straight into an upstream stand-in as `name` (repository:tag)."""

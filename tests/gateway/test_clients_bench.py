@@ -9,7 +9,7 @@ from pathlib import Path
 
 from client_harness import REPO_ROOT
 
-from gateway.bench import Row, percentile
+from gateway.bench import Row, interleaved, percentile
 
 
 def test_bench_smoke(tmp_path: Path) -> None:
@@ -23,6 +23,34 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert "upstream requests for private names: 0 (target 0) ok" in out, out
     assert "cached tag reads through the mirror:" in out, out
     assert list(tmp_path.iterdir()) == [], "the bench removes its work directory"
+
+
+def test_bench_s3_redirect_smoke(tmp_path: Path) -> None:
+    """The S3 mode prints its three figures for both sides; with redirects nginx carries a few KiB per
+    GiB (the 307s), without it carries every byte."""
+    argv = [sys.executable, "-m", "gateway.bench", "--s3", "--layer-mib", "8", "--rounds", "1"]
+    argv += ["--workdir", str(tmp_path)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for what in ("pull MiB/s through the registry door", "pull MiB/s straight from the S3 server"):
+        assert what in out, out
+    assert "CPU s nginx + registries per GiB" in out, out
+    (moved,) = [line for line in out.splitlines() if line.startswith("bytes through nginx per GiB")]
+    words = moved.split()  # ... pulled <on> KiB <off> MiB ...
+    assert words[7] == "KiB" and words[9] == "MiB" and float(words[8]) >= 1024, moved
+    assert "target on: < 1 MiB ok" in moved, moved
+    assert list(tmp_path.iterdir()) == [], "the bench removes its work directory"
+
+
+def test_interleaving_puts_every_side_at_every_position() -> None:
+    order: list[str] = []
+    interleaved(6, {k: (lambda _i, k=k: order.append(k)) for k in "abc"})
+    rounds = ["".join(order[i : i + 3]) for i in range(0, 18, 3)]
+    assert rounds == ["abc", "bca", "cab", "abc", "bca", "cab"]
+    two: list[str] = []
+    interleaved(2, {k: (lambda _i, k=k: two.append(k)) for k in "ab"})
+    assert two == ["a", "b", "b", "a"]
 
 
 def test_verdicts() -> None:

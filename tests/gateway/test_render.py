@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -18,6 +19,7 @@ import pytest
 import yaml
 from routing_fixtures import HTTP_SECRET
 
+from gateway import __main__ as gateway_main
 from gateway import binaries, layout
 from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, SettingsError, Upstream, User
 from gateway.htpasswd import bcrypt_base64 as htpasswd_base64
@@ -208,6 +210,71 @@ def test_storage_roots_are_separate_and_r2_shaped() -> None:
     fs = configs(local(replace(SETTINGS, storage=FilesystemStorage("/data"))))
     assert fs["private"]["storage"]["filesystem"] == {"rootdirectory": "/data/private"}
     assert fs["cache-ghcr-io"]["storage"]["filesystem"] == {"rootdirectory": "/data/cache/ghcr.io"}
+    assert all(c["storage"]["redirect"] == {"disable": True} for c in fs.values())
+
+
+def test_blob_redirect_turns_on_redirects_of_every_registry() -> None:
+    """The private registry and every cache: each serves blobs of its own root from the same bucket."""
+    cfg = configs(local(replace(SETTINGS, storage=replace(S3, redirect=True))))
+    assert set(cfg) == {"private", "private-2", "private-3", "cache-docker-io", "cache-ghcr-io"}
+    assert all(c["storage"]["redirect"] == {"disable": False} for c in cfg.values())
+
+
+CLI = ["run", "--data", "x", "--registry-port", "1", "--mirror-port", "2", "--upstream", "http://h:3"]
+CLI += ["--namespace", "team", "--user", "alice:alice-secret-1"]
+S3_FLAGS = ["--s3-endpoint", "http://127.0.0.1:9", "--s3-bucket", "b"]
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}
+
+
+def test_nginx_passes_redirects_through_untouched() -> None:
+    """A presigned Location must reach the client byte for byte, and no 3xx is ever intercepted."""
+    conf = next(f.content for f in local().services["nginx"].files if f.path.endswith("nginx.conf"))
+    assert "proxy_redirect off;" in conf
+    assert "proxy_redirect " not in conf.replace("proxy_redirect off;", "")
+    assert not re.search(r"error_page[^;]*\b3\d\d\b", conf), "a 3xx would be replaced by nginx"
+
+
+def _cli_storage(flags: list[str], env: dict[str, str]) -> FilesystemStorage | S3Storage:
+    return gateway_main.settings_from(gateway_main.parse_args([*CLI, *flags]), env).storage
+
+
+def test_runner_on_s3_takes_credentials_from_the_environment() -> None:
+    storage = _cli_storage([*S3_FLAGS, "--blob-redirect"], AWS_ENV)
+    assert isinstance(storage, S3Storage)
+    assert (storage.endpoint, storage.bucket, storage.region, storage.redirect) == (
+        S3_FLAGS[1],
+        "b",
+        "auto",
+        True,
+    )
+    assert (storage.access_key, storage.secret_key) == ("id", "key")
+    plain = _cli_storage(S3_FLAGS, AWS_ENV)
+    assert isinstance(plain, S3Storage) and not plain.redirect
+    assert isinstance(_cli_storage([], {}), FilesystemStorage)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (["--blob-redirect"], AWS_ENV, "--blob-redirect needs --s3-endpoint and --s3-bucket"),
+        (S3_FLAGS[:2], AWS_ENV, "--s3-endpoint and --s3-bucket go together"),
+        (S3_FLAGS, {"AWS_ACCESS_KEY_ID": "id"}, "set AWS_SECRET_ACCESS_KEY in the environment"),
+        (S3_FLAGS, {}, "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"),
+    ],
+)
+def test_runner_refuses_incomplete_s3_flags(flags: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        _cli_storage(flags, env)
+
+
+def test_retention_needs_the_filesystem_storage() -> None:
+    # Push times come from the storage directory; a retention rule on S3 would silently keep nothing.
+    args = gateway_main.parse_args([*CLI, *S3_FLAGS, "--retention", "team=keep:3"])
+    settings = gateway_main.settings_from(args, AWS_ENV)
+    with pytest.raises(SettingsError, match="--retention needs the filesystem storage under --data"):
+        gateway_main.retention_from(args, settings)
+    plain = gateway_main.parse_args([*CLI, "--retention", "team=keep:3"])
+    assert gateway_main.retention_from(plain, gateway_main.settings_from(plain, {}))
 
 
 def test_upstream_credentials_only_in_their_cache_config() -> None:

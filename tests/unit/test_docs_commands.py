@@ -71,6 +71,8 @@ def check(argv: list[str]) -> None:
         gateway_args(argv[3:])  # the run itself: tests/gateway/test_maintenance.py
     elif argv[:3] == ["python", "-m", "gateway.bench"]:
         bench.parse_args(argv[3:])
+    elif argv[:3] == ["python", "-m", "moto.server"]:
+        pass  # started the same way by `python -m gateway.bench --s3` (tests/gateway/test_clients_bench.py)
     elif program == "pulumi":
         verb = argv[1]
         assert verb in PULUMI_VERBS, argv

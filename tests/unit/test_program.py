@@ -205,6 +205,24 @@ def test_r2_token_names_exactly_one_bucket_with_object_read_write_only(cloud_run
     assert "condition" not in token.inputs and "expiresOn" not in token.inputs
 
 
+def test_r2_bucket_aborts_abandoned_multipart_uploads(cloud_run):
+    if cfg(cloud_run, "storage") != "r2":
+        pytest.skip("NFS stack")
+    bucket = cloud_run.one(R2_BUCKET)
+    lifecycle = cloud_run.one(f"{CF}/r2BucketLifecycle:R2BucketLifecycle")
+    assert lifecycle.inputs["accountId"] == bucket.inputs["accountId"]
+    assert lifecycle.inputs["bucketName"] == bucket.inputs["name"]
+    assert lifecycle.inputs["jurisdiction"] == bucket.inputs["jurisdiction"]
+    (rule,) = lifecycle.inputs["rules"]
+    assert rule["enabled"] is True and rule["conditions"] == {"prefix": ""}  # the whole bucket
+    condition = rule["abortMultipartUploadsTransition"]["condition"]
+    assert condition == {
+        "type": "Age",
+        "maxAge": 3 * 24 * 3600,
+    }  # 3 days (the mock hands ints over as floats)
+    assert "deleteObjectsTransition" not in rule  # objects are the registries' to delete, never R2's
+
+
 def test_s3_secret_is_the_sha256_of_the_token_value_and_secret(cloud_run):
     s3 = cloud_run.extra
     if not s3:

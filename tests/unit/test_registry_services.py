@@ -17,6 +17,7 @@ from typing import Any
 
 import pulumi
 import pytest
+import yaml
 from program_capture import plain
 from pulumi.runtime.rpc import is_rpc_secret
 
@@ -244,6 +245,37 @@ def test_the_shared_http_secret_reaches_every_registry_config(stack):
         assert stack.http_secret in base64.b64decode(by_path[config.path]).decode(), key
 
 
+def _registry_configs(run: Deployed) -> dict[str, dict[str, Any]]:
+    """Service key -> its Distribution config.yml as deployed (decoded from the Swarm secret)."""
+    by_path = {
+        next(lb["value"] for lb in s.inputs["labels"] if lb["label"] == "owncr.path"): plain(s.inputs["data"])
+        for s in run.of_type(SECRET)
+    }
+    return {
+        key: yaml.safe_load(base64.b64decode(by_path[files.files[0].path]))
+        for key, files in run.layout.services.items()
+        if key != "nginx"
+    }
+
+
+@pytest.mark.parametrize(
+    ("stack_name", "overrides", "redirect"),
+    [
+        ("dev", None, True),  # storage r2, blobRedirect unset: on
+        ("prod", None, True),
+        ("dev", {"blobRedirect": "false"}, False),
+        ("dev", {"storage": "nfs"}, False),
+        ("local", None, False),
+    ],
+)
+def test_registries_on_r2_answer_blob_reads_with_presigned_urls(deployed, stack_name, overrides, redirect):
+    configs = _registry_configs(deployed(stack_name, overrides))
+    assert {"private", "cache-docker-io"} <= set(configs)
+    for key, config in configs.items():
+        assert config["storage"]["redirect"] == {"disable": not redirect}, key
+        assert ("s3" in config["storage"]) == (stack_name != "local" and overrides != {"storage": "nfs"}), key
+
+
 def test_every_object_is_named_by_its_role_and_content_hash(stack):
     files = {f.role: f for f in swarm_specs.swarm_files(stack.layout)}
     objects = stack.of_type(CONFIG) + stack.of_type(SECRET)
@@ -427,6 +459,18 @@ CLOUD_BUILD = gateway_wiring.cloud_build(
     vpc_cidr="10.0.0.0/24",
     s3=("b", "https://s3.example.com"),
 )
+
+
+def test_cloud_build_refuses_redirects_without_an_object_store():
+    with pytest.raises(ValueError, match="blob_redirect needs S3 storage"):
+        gateway_wiring.cloud_build(
+            REGISTRY,
+            domain="cr.example.com",
+            mirror_domain="m.cr.example.com",
+            vpc_cidr="10.0.0.0/24",
+            s3=None,
+            blob_redirect=True,
+        )
 
 
 def _roles(*services: str) -> set[str]:

@@ -51,10 +51,31 @@ def test_prod_values_are_typed_and_normalised(mocks, load_settings):
     assert cloud.admin_cidrs == ("203.0.113.0/28", "198.51.100.17/32")
     assert cloud.monitoring_alerts is True and cloud.alert_emails == ("oncall@example.com",)
     assert cloud.storage == owncr_settings.R2(
-        account_id="0123456789abcdef0123456789abcdef", location=None, jurisdiction="eu"
+        account_id="0123456789abcdef0123456789abcdef", location=None, jurisdiction="eu", blob_redirect=True
     )
     assert cloud.storage.s3_endpoint == "https://0123456789abcdef0123456789abcdef.eu.r2.cloudflarestorage.com"
     assert cloud.ssh_public_key is None  # "" in Pulumi.yaml means: generate a key pair
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({}, True),  # the default: on with storage r2
+        ({"blobRedirect": "true"}, True),
+        ({"blobRedirect": "false"}, False),  # clients that reach the doors but not R2
+    ],
+)
+@pulumi.runtime.test
+def test_blob_redirect_defaults_to_on_with_r2(mocks, load_settings, config, expected):
+    cloud = load_settings("dev", config).cloud
+    assert isinstance(cloud.storage, owncr_settings.R2)
+    assert cloud.storage.blob_redirect is expected
+
+
+@pytest.mark.parametrize("config", [{"storage": "nfs"}, {"storage": "nfs", "blobRedirect": "false"}])
+@pulumi.runtime.test
+def test_nfs_loads_without_redirects(mocks, load_settings, config):
+    assert load_settings("dev", config).cloud.storage == owncr_settings.Nfs(size_gib=50)
 
 
 @pulumi.runtime.test
@@ -170,6 +191,21 @@ REJECTED: list[tuple[str, dict[str, object], str, str, str]] = [
     ("location with jurisdiction", {"r2Jurisdiction": "eu"}, "r2Location", "weur", "jurisdiction"),
     ("unknown jurisdiction", {"r2Jurisdiction": "us", "r2Location": ""}, "r2Jurisdiction", "us", "fedramp"),
     ("NFS too small", {"storage": "nfs", "nfsSizeGib": 10}, "nfsSizeGib", "10", "at least 50"),
+    ("redirect with NFS", {"storage": "nfs", "blobRedirect": "true"}, "blobRedirect", "true", "storage nfs"),
+    (
+        "redirect on the local platform",
+        {"platform": "local", **CLOUD_ONLY_BLANK, "blobRedirect": "true"},
+        "blobRedirect",
+        "true",
+        "local platform",
+    ),
+    (
+        "redirect not a boolean",
+        {"blobRedirect": "yes"},
+        "blobRedirect",
+        "yes",
+        'allowed: "" (empty), true, false',
+    ),
     (
         "user with unknown namespace",
         {"users": {"ci": {"pull": ["other"], "push": []}}},
