@@ -15,7 +15,7 @@ from gateway import layout as L
 from gateway import registry_config
 from gateway.config import GatewaySettings
 from gateway.htpasswd import render_htpasswd
-from gateway.nginx import ROUTER_JS, render_nginx_conf, render_routes, render_salt_conf
+from gateway.nginx import NGINX_DRAIN_SH, ROUTER_JS, render_nginx_conf, render_routes, render_salt_conf
 
 
 @dataclass(frozen=True)
@@ -63,16 +63,25 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
         access_log="/dev/stdout" if lay.production else f"{lay.state_dir}/access.log",
         worker_processes="auto" if lay.production else "2",
     )
+    nginx_command: tuple[str, ...] = (nginx_bin, "-c", conf, "-p", lay.state_dir)
+    # In production nginx starts under the drain wrapper: a stopping task leaves the load balancer's
+    # rotation before nginx closes its socket (gateway/nginx_drain.sh). Locally nothing balances.
+    drain_files: tuple[RenderedFile, ...] = ()
+    if lay.production:
+        drain = f"{lay.config_dir}/nginx/drain.sh"
+        nginx_command = ("sh", drain, f"{lay.state_dir}/{L.DRAIN_FLAG}", *nginx_command)
+        drain_files = (RenderedFile(drain, NGINX_DRAIN_SH.read_text(), secret=False),)
     services = {
         "nginx": ServiceFiles(
             name=L.NGINX_SERVICE if lay.production else "nginx",
-            command=(nginx_bin, "-c", conf, "-p", lay.state_dir),
+            command=nginx_command,
             files=(
                 RenderedFile(conf, nginx_conf, secret=False),
                 RenderedFile(router, ROUTER_JS.read_text(), secret=False),
                 RenderedFile(routes, render_routes(settings), secret=False),
                 RenderedFile(htpasswd, render_htpasswd(settings.users, settings.htpasswd_key), secret=True),
                 RenderedFile(salt, render_salt_conf(settings), secret=True),
+                *drain_files,
             ),
             port=_port(lay.registry_listen),
         )

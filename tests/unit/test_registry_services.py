@@ -20,7 +20,7 @@ import pytest
 from program_capture import plain
 from pulumi.runtime.rpc import is_rpc_secret
 
-from components import gateway_wiring, swarm_specs
+from components import gateway_wiring, lb_health, swarm_specs
 from components.registry_services import LayoutMismatch, RegistryServices, render_bundle
 from gateway import layout as gateway_layout
 from gateway.render import Bundle, RenderedFile, ServiceFiles
@@ -354,14 +354,45 @@ def test_modes_and_rolling_updates(stack):
         assert task["resources"]["limits"]["memoryBytes"] > 0
         assert task["logDriver"] == {"name": "json-file", "options": {"max-size": "10m", "max-file": "5"}}
         assert task["containerSpec"]["healthcheck"]["tests"][0] == "CMD"
-        # Longer than Swarm's 10 s default, so rolling updates let multi-GB transfers finish.
-        grace = "2m" if service.name == "registry-nginx" else "45s"
+        # Longer than Swarm's 10 s default, so rolling updates let multi-GB transfers finish; nginx behind
+        # the load balancer drains first (35 s: 3 failed checks 10 s apart + 5 s), then gets its 2 min.
+        grace = "45s"
+        if service.name == "registry-nginx":
+            grace = "2m35s" if stack.cloud else "2m"
         assert task["containerSpec"]["stopGracePeriod"] == grace, service.name
+        env = task["containerSpec"].get("env", {})
+        drain = {swarm_specs.DRAIN_ENV: "35" if stack.cloud else "0"}
+        assert env == (drain if service.name == "registry-nginx" else {}), service.name
+        # The next nginx drains only once the load balancer sends the new one traffic (3 checks + 5 s).
+        delay = "35s" if stack.cloud and service.name == "registry-nginx" else "5s"
+        assert update["delay"] == rollback["delay"] == delay, service.name
 
 
 def test_every_image_is_pinned_by_digest(stack):
     images = {s.inputs["taskSpec"]["containerSpec"]["image"] for s in stack.of_type(SERVICE)}
     assert len(images) == 2 and all(swarm_specs.is_pinned(i) for i in images)
+
+
+def test_nginx_starts_under_the_drain_wrapper(stack):
+    spec = stack.service("nginx").inputs["taskSpec"]["containerSpec"]
+    command = spec["commands"]
+    drain = f"{gateway_layout.CONFIG_DIR}/nginx/drain.sh"
+    assert command[:3] == ["sh", drain, f"{gateway_layout.STATE_DIR}/{gateway_layout.DRAIN_FLAG}"]
+    assert command[3] == "nginx"
+    assert drain in mounted(stack.service("nginx"))
+
+
+def test_lb_timings_derive_drain_and_pacing():
+    assert lb_health.drain_seconds() == 35 and lb_health.rejoin_seconds() == 35
+    assert lb_health.detection_seconds() == 35
+    assert [swarm_specs.go_duration(s) for s in (155, 120, 45, 35, 60, 61)] == [
+        "2m35s",
+        "2m",
+        "45s",
+        "35s",
+        "1m",
+        "1m1s",
+    ]
 
 
 def test_cloud_nginx_health_check_speaks_proxy_protocol(stack):
