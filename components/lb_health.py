@@ -32,7 +32,7 @@ def rejoin_seconds() -> int:
 
 def detection_seconds() -> int:
     """Worst case from a node's death until the load balancer stops sending it new connections: every
-    check now times out (RESPONSE_TIMEOUT_SECONDS) and UNHEALTHY_THRESHOLD of them, one per interval,
-    mark it down. A connection sent there just before that fails after the connect timeout (the drill's
-    HAProxy uses RESPONSE_TIMEOUT_SECONDS for it too)."""
-    return INTERVAL_SECONDS * UNHEALTHY_THRESHOLD + RESPONSE_TIMEOUT_SECONDS
+    check now runs into its response timeout, and a timed-out check is followed by the next one an
+    interval later (measured with HAProxy: checks 15 s apart), so UNHEALTHY_THRESHOLD of them take
+    (INTERVAL_SECONDS + RESPONSE_TIMEOUT_SECONDS) each, counted from the last check that passed."""
+    return (INTERVAL_SECONDS + RESPONSE_TIMEOUT_SECONDS) * UNHEALTHY_THRESHOLD

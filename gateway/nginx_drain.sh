@@ -6,7 +6,8 @@
 # new connections until its health check marked it down (components/lb_health.py). So on either
 # signal: create the flag (/healthz answers 503 from then on, nginx keeps serving), wait until the load
 # balancer has taken the node out, then SIGQUIT nginx, which finishes in-flight transfers and exits.
-# The service's stop grace period covers the drain plus the transfers.
+# The service's stop grace period covers the drain plus the transfers. (sh starts "$@" with SIGQUIT
+# ignored, as for any background command; nginx installs its own handler, which replaces that.)
 flag="$1"
 shift
 rm -f "$flag"

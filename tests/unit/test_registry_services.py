@@ -384,7 +384,7 @@ def test_nginx_starts_under_the_drain_wrapper(stack):
 
 def test_lb_timings_derive_drain_and_pacing():
     assert lb_health.drain_seconds() == 35 and lb_health.rejoin_seconds() == 35
-    assert lb_health.detection_seconds() == 35
+    assert lb_health.detection_seconds() == 45  # 3 checks, each 10 s apart + 5 s timeout
     assert [swarm_specs.go_duration(s) for s in (155, 120, 45, 35, 60, 61)] == [
         "2m35s",
         "2m",

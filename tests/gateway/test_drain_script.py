@@ -1,0 +1,83 @@
+"""gateway/nginx_drain.sh, the production nginx entrypoint, as a process: on the stop signal Swarm sends
+(SIGQUIT from the official image, or SIGTERM) it creates the drain flag at once, keeps its child running
+for OWNCR_DRAIN_SECONDS, then sends it SIGQUIT and exits with the child's status. The child here is a
+shell that records the signal it got (what nginx does with SIGQUIT, finishing its transfers, is
+nginx's; the HA drill measures the whole under load)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.nginx import NGINX_DRAIN_SH
+
+# A stand-in for nginx: says it is ready, and on SIGQUIT writes "quit" and exits 0. Like nginx it installs
+# its own handler: sh starts a background command with SIGQUIT ignored, which a handler replaces (and a
+# child `sh` trap could not).
+CHILD = """
+import pathlib, signal, sys, time
+marker = pathlib.Path(sys.argv[1])
+def quit(*_):
+    marker.write_text("quit\\n")
+    sys.exit(0)
+signal.signal(signal.SIGQUIT, quit)
+marker.write_text("ready\\n")
+while True:
+    time.sleep(0.1)
+"""
+
+
+def start(tmp_path: Path, drain: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    flag, marker = tmp_path / "draining", tmp_path / "child"
+    flag.write_text("stale")  # left by a previous task on the same tmpfs: must be cleared at start
+    proc = subprocess.Popen(
+        ["sh", str(NGINX_DRAIN_SH), str(flag), sys.executable, "-c", CHILD, str(marker)],
+        env={"PATH": os.environ["PATH"], "OWNCR_DRAIN_SECONDS": drain},
+    )
+    deadline = time.monotonic() + 10
+    while not (marker.exists() and marker.read_text() == "ready\n"):
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    assert not flag.exists(), "a stale drain flag survived the start"
+    return proc, flag, marker
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGQUIT, signal.SIGTERM], ids=["SIGQUIT", "SIGTERM"])
+def test_stop_signal_drains_then_quits_the_child(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    proc, flag, marker = start(tmp_path, "2")
+    sent = time.monotonic()
+    proc.send_signal(stop_signal)
+    deadline = time.monotonic() + 1
+    while not flag.exists():
+        assert time.monotonic() < deadline, "no drain flag 1 s after the stop signal"
+        time.sleep(0.02)
+    time.sleep(1)
+    assert proc.poll() is None and marker.read_text() == "ready\n", "the child stopped before the drain ended"
+    assert proc.wait(timeout=10) == 0
+    assert marker.read_text() == "quit\n"  # SIGQUIT, nginx's graceful shutdown
+    assert 2 <= time.monotonic() - sent < 5
+
+
+def test_without_a_drain_time_the_child_quits_at_once(tmp_path: Path) -> None:
+    proc, _, marker = start(tmp_path, "0")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0 and marker.read_text() == "quit\n"
+    assert time.monotonic() - sent < 1.5
+
+
+def test_a_child_that_dies_on_its_own_ends_the_wrapper_with_its_status(tmp_path: Path) -> None:
+    flag = tmp_path / "draining"
+    done = subprocess.run(
+        ["sh", str(NGINX_DRAIN_SH), str(flag), "sh", "-c", "exit 7"],
+        env={"PATH": os.environ["PATH"]},
+        timeout=10,
+        check=False,
+    )
+    assert done.returncode == 7 and not flag.exists()
