@@ -47,8 +47,11 @@ RESERVATION: ResourcesSpec = {"memory_bytes": 64 << 20, "nano_cpus": NS // 10}
 # How long a stopping task may finish its transfers before SIGKILL (see service_specs); nginx behind the
 # load balancer drains first (lb_health.drain_seconds), which its grace period adds to this.
 NGINX_TRANSFER_GRACE_SECONDS = 120
-DRAIN_ENV = "OWNCR_DRAIN_SECONDS"  # read by gateway/nginx_drain.sh
-REGISTRY_STOP_GRACE = "45s"  # the registries' http.draintimeout (30s) plus their shutdown
+DRAIN_ENV = "OWNCR_DRAIN_SECONDS"  # read by gateway/drain.sh
+# A stopping registry keeps serving until every nginx has re-resolved its name (nginx's resolver caches
+# 5 s: gateway/templates/nginx.conf.j2), then drains for its http.draintimeout (30 s) and shuts down.
+REGISTRY_DRAIN_SECONDS = 10
+REGISTRY_STOP_GRACE = "55s"
 
 
 class FileRef(TypedDict):
@@ -344,7 +347,7 @@ def service_specs(bundle: Bundle, plan: ServicePlan) -> list[ServiceSpec]:
             "alias": sf.name,
             "image": plan.nginx_image if is_nginx else plan.registry_image,
             "command": list(sf.command),
-            "env": {DRAIN_ENV: str(_drain_seconds(plan))} if is_nginx else {},
+            "env": {DRAIN_ENV: str(_drain_seconds(plan) if is_nginx else REGISTRY_DRAIN_SECONDS)},
             # nginx: one task per node, as `global` would, but as replicas (node_count, at most one per
             # node): pulumi-docker's converge_config can only wait for replicated services, a global one
             # fails with "no replica count" (kreuzwerker/terraform-provider-docker,
@@ -369,8 +372,9 @@ def service_specs(bundle: Bundle, plan: ServicePlan) -> list[ServiceSpec]:
             "mounts": _mounts(plan, is_nginx),
             "healthcheck": _nginx_health(plan, sf.port) if is_nginx else _registry_health(sf.port),
             # Swarm's default 10 s would SIGKILL multi-GB pushes and pulls on every rolling update: nginx
-            # drains from the load balancer, then finishes its transfers on SIGQUIT (nginx_drain.sh); a
-            # registry drains for `draintimeout` (gateway/registry_config.py) before it exits.
+            # drains from the load balancer, then finishes its transfers on SIGQUIT (drain.sh); a
+            # registry serves until nginx stopped calling it, then drains for `draintimeout`
+            # (gateway/registry_config.py) before it exits.
             "stop_grace_period": go_duration(_drain_seconds(plan) + NGINX_TRANSFER_GRACE_SECONDS)
             if is_nginx
             else REGISTRY_STOP_GRACE,

@@ -26,7 +26,7 @@ NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"  # same path in Debi
 NGINX_USER = "nginx"  # the official nginx image's worker user
 # Docker's embedded DNS server, in every container on a user-defined (overlay) network.
 SWARM_DNS = "127.0.0.11"
-DRAIN_FLAG = "draining"  # in the state dir: present while a stopping gateway drains (nginx_drain.sh)
+DRAIN_FLAG = "draining"  # in the state dir: present while a stopping gateway drains (drain.sh)
 
 
 def cache_service(upstream: Upstream) -> str:

@@ -17,7 +17,7 @@ from gateway.layout import DRAIN_FLAG, NJS_MODULE, Layout
 
 TEMPLATES = Path(__file__).parent / "templates"
 ROUTER_JS = Path(__file__).parent / "router.js"
-NGINX_DRAIN_SH = Path(__file__).parent / "nginx_drain.sh"
+DRAIN_SH = Path(__file__).parent / "drain.sh"
 # Statuses router.js refuses with (its fail() calls), each an internal location with an OCI body.
 REFUSAL_STATUSES = (400, 403, 404, 405, 415)
 

@@ -1,8 +1,8 @@
-"""gateway/nginx_drain.sh, the production nginx entrypoint, as a process: on the stop signal Swarm sends
-(SIGQUIT from the official image, or SIGTERM) it creates the drain flag at once, keeps its child running
-for OWNCR_DRAIN_SECONDS, then sends it SIGQUIT and exits with the child's status. The child here is a
-shell that records the signal it got (what nginx does with SIGQUIT, finishing its transfers, is
-nginx's; the HA drill measures the whole under load)."""
+"""gateway/drain.sh, the production entrypoint of nginx and the registries, as a process: on the stop
+signal Swarm sends (SIGQUIT from the official nginx image, or SIGTERM) it creates the drain flag at once
+(nginx; a registry has none), keeps its child running for OWNCR_DRAIN_SECONDS, then sends it the given
+signal (QUIT for nginx, TERM for Distribution) and exits with the child's status. The child here records
+the signal it got; what nginx and Distribution then do is theirs (the HA drill measures the whole)."""
 
 from __future__ import annotations
 
@@ -15,36 +15,41 @@ from pathlib import Path
 
 import pytest
 
-from gateway.nginx import NGINX_DRAIN_SH
+from gateway.nginx import DRAIN_SH
 
-# A stand-in for nginx: says it is ready, and on SIGQUIT writes "quit" and exits 0. Like nginx it installs
-# its own handler: sh starts a background command with SIGQUIT ignored, which a handler replaces (and a
-# child `sh` trap could not).
+# A stand-in for nginx or Distribution: says it is ready, and on SIGQUIT or SIGTERM writes "quit" or
+# "term" and exits 0. Like them it installs its own handlers: sh starts a background command with
+# SIGQUIT ignored, which a handler replaces (and a child `sh` trap could not).
 CHILD = """
 import pathlib, signal, sys, time
 marker = pathlib.Path(sys.argv[1])
-def quit(*_):
-    marker.write_text("quit\\n")
+def stop(signum, _):
+    marker.write_text("quit\\n" if signum == signal.SIGQUIT else "term\\n")
     sys.exit(0)
-signal.signal(signal.SIGQUIT, quit)
+signal.signal(signal.SIGQUIT, stop)
+signal.signal(signal.SIGTERM, stop)
 marker.write_text("ready\\n")
 while True:
     time.sleep(0.1)
 """
 
 
-def start(tmp_path: Path, drain: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+def start(
+    tmp_path: Path, drain: str, stop: str = "QUIT", flag_arg: str = ""
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
     flag, marker = tmp_path / "draining", tmp_path / "child"
     flag.write_text("stale")  # left by a previous task on the same tmpfs: must be cleared at start
     proc = subprocess.Popen(
-        ["sh", str(NGINX_DRAIN_SH), str(flag), sys.executable, "-c", CHILD, str(marker)],
+        ["sh", str(DRAIN_SH), flag_arg or str(flag), stop, sys.executable, "-c", CHILD, str(marker)],
         env={"PATH": os.environ["PATH"], "OWNCR_DRAIN_SECONDS": drain},
+        cwd=tmp_path,
     )
     deadline = time.monotonic() + 10
     while not (marker.exists() and marker.read_text() == "ready\n"):
         assert time.monotonic() < deadline, "the child never started"
         time.sleep(0.05)
-    assert not flag.exists(), "a stale drain flag survived the start"
+    if not flag_arg:
+        assert not flag.exists(), "a stale drain flag survived the start"
     return proc, flag, marker
 
 
@@ -64,6 +69,18 @@ def test_stop_signal_drains_then_quits_the_child(tmp_path: Path, stop_signal: si
     assert 2 <= time.monotonic() - sent < 5
 
 
+def test_registry_mode_drains_without_a_flag_then_sends_term(tmp_path: Path) -> None:
+    proc, flag, marker = start(tmp_path, "1", "TERM", flag_arg="-")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert marker.read_text() == "ready\n", "the child stopped before the drain ended"
+    assert proc.wait(timeout=10) == 0 and marker.read_text() == "term\n"
+    assert 1 <= time.monotonic() - sent < 4
+    # "-" means no flag: neither a file named "-" nor the (stale) flag file is touched.
+    assert not (tmp_path / "-").exists() and flag.read_text() == "stale"
+
+
 def test_without_a_drain_time_the_child_quits_at_once(tmp_path: Path) -> None:
     proc, _, marker = start(tmp_path, "0")
     sent = time.monotonic()
@@ -75,7 +92,7 @@ def test_without_a_drain_time_the_child_quits_at_once(tmp_path: Path) -> None:
 def test_a_child_that_dies_on_its_own_ends_the_wrapper_with_its_status(tmp_path: Path) -> None:
     flag = tmp_path / "draining"
     done = subprocess.run(
-        ["sh", str(NGINX_DRAIN_SH), str(flag), "sh", "-c", "exit 7"],
+        ["sh", str(DRAIN_SH), str(flag), "QUIT", "sh", "-c", "exit 7"],
         env={"PATH": os.environ["PATH"]},
         timeout=10,
         check=False,

@@ -271,7 +271,10 @@ def test_production_bundle_uses_swarm_names_and_container_paths() -> None:
     assert "resolver 127.0.0.11 valid=5s ipv6=off;" in conf and "zone upstream_private 64k;" in conf
     # Started under the drain wrapper; /healthz answers 503 while the drain flag exists (every server).
     flag = f"{layout.STATE_DIR}/{layout.DRAIN_FLAG}"
-    assert bundle.services["nginx"].command[:3] == ("sh", f"{layout.CONFIG_DIR}/nginx/drain.sh", flag)
+    drain = f"{layout.CONFIG_DIR}/drain.sh"
+    assert bundle.services["nginx"].command[:4] == ("sh", drain, flag, "QUIT")
+    # The registries too: they serve until nginx has re-resolved their name, then get SIGTERM.
+    assert bundle.services["private"].command[:4] == ("sh", drain, "-", "TERM")
     assert conf.count(f"if (-f {flag})") == 3
     assert conf.count("listen 8080 proxy_protocol") == 3  # both doors and the default server
     assert "server_name cr.example.org;" in conf and "server_name mirror.cr.example.org;" in conf
@@ -280,6 +283,10 @@ def test_production_bundle_uses_swarm_names_and_container_paths() -> None:
     cfg = configs(bundle)
     assert cfg["private"]["http"]["addr"] == ":5000"
     assert bundle.services["private"].command == (
+        "sh",
+        f"{layout.CONFIG_DIR}/drain.sh",
+        "-",
+        "TERM",
         "registry",
         "serve",
         f"{layout.SECRET_DIR}/private.yml",
@@ -361,8 +368,8 @@ def test_production_render_passes_nginx_t_as_rendered(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f.content)
     names = [s.name for k, s in bundle.services.items() if k != "nginx"]
-    # nginx's own command line, after the drain wrapper (`sh drain.sh <flag>`), which nginx -t need not run.
-    nginx = bundle.services["nginx"].command[3:]
+    # nginx's own command line, after the drain wrapper (`sh drain.sh <flag> QUIT`), not needed by nginx -t.
+    nginx = bundle.services["nginx"].command[4:]
     command = [binaries.default_nginx() if c == "nginx" else c for c in nginx]
     done = nginx_t_in_namespace(tmp_path, command, names)
     assert done.returncode == 0, done.stderr

@@ -96,7 +96,7 @@ def test_healthz_answers_on_both_doors_without_login(env: Env) -> None:
 
 
 def test_healthz_answers_503_while_the_gateway_drains(env: Env) -> None:
-    """The drain flag (gateway/nginx_drain.sh creates it on a stop signal) fails the load balancer's
+    """The drain flag (gateway/drain.sh creates it on a stop signal) fails the load balancer's
     check on both doors while everything else is still served; without it /healthz is 200 again."""
     flag = env.gateway.data_dir / "state" / layout.DRAIN_FLAG
     flag.touch()

@@ -61,7 +61,7 @@ def nginx_rootfs() -> Rootfs:
             "/usr/lib/nginx/modules/ngx_http_js_module.so": "/usr/lib/nginx/modules/ngx_http_js_module.so",
             "/usr/bin/curl": "/usr/bin/curl",
             "/bin/cat": "/bin/cat",
-            # The drain wrapper production starts nginx under (gateway/nginx_drain.sh): the official
+            # The drain wrapper production starts nginx under (gateway/drain.sh): the official
             # image's busybox sh, sleep and rm.
             "/bin/sh": "/bin/dash",
             "/bin/sleep": "/bin/sleep",
@@ -86,7 +86,13 @@ def nginx_rootfs() -> Rootfs:
 def registry_rootfs() -> Rootfs:
     return Rootfs(
         root=str(TOOLS_SID),
-        binaries={"/usr/bin/wget": "/usr/bin/wget", "/bin/cat": "/bin/cat"},
+        binaries={
+            "/usr/bin/wget": "/usr/bin/wget",
+            "/bin/cat": "/bin/cat",
+            # The drain wrapper (gateway/drain.sh): the official (Alpine) image's busybox sh and sleep.
+            "/bin/sh": "/bin/dash",
+            "/bin/sleep": "/bin/sleep",
+        },
         files={},
         symlinks={},
         directories=("/var/lib/registry", "/etc/distribution", "/etc/docker/registry", TMP),

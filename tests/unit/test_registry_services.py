@@ -237,7 +237,7 @@ def test_the_shared_http_secret_reaches_every_registry_config(stack):
     for key, files in stack.layout.services.items():
         if key == "nginx":
             continue
-        (config,) = files.files
+        (config,) = [f for f in files.files if f.secret]  # beside it: the drain script (a config)
         assert stack.http_secret in base64.b64decode(by_path[config.path]).decode(), key
 
 
@@ -266,7 +266,9 @@ def test_docker_hub_token_reaches_only_the_docker_hub_cache_as_a_secret(deployed
     holders = [
         s.name for s in run.of_type(SECRET) if token in base64.b64decode(plain(s.inputs["data"])).decode()
     ]
-    (cache_file,) = [f.role for f in swarm_specs.swarm_files(run.layout) if f.service == "cache-docker-io"]
+    (cache_file,) = [
+        f.role for f in swarm_specs.swarm_files(run.layout) if f.service == "cache-docker-io" and f.secret
+    ]
     assert holders == [f"registry-{cache_file}"]
     assert not [r.name for r in run.resources if r.typ != SECRET and token in json.dumps(plain(r.inputs))]
 
@@ -356,13 +358,14 @@ def test_modes_and_rolling_updates(stack):
         assert task["containerSpec"]["healthcheck"]["tests"][0] == "CMD"
         # Longer than Swarm's 10 s default, so rolling updates let multi-GB transfers finish; nginx behind
         # the load balancer drains first (35 s: 3 failed checks 10 s apart + 5 s), then gets its 2 min.
-        grace = "45s"
+        grace = "55s"
         if service.name == "registry-nginx":
             grace = "2m35s" if stack.cloud else "2m"
         assert task["containerSpec"]["stopGracePeriod"] == grace, service.name
         env = task["containerSpec"].get("env", {})
-        drain = {swarm_specs.DRAIN_ENV: "35" if stack.cloud else "0"}
-        assert env == (drain if service.name == "registry-nginx" else {}), service.name
+        # nginx: until the load balancer took the node out; registries: until nginx re-resolved them.
+        drain = ("35" if stack.cloud else "0") if service.name == "registry-nginx" else "10"
+        assert env == {swarm_specs.DRAIN_ENV: drain}, service.name
         # The next nginx drains only once the load balancer sends the new one traffic (3 checks + 5 s).
         delay = "35s" if stack.cloud and service.name == "registry-nginx" else "5s"
         assert update["delay"] == rollback["delay"] == delay, service.name
@@ -376,10 +379,13 @@ def test_every_image_is_pinned_by_digest(stack):
 def test_nginx_starts_under_the_drain_wrapper(stack):
     spec = stack.service("nginx").inputs["taskSpec"]["containerSpec"]
     command = spec["commands"]
-    drain = f"{gateway_layout.CONFIG_DIR}/nginx/drain.sh"
-    assert command[:3] == ["sh", drain, f"{gateway_layout.STATE_DIR}/{gateway_layout.DRAIN_FLAG}"]
-    assert command[3] == "nginx"
+    drain = f"{gateway_layout.CONFIG_DIR}/drain.sh"
+    flag = f"{gateway_layout.STATE_DIR}/{gateway_layout.DRAIN_FLAG}"
+    assert command[:5] == ["sh", drain, flag, "QUIT", "nginx"]
     assert drain in mounted(stack.service("nginx"))
+    private = stack.service("private").inputs["taskSpec"]["containerSpec"]["commands"]
+    assert private[:5] == ["sh", drain, "-", "TERM", "registry"]
+    assert drain in mounted(stack.service("private"))
 
 
 def test_lb_timings_derive_drain_and_pacing():
@@ -478,7 +484,9 @@ def test_object_names_change_when_and_only_when_the_content_changes():
     (htpasswd,) = [r for r in _roles("nginx") if "htpasswd" in r]
     assert {r for r in base if base[r] != alice[r]} == {htpasswd}
     s3 = _names(VALUES | {gateway_wiring.S3_SECRET_KEY: "rotated-secret-key"})
-    assert {r for r in base if base[r] != s3[r]} == _roles("private", "cache-docker-io")
+    drain_scripts = {"private-drain-sh", "cache-docker-io-drain-sh"}  # the same for any secret
+    assert drain_scripts <= _roles("private", "cache-docker-io")
+    assert {r for r in base if base[r] != s3[r]} == _roles("private", "cache-docker-io") - drain_scripts
     for name in base.values():
         assert len(name) <= swarm_specs.OBJECT_NAME_MAX and name.startswith("owncr-prod-")
 
