@@ -37,6 +37,7 @@ if __name__ == "__main__":  # run as a script: the project root and the helpers'
 import ha_cluster
 import ha_lb
 import ha_load
+import swarm_engine
 
 from components import gateway_wiring, lb_health, swarm_specs
 from gateway import layout as gateway_layout
@@ -136,12 +137,17 @@ class Watcher:
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    """Poll `check` until true; an Engine API error counts as "not yet" (a manager answers 500 while the
+    swarm elects a leader, e.g. when the node that led it comes back)."""
+    deadline, last = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
-        if check():
-            return
+        try:
+            if check():
+                return
+        except (OSError, swarm_engine.EngineError) as err:
+            last = f" (last error: {err})"
         time.sleep(1)
-    raise TimeoutError(f"{what} not reached within {timeout}s")
+    raise TimeoutError(f"{what} not reached within {timeout}s{last}")
 
 
 ALL_WORKERS = ("private", "mirror", "mirror-uncached", "push")
@@ -306,8 +312,18 @@ def run(root: Path, faults: str) -> int:
                 lost.append(f"{tag}: {got} != acknowledged {acked}")
         for item in lost[:5]:
             log(f"  lost: {item}")
-        quorum, quorum_detail = cluster.quorum()
-        replicas, replicas_detail = cluster.declared_replicas()
+        final: dict[str, tuple[bool, str]] = {
+            "quorum": (False, "no answer"),
+            "replicas": (False, "no answer"),
+        }
+
+        def settled() -> bool:
+            final["quorum"], final["replicas"] = cluster.quorum(), cluster.declared_replicas()
+            return final["quorum"][0] and final["replicas"][0]
+
+        with contextlib.suppress(TimeoutError):
+            wait_for("three ready managers and every service at its replicas", settled, 60)
+        (quorum, quorum_detail), (replicas, replicas_detail) = final["quorum"], final["replicas"]
         log(f"quorum: {quorum_detail}; replicas: {replicas_detail}")
         total = len(load.acknowledged)
         rows.append(Row("pushed tags pull with their acknowledged digest", total, len(lost), 0.0,
