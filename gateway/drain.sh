@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # owncr graceful-stop entrypoint (rendered by gateway/render.py, run by `sh`): keep serving while the
 # callers move away, then stop. Usage: sh drain.sh <flag-file|-> <SIGNAL> command [args...], with
 # OWNCR_DRAIN_SECONDS from the service spec.
@@ -18,6 +19,7 @@ flag="$1"
 stop="$2"
 shift 2
 [ "$flag" = - ] || rm -f "$flag"
+# shellcheck disable=SC2317  # run by the trap below, which shellcheck does not follow
 drain() {
     [ "$flag" = - ] || : >"$flag"
     sleep "${OWNCR_DRAIN_SECONDS:-0}"

@@ -98,3 +98,11 @@ def test_a_child_that_dies_on_its_own_ends_the_wrapper_with_its_status(tmp_path:
         check=False,
     )
     assert done.returncode == 7 and not flag.exists()
+
+
+def test_the_script_is_posix_sh_and_shellcheck_clean() -> None:
+    """The official images run it with busybox sh (Alpine), the stand-ins with dash: POSIX sh only."""
+    done = subprocess.run(
+        ["shellcheck", "-s", "sh", str(DRAIN_SH)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout
