@@ -29,11 +29,10 @@ import pulumi
 import pulumi_cloudflare as cloudflare
 import pulumi_digitalocean as digitalocean
 
-from components import physical_name
+from components import lb_health, physical_name
 from gateway.layout import GATEWAY_PORT as NGINX_PORT
 
 DO_NAME_SERVERS = ("ns1.digitalocean.com", "ns2.digitalocean.com", "ns3.digitalocean.com")
-HEALTH_PATH = "/healthz"
 # DigitalOcean's maximum (https://docs.digitalocean.com/products/networking/load-balancers/details/limits/):
 # a multi-GB layer upload or download through a slow link must not be cut by the load balancer.
 IDLE_TIMEOUT_SECONDS = 600
@@ -135,11 +134,11 @@ class Edge(pulumi.ComponentResource):
             healthcheck=digitalocean.LoadBalancerHealthcheckArgs(
                 port=NGINX_PORT,
                 protocol="http",
-                path=HEALTH_PATH,
-                check_interval_seconds=10,
-                response_timeout_seconds=5,
-                healthy_threshold=3,
-                unhealthy_threshold=3,
+                path=lb_health.HEALTH_PATH,
+                check_interval_seconds=lb_health.INTERVAL_SECONDS,
+                response_timeout_seconds=lb_health.RESPONSE_TIMEOUT_SECONDS,
+                healthy_threshold=lb_health.HEALTHY_THRESHOLD,
+                unhealthy_threshold=lb_health.UNHEALTHY_THRESHOLD,
             ),
             enable_proxy_protocol=True,
             # Backend keepalive would send many clients' requests over one backend connection that

@@ -17,7 +17,7 @@ import pulumi_docker as docker
 from components.swarm_specs import MountSpec, ServiceSpec, UpdateSpec
 
 # How long `pulumi up` waits for a service to converge (or roll back) before it reports a failure.
-CONVERGE_TIMEOUT = "15m"  # a rolling update waits up to NGINX_STOP_GRACE per node for transfers
+CONVERGE_TIMEOUT = "15m"  # a rolling update: per node up to nginx's stop grace (drain + transfers) + delay
 
 
 class ServiceArgs(TypedDict):

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
-from components import physical_name
+from components import lb_health, physical_name
 from gateway.layout import STATE_DIR
 from gateway.render import Bundle
 
@@ -44,9 +44,14 @@ RESERVATION: ResourcesSpec = {"memory_bytes": 64 << 20, "nano_cpus": NS // 10}
 # Durations are written the way the docker provider reads them back (Go's time.Duration.String() with
 # "0s"/"0m" tails trimmed: kreuzwerker/terraform-provider-docker, resource_docker_service_structures.go,
 # shortDur): "120s" would come back as "2m" and every preview would update every service.
-# How long a stopping task may finish its transfers before SIGKILL (see service_specs).
-NGINX_STOP_GRACE = "2m"
-REGISTRY_STOP_GRACE = "45s"  # the registries' http.draintimeout (30s) plus their shutdown
+# How long a stopping task may finish its transfers before SIGKILL (see service_specs); nginx behind the
+# load balancer drains first (lb_health.drain_seconds), which its grace period adds to this.
+NGINX_TRANSFER_GRACE_SECONDS = 120
+DRAIN_ENV = "OWNCR_DRAIN_SECONDS"  # read by gateway/drain.sh
+# A stopping registry keeps serving until every nginx has re-resolved its name (nginx's resolver caches
+# 5 s: gateway/templates/nginx.conf.j2), then drains for its http.draintimeout (30 s) and shuts down.
+REGISTRY_DRAIN_SECONDS = 10
+REGISTRY_STOP_GRACE = "55s"
 
 
 class FileRef(TypedDict):
@@ -237,14 +242,35 @@ def shape(bundle: Bundle) -> tuple[object, ...]:
     )
 
 
+def go_duration(seconds: int) -> str:
+    """Seconds as Go's time.Duration.String() writes them, "0s"/"0m" tails trimmed as the provider reads
+    them back (see above): 155 -> "2m35s", 120 -> "2m", 45 -> "45s"."""
+    minutes, rest = divmod(seconds, 60)
+    return (f"{minutes}m" if minutes else "") + (f"{rest}s" if rest or not minutes else "")
+
+
+def _drain_seconds(plan: ServicePlan) -> int:
+    # Behind the load balancer (PROXY protocol) a stopping nginx answers 503 on /healthz until the load
+    # balancer has taken it out; without one (the local stack) it quits at once.
+    return lb_health.drain_seconds() if plan.nginx_proxy_protocol else 0
+
+
+def _update_delay(plan: ServicePlan, is_nginx: bool) -> str:
+    # Between two nginx tasks, wait until the load balancer sends the new one traffic again
+    # (HEALTHY_THRESHOLD passed checks) before the next node drains: two nodes are never out at once.
+    if is_nginx and plan.nginx_proxy_protocol:
+        return go_duration(lb_health.rejoin_seconds())
+    return "5s"
+
+
 def _update(
-    order: Literal["start-first", "stop-first"], failure_action: Literal["rollback", "pause"]
+    order: Literal["start-first", "stop-first"], failure_action: Literal["rollback", "pause"], delay: str
 ) -> UpdateSpec:
     # One task at a time; `monitor` is how long a new task must stay up (and healthy) before Swarm calls
     # the update a success and moves on. A failure rolls the service back to the previous spec.
     return {
         "parallelism": 1,
-        "delay": "5s",
+        "delay": delay,
         "order": order,
         "failure_action": failure_action,
         "monitor": "30s",
@@ -321,7 +347,7 @@ def service_specs(bundle: Bundle, plan: ServicePlan) -> list[ServiceSpec]:
             "alias": sf.name,
             "image": plan.nginx_image if is_nginx else plan.registry_image,
             "command": list(sf.command),
-            "env": {},
+            "env": {DRAIN_ENV: str(_drain_seconds(plan) if is_nginx else REGISTRY_DRAIN_SECONDS)},
             # nginx: one task per node, as `global` would, but as replicas (node_count, at most one per
             # node): pulumi-docker's converge_config can only wait for replicated services, a global one
             # fails with "no replica count" (kreuzwerker/terraform-provider-docker,
@@ -346,9 +372,12 @@ def service_specs(bundle: Bundle, plan: ServicePlan) -> list[ServiceSpec]:
             "mounts": _mounts(plan, is_nginx),
             "healthcheck": _nginx_health(plan, sf.port) if is_nginx else _registry_health(sf.port),
             # Swarm's default 10 s would SIGKILL multi-GB pushes and pulls on every rolling update: nginx
-            # finishes its transfers on SIGQUIT (the official image's STOPSIGNAL); a registry drains for
-            # `draintimeout` (gateway/registry_config.py) before it exits.
-            "stop_grace_period": NGINX_STOP_GRACE if is_nginx else REGISTRY_STOP_GRACE,
+            # drains from the load balancer, then finishes its transfers on SIGQUIT (drain.sh); a
+            # registry serves until nginx stopped calling it, then drains for `draintimeout`
+            # (gateway/registry_config.py) before it exits.
+            "stop_grace_period": go_duration(_drain_seconds(plan) + NGINX_TRANSFER_GRACE_SECONDS)
+            if is_nginx
+            else REGISTRY_STOP_GRACE,
             "limits": NGINX_LIMITS if is_nginx else REGISTRY_LIMITS,
             "reservations": RESERVATION,
             # No placement preference: Swarm's scheduler already puts a service's next task on the node
@@ -356,8 +385,8 @@ def service_specs(bundle: Bundle, plan: ServicePlan) -> list[ServiceSpec]:
             # leaves the others serving. (A spread preference takes only node.labels.* / engine.labels.*;
             # "node.id" or "spread=node.id" is ignored: moby/swarmkit manager/scheduler/nodeset.go, tree.)
             "restart": {"condition": "any", "delay": "5s", "max_attempts": 0, "window": "1m"},
-            "update": _update(order, "rollback"),
-            "rollback": _update(order, "pause"),
+            "update": _update(order, "rollback", _update_delay(plan, is_nginx)),
+            "rollback": _update(order, "pause", _update_delay(plan, is_nginx)),
             "log_driver": "json-file",
             "log_options": {"max-size": plan.log_max_size, "max-file": str(plan.log_max_file)},
         }

@@ -24,6 +24,9 @@ SECRET_DIR = "/run/secrets"  # noqa: S105 (a directory, not a secret)
 STATE_DIR = "/var/cache/nginx"
 NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"  # same path in Debian and the nginx image
 NGINX_USER = "nginx"  # the official nginx image's worker user
+# Docker's embedded DNS server, in every container on a user-defined (overlay) network.
+SWARM_DNS = "127.0.0.11"
+DRAIN_FLAG = "draining"  # in the state dir: present while a stopping gateway drains (drain.sh)
 
 
 def cache_service(upstream: Upstream) -> str:
@@ -56,6 +59,9 @@ class Layout:
     private_addrs: tuple[str, ...]  # each private registry's http.addr
     cache_addrs: dict[str, str]  # upstream host -> the cache's http.addr
     nginx_user: str | None
+    # DNS server nginx re-resolves upstream names with while it runs (`server ... resolve`); None:
+    # addresses resolved once at start (loopback ports locally).
+    resolver: str | None = None
 
 
 def production_layout(settings: GatewaySettings, door_ports: tuple[int, int] | None = None) -> Layout:
@@ -67,7 +73,10 @@ def production_layout(settings: GatewaySettings, door_ports: tuple[int, int] | N
     ports = (GATEWAY_PORT, GATEWAY_PORT) if door_ports is None else door_ports
     # The private service is a Swarm VIP: one address that IPVS spreads over the replicas per TCP
     # connection. Listing it once per replica (at least twice) gives nginx distinct peers to retry a
-    # failed read on; each retry opens a new connection, which IPVS sends to another replica.
+    # failed read on; each retry opens a new connection, which IPVS sends to another replica. The names
+    # are re-resolved while nginx runs (`resolver`): with DNS round-robin endpoints (where there is no
+    # IPVS, as in scripts/ha-drill) the answer is the replicas' own addresses, which change when a task
+    # is replaced; a name resolved once at start would keep pointing at stopped tasks.
     private = f"{PRIVATE_SERVICE}:{REGISTRY_PORT}"
     return Layout(
         production=True,
@@ -82,4 +91,5 @@ def production_layout(settings: GatewaySettings, door_ports: tuple[int, int] | N
         private_addrs=(f":{REGISTRY_PORT}",),
         cache_addrs={u.host: f":{REGISTRY_PORT}" for u in settings.upstreams},
         nginx_user=NGINX_USER,
+        resolver=SWARM_DNS,
     )

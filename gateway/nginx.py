@@ -13,11 +13,12 @@ from pathlib import Path
 import jinja2
 
 from gateway.config import DOCKER_HUB, GatewaySettings
-from gateway.layout import NJS_MODULE, Layout
+from gateway.layout import DRAIN_FLAG, NJS_MODULE, Layout
 from gateway.registry_config import READ_ONLY_HEADER
 
 TEMPLATES = Path(__file__).parent / "templates"
 ROUTER_JS = Path(__file__).parent / "router.js"
+DRAIN_SH = Path(__file__).parent / "drain.sh"
 # Statuses router.js refuses with (its fail() calls), each an internal location with an OCI body.
 REFUSAL_STATUSES = (400, 403, 404, 405, 415)
 
@@ -67,6 +68,8 @@ def render_nginx_conf(
     access_log: str,
     worker_processes: str,
 ) -> str:
+    # Re-resolved in the background (nginx >= 1.27.3 open source: http://nginx.org/r/server, `resolve`).
+    resolve = " resolve" if layout.resolver else ""
     return _ENV.get_template("nginx.conf.j2").render(
         njs_module=NJS_MODULE,
         js_engine=settings.js_engine,
@@ -88,9 +91,15 @@ def render_nginx_conf(
         mirror_client_cidrs=settings.mirror_client_cidrs,
         trusted_proxy_cidrs=settings.trusted_proxy_cidrs,
         private_servers=layout.private_servers,
-        # The same Swarm VIP listed several times must never be taken out of rotation as a whole.
-        private_server_params=" max_fails=0",
-        caches=[{"id": nginx_id(u.host), "server": layout.cache_servers[u.host]} for u in settings.upstreams],
+        # Never out of rotation as a whole: in production the same Swarm name is listed several times,
+        # locally a replica restarting for maintenance would leave reads with no live server for seconds.
+        private_server_params=" max_fails=0" + resolve,
+        caches=[
+            {"id": nginx_id(u.host), "server": layout.cache_servers[u.host] + resolve}
+            for u in settings.upstreams
+        ],
+        resolver=layout.resolver,
+        drain_flag=f"{layout.state_dir}/{DRAIN_FLAG}",
         registry_listen=layout.registry_listen,
         mirror_listen=layout.mirror_listen,
         registry_host=settings.registry_host,

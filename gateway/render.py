@@ -15,7 +15,7 @@ from gateway import layout as L
 from gateway import registry_config
 from gateway.config import GatewaySettings
 from gateway.htpasswd import render_htpasswd
-from gateway.nginx import ROUTER_JS, render_nginx_conf, render_routes, render_salt_conf
+from gateway.nginx import DRAIN_SH, ROUTER_JS, render_nginx_conf, render_routes, render_salt_conf
 
 
 @dataclass(frozen=True)
@@ -63,16 +63,28 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
         access_log="/dev/stdout" if lay.production else f"{lay.state_dir}/access.log",
         worker_processes="auto" if lay.production else "2",
     )
+    nginx_command: tuple[str, ...] = (nginx_bin, "-c", conf, "-p", lay.state_dir)
+    # In production every service starts under the drain wrapper (gateway/drain.sh): a stopping task
+    # keeps serving until its callers moved away (nginx: the load balancer, by a failing /healthz; a
+    # registry: nginx, by re-resolving its name), then stops gracefully. Locally processes just stop.
+    drain_files: tuple[RenderedFile, ...] = ()
+    registry_stop: tuple[str, ...] = ()
+    if lay.production:
+        drain = f"{lay.config_dir}/drain.sh"
+        nginx_command = ("sh", drain, f"{lay.state_dir}/{L.DRAIN_FLAG}", "QUIT", *nginx_command)
+        registry_stop = ("sh", drain, "-", "TERM")
+        drain_files = (RenderedFile(drain, DRAIN_SH.read_text(), secret=False),)
     services = {
         "nginx": ServiceFiles(
             name=L.NGINX_SERVICE if lay.production else "nginx",
-            command=(nginx_bin, "-c", conf, "-p", lay.state_dir),
+            command=nginx_command,
             files=(
                 RenderedFile(conf, nginx_conf, secret=False),
                 RenderedFile(router, ROUTER_JS.read_text(), secret=False),
                 RenderedFile(routes, render_routes(settings), secret=False),
                 RenderedFile(htpasswd, render_htpasswd(settings.users, settings.htpasswd_key), secret=True),
                 RenderedFile(salt, render_salt_conf(settings), secret=True),
+                *drain_files,
             ),
             port=_port(lay.registry_listen),
         )
@@ -83,11 +95,12 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
         path = f"{lay.secret_dir}/{key}.yml"
         services[key] = ServiceFiles(
             name=L.PRIVATE_SERVICE if lay.production else key,
-            command=(registry_bin, "serve", path),
+            command=(*registry_stop, registry_bin, "serve", path),
             files=(
                 RenderedFile(
                     path, registry_config.dump(registry_config.private_config(settings, addr)), True
                 ),
+                *drain_files,
             ),
             port=_port(addr),
         )
@@ -98,8 +111,8 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
         content = registry_config.dump(registry_config.cache_config(settings, upstream, addr))
         services[key] = ServiceFiles(
             name=L.cache_service(upstream) if lay.production else key,
-            command=(registry_bin, "serve", path),
-            files=(RenderedFile(path, content, secret=True),),
+            command=(*registry_stop, registry_bin, "serve", path),
+            files=(RenderedFile(path, content, secret=True), *drain_files),
             port=_port(addr),
         )
     return Bundle(services)

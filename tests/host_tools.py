@@ -37,6 +37,7 @@ HOST_TOOLS: dict[str, str] = {
     "curl": "curl",
     "wget": "wget",
     "debootstrap": "debootstrap",
+    "haproxy": "haproxy",  # the load balancer of scripts/ha-drill
     "python3": "python3-venv",
     "nsenter": "util-linux",
     "unshare": "util-linux",

@@ -332,8 +332,17 @@ def test_production_bundle_uses_swarm_names_and_container_paths() -> None:
         assert f.path.startswith((layout.CONFIG_DIR + "/", layout.SECRET_DIR + "/")), f.path
         assert f.secret == f.path.startswith(layout.SECRET_DIR + "/")
     conf = bundle.services["nginx"].files[0].content
-    assert conf.count("server owncr-registry-private:5000 max_fails=0;") == 3  # one per replica
-    assert "server owncr-registry-cache-ghcr-io:5000;" in conf
+    # One per replica, re-resolved through Swarm's DNS while nginx runs (a replaced task's new address).
+    assert conf.count("server owncr-registry-private:5000 max_fails=0 resolve;") == 3
+    assert "server owncr-registry-cache-ghcr-io:5000 resolve;" in conf
+    assert "resolver 127.0.0.11 valid=5s ipv6=off;" in conf and "zone upstream_private 64k;" in conf
+    # Started under the drain wrapper; /healthz answers 503 while the drain flag exists (every server).
+    flag = f"{layout.STATE_DIR}/{layout.DRAIN_FLAG}"
+    drain = f"{layout.CONFIG_DIR}/drain.sh"
+    assert bundle.services["nginx"].command[:4] == ("sh", drain, flag, "QUIT")
+    # The registries too: they serve until nginx has re-resolved their name, then get SIGTERM.
+    assert bundle.services["private"].command[:4] == ("sh", drain, "-", "TERM")
+    assert conf.count(f"if (-f {flag})") == 3
     assert conf.count("listen 8080 proxy_protocol") == 3  # both doors and the default server
     assert "server_name cr.example.org;" in conf and "server_name mirror.cr.example.org;" in conf
     assert "set_real_ip_from 10.10.0.0/16;" in conf and "real_ip_header proxy_protocol;" in conf
@@ -341,6 +350,10 @@ def test_production_bundle_uses_swarm_names_and_container_paths() -> None:
     cfg = configs(bundle)
     assert cfg["private"]["http"]["addr"] == ":5000"
     assert bundle.services["private"].command == (
+        "sh",
+        f"{layout.CONFIG_DIR}/drain.sh",
+        "-",
+        "TERM",
         "registry",
         "serve",
         f"{layout.SECRET_DIR}/private.yml",
@@ -422,10 +435,16 @@ def test_production_render_passes_nginx_t_as_rendered(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f.content)
     names = [s.name for k, s in bundle.services.items() if k != "nginx"]
-    command = [binaries.default_nginx() if c == "nginx" else c for c in bundle.services["nginx"].command]
+    # nginx's own command line, after the drain wrapper (`sh drain.sh <flag> QUIT`), not needed by nginx -t.
+    nginx = bundle.services["nginx"].command[4:]
+    command = [binaries.default_nginx() if c == "nginx" else c for c in nginx]
     done = nginx_t_in_namespace(tmp_path, command, names)
     assert done.returncode == 0, done.stderr
     assert "test is successful" in done.stderr
-    # Without the host names the same files fail: the check above really resolved the upstreams.
-    failed = nginx_t_in_namespace(tmp_path, command, [])
-    assert failed.returncode != 0 and "host not found in upstream" in failed.stderr
+    # The upstream names are resolved while nginx runs (`server ... resolve`), so unknown names do not
+    # stop it; that needs the `resolver` line: without it the same files fail.
+    assert nginx_t_in_namespace(tmp_path, command, []).returncode == 0
+    conf = tmp_path / "root" / bundle.services["nginx"].files[0].path.lstrip("/")
+    conf.write_text("".join(line for line in conf.read_text().splitlines(True) if "resolver " not in line))
+    failed = nginx_t_in_namespace(tmp_path, command, names)
+    assert failed.returncode != 0 and "no resolver defined to resolve" in failed.stderr, failed.stderr

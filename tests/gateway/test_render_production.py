@@ -1,6 +1,8 @@
 """The production render, run: the exact files of `render_production` at their container paths, in a
 private network and mount namespace where the Swarm service names resolve to loopback addresses of
-their own (as each Swarm task has its own address). nginx runs the production command; each registry
+their own (as each Swarm task has its own address), through /etc/hosts and, for nginx, which re-resolves
+them while it runs, through a stand-in of Swarm's DNS server (swarm_dns.py). nginx runs the production
+command, drain wrapper included; each registry
 runs its production config with only its bind address overridden (REGISTRY_HTTP_ADDR), since the
 registries here share one network namespace. Proves the hostname doors, the default server, PROXY
 protocol and the production paths work together, not just `nginx -t`."""
@@ -51,6 +53,7 @@ def test_production_render_serves_both_doors_behind_a_proxy_protocol_load_balanc
 def _inside_namespace(work: Path) -> None:
     """Runs in the private namespaces (see the test); every process it starts is stopped at the end."""
     sys.path[:0] = [str(REPO), str(REPO / "tests" / "gateway")]
+    import swarm_dns
     from routing_fixtures import ACCEPT, HTTP_SECRET, Response, TinyImage, assert_oci_error, request
 
     from gateway import binaries
@@ -61,6 +64,7 @@ def _inside_namespace(work: Path) -> None:
 
     upstream = PlainRegistry(work, "upstream").start()
     procs: list[subprocess.Popen[bytes]] = []
+    dns: swarm_dns.SwarmDns | None = None
     try:
         hub_image = TinyImage.make("hub image")
         hub_image.push(upstream.url, "library/alpine", "3")
@@ -91,7 +95,12 @@ def _inside_namespace(work: Path) -> None:
             _wait(
                 lambda s=service: request(f"http://{addrs[s.name]}:{s.port}/v2/").status == 200, service.name
             )
-        nginx_argv = [binaries.default_nginx(), *bundle.services["nginx"].command[1:]]
+        # Swarm's DNS, through which nginx re-resolves the registries' names (never from /etc/hosts).
+        dns = swarm_dns.SwarmDns(addrs).start()
+        # The whole production command: nginx under its drain wrapper (sh gateway/drain.sh ... nginx ...).
+        nginx_argv = [
+            binaries.default_nginx() if c == "nginx" else c for c in bundle.services["nginx"].command
+        ]
         procs.append(_start(nginx_argv, work / "nginx.log", None))
         _wait(lambda: _accepts(GATEWAY_PORT), "nginx")
 
@@ -124,6 +133,8 @@ def _inside_namespace(work: Path) -> None:
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=20)
+        if dns is not None:
+            dns.stop()
         upstream.stop()
 
 

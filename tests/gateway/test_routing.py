@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from routing_fixtures import ACCEPT, API_VERSION, HTTP_SECRET, TinyImage, assert_oci_error, digest_of, request
 
+from gateway import layout
 from gateway.bench import PlainRegistry
 from gateway.config import JS_ENGINES, FilesystemStorage, GatewaySettings, Upstream, User
 from gateway.ports import free_ports
@@ -92,6 +93,21 @@ def test_healthz_answers_on_both_doors_without_login(env: Env) -> None:
     for base in (env.reg, env.mir):
         resp = request(f"{base}/healthz")
         assert (resp.status, resp.body) == (200, b"ok\n")
+
+
+def test_healthz_answers_503_while_the_gateway_drains(env: Env) -> None:
+    """The drain flag (gateway/drain.sh creates it on a stop signal) fails the load balancer's
+    check on both doors while everything else is still served; without it /healthz is 200 again."""
+    flag = env.gateway.data_dir / "state" / layout.DRAIN_FLAG
+    flag.touch()
+    try:
+        for base in (env.reg, env.mir):
+            resp = request(f"{base}/healthz")
+            assert (resp.status, resp.body) == (503, b"draining\n")
+        assert request(f"{env.reg}/v2/", auth=ALICE).status == 200
+    finally:
+        flag.unlink()
+    assert request(f"{env.reg}/healthz").status == 200
 
 
 @pytest.mark.parametrize("auth", [None, ("alice", "wrong-password"), ("mallory", "alice-password")])

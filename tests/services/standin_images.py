@@ -10,7 +10,8 @@ The layout mimics the official images where the rendered files depend on it:
 - nginx: `/usr/sbin/nginx`, the njs module in `/usr/lib/nginx/modules` (reachable as `modules/...` from
   both the official prefix `/etc/nginx` and Debian's `/usr/share/nginx`), the `nginx` user, and `curl`,
   which the official image ships and the health check uses;
-- both: `cat`, so the test can read a mounted file back (both official images have one).
+- both: `cat`, so the test can read a mounted file back (both official images have one);
+- nginx: `sh`, `sleep` and `rm` for the drain wrapper, and the official image's STOPSIGNAL (SIGQUIT).
 - registry: the binary at `/bin/registry` (the official image's entrypoint) and `wget`, which the official
   (Alpine/busybox) image ships and the health check uses.
 """
@@ -60,6 +61,11 @@ def nginx_rootfs() -> Rootfs:
             "/usr/lib/nginx/modules/ngx_http_js_module.so": "/usr/lib/nginx/modules/ngx_http_js_module.so",
             "/usr/bin/curl": "/usr/bin/curl",
             "/bin/cat": "/bin/cat",
+            # The drain wrapper production starts nginx under (gateway/drain.sh): the official
+            # image's busybox sh, sleep and rm.
+            "/bin/sh": "/bin/dash",
+            "/bin/sleep": "/bin/sleep",
+            "/bin/rm": "/bin/rm",
         },
         files={"/etc/nginx/mime.types": "/etc/nginx/mime.types"},
         symlinks={
@@ -80,7 +86,13 @@ def nginx_rootfs() -> Rootfs:
 def registry_rootfs() -> Rootfs:
     return Rootfs(
         root=str(TOOLS_SID),
-        binaries={"/usr/bin/wget": "/usr/bin/wget", "/bin/cat": "/bin/cat"},
+        binaries={
+            "/usr/bin/wget": "/usr/bin/wget",
+            "/bin/cat": "/bin/cat",
+            # The drain wrapper (gateway/drain.sh): the official (Alpine) image's busybox sh and sleep.
+            "/bin/sh": "/bin/dash",
+            "/bin/sleep": "/bin/sleep",
+        },
         files={},
         symlinks={},
         directories=("/var/lib/registry", "/etc/distribution", "/etc/docker/registry", TMP),
@@ -156,7 +168,14 @@ def rootfs_tar(spec: Rootfs) -> bytes:
     return buf.getvalue()
 
 
-def docker_import(docker: list[str], spec: Rootfs, ref: str) -> str:
-    """Load the stand-in into the engine that `docker` (an argv prefix) talks to; returns `ref`."""
-    subprocess.run([*docker, "import", "-", ref], input=rootfs_tar(spec), check=True, capture_output=True)
+# What the official nginx image's Dockerfile sets and Swarm stops its tasks with.
+NGINX_STOPSIGNAL = "STOPSIGNAL SIGQUIT"
+
+
+def docker_import(docker: list[str], spec: Rootfs | bytes, ref: str, *changes: str) -> str:
+    """Load the stand-in (a Rootfs, or its tar already built) into the engine that `docker` (an argv
+    prefix) talks to, with Dockerfile `changes` (e.g. NGINX_STOPSIGNAL); returns `ref`."""
+    tar = spec if isinstance(spec, bytes) else rootfs_tar(spec)
+    flags = [arg for change in changes for arg in ("--change", change)]
+    subprocess.run([*docker, "import", *flags, "-", ref], input=tar, check=True, capture_output=True)
     return ref

@@ -136,7 +136,10 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
         yield Swarm(
             engine=engine,
             nginx_image=standin_images.docker_import(
-                engine.cli, standin_images.nginx_rootfs(), "owncr-standin/nginx:test"
+                engine.cli,
+                standin_images.nginx_rootfs(),
+                "owncr-standin/nginx:test",
+                standin_images.NGINX_STOPSIGNAL,
             ),
             registry_image=standin_images.docker_import(
                 engine.cli, standin_images.registry_rootfs(), "owncr-standin/registry:test"

@@ -25,6 +25,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -33,9 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.cloud_init import DOCKER_API_PORT, daemon_config, tls_paths
+from components.swarm_bootstrap import environment as bootstrap_environment
+from components.swarm_cluster import BOOTSTRAP_COMMAND
 from gateway.binaries import default_docker, default_dockerd
 from tests.swarm.swarm_pki import KeyPair, TestCa
 
+ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT = 150
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 
@@ -215,3 +220,31 @@ class Sandbox:
         run("ip", "link", "del", self.bridge, check=False)
         if self.forward_rule:
             run("iptables", "-D", *self.forward_rule, check=False)
+
+
+def bootstrap(
+    box: Sandbox,
+    *,
+    ca_pem: str | None = None,
+    client: KeyPair | None = None,
+    nodes: list[tuple[str, str]] | None = None,
+    api_timeout: int = 60,
+    settle_timeout: int = 60,
+) -> subprocess.CompletedProcess[str]:
+    client = client or box.client
+    env = bootstrap_environment(
+        nodes=nodes or [(n.public_ip, n.vpc_ip) for n in box.nodes],
+        ca_cert_pem=ca_pem or box.ca.cert_pem,
+        client_cert_pem=client.cert_pem,
+        client_key_pem=client.key_pem,
+    )
+    env |= {"OWNCR_SWARM_API_TIMEOUT": str(api_timeout), "OWNCR_SWARM_SETTLE_TIMEOUT": str(settle_timeout)}
+    return subprocess.run(
+        shlex.split(BOOTSTRAP_COMMAND),
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -23,14 +22,9 @@ from pathlib import Path
 import pytest
 
 from components.cloud_init import daemon_config
-from components.swarm_bootstrap import environment as bootstrap_environment
-from components.swarm_cluster import BOOTSTRAP_COMMAND
 from gateway.binaries import default_docker, default_dockerd
-from tests.swarm.swarm_pki import KeyPair, TestCa
-from tests.swarm.swarm_sandbox import Sandbox, SandboxNode, free_prefix
-
-ROOT = Path(__file__).resolve().parents[2]
-RUN_TIMEOUT = 150
+from tests.swarm.swarm_pki import TestCa
+from tests.swarm.swarm_sandbox import Sandbox, SandboxNode, bootstrap, free_prefix
 
 pytestmark = [
     pytest.mark.docker,
@@ -62,34 +56,6 @@ def sandbox() -> Iterator[Sandbox]:
     finally:
         box.teardown()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def bootstrap(
-    box: Sandbox,
-    *,
-    ca_pem: str | None = None,
-    client: KeyPair | None = None,
-    nodes: list[tuple[str, str]] | None = None,
-    api_timeout: int = 60,
-    settle_timeout: int = 60,
-) -> subprocess.CompletedProcess[str]:
-    client = client or box.client
-    env = bootstrap_environment(
-        nodes=nodes or [(n.public_ip, n.vpc_ip) for n in box.nodes],
-        ca_cert_pem=ca_pem or box.ca.cert_pem,
-        client_cert_pem=client.cert_pem,
-        client_key_pem=client.key_pem,
-    )
-    env |= {"OWNCR_SWARM_API_TIMEOUT": str(api_timeout), "OWNCR_SWARM_SETTLE_TIMEOUT": str(settle_timeout)}
-    return subprocess.run(
-        shlex.split(BOOTSTRAP_COMMAND),
-        cwd=ROOT,
-        env={"PATH": os.environ["PATH"], **env},
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
 
 
 def members(node: SandboxNode) -> dict[str, dict]:

@@ -21,7 +21,7 @@ import yaml
 from program_capture import plain
 from pulumi.runtime.rpc import is_rpc_secret
 
-from components import gateway_wiring, swarm_specs
+from components import gateway_wiring, lb_health, swarm_specs
 from components.registry_services import LayoutMismatch, RegistryServices, render_bundle
 from gateway import layout as gateway_layout
 from gateway.render import Bundle, RenderedFile, ServiceFiles
@@ -241,7 +241,7 @@ def test_the_shared_http_secret_reaches_every_registry_config(stack):
     for key, files in stack.layout.services.items():
         if key == "nginx":
             continue
-        (config,) = files.files
+        (config,) = [f for f in files.files if f.secret]  # beside it: the drain script (a config)
         assert stack.http_secret in base64.b64decode(by_path[config.path]).decode(), key
 
 
@@ -301,7 +301,9 @@ def test_docker_hub_token_reaches_only_the_docker_hub_cache_as_a_secret(deployed
     holders = [
         s.name for s in run.of_type(SECRET) if token in base64.b64decode(plain(s.inputs["data"])).decode()
     ]
-    (cache_file,) = [f.role for f in swarm_specs.swarm_files(run.layout) if f.service == "cache-docker-io"]
+    (cache_file,) = [
+        f.role for f in swarm_specs.swarm_files(run.layout) if f.service == "cache-docker-io" and f.secret
+    ]
     assert holders == [f"registry-{cache_file}"]
     assert not [r.name for r in run.resources if r.typ != SECRET and token in json.dumps(plain(r.inputs))]
 
@@ -389,14 +391,49 @@ def test_modes_and_rolling_updates(stack):
         assert task["resources"]["limits"]["memoryBytes"] > 0
         assert task["logDriver"] == {"name": "json-file", "options": {"max-size": "10m", "max-file": "5"}}
         assert task["containerSpec"]["healthcheck"]["tests"][0] == "CMD"
-        # Longer than Swarm's 10 s default, so rolling updates let multi-GB transfers finish.
-        grace = "2m" if service.name == "registry-nginx" else "45s"
+        # Longer than Swarm's 10 s default, so rolling updates let multi-GB transfers finish; nginx behind
+        # the load balancer drains first (35 s: 3 failed checks 10 s apart + 5 s), then gets its 2 min.
+        grace = "55s"
+        if service.name == "registry-nginx":
+            grace = "2m35s" if stack.cloud else "2m"
         assert task["containerSpec"]["stopGracePeriod"] == grace, service.name
+        env = task["containerSpec"].get("env", {})
+        # nginx: until the load balancer took the node out; registries: until nginx re-resolved them.
+        drain = ("35" if stack.cloud else "0") if service.name == "registry-nginx" else "10"
+        assert env == {swarm_specs.DRAIN_ENV: drain}, service.name
+        # The next nginx drains only once the load balancer sends the new one traffic (3 checks + 5 s).
+        delay = "35s" if stack.cloud and service.name == "registry-nginx" else "5s"
+        assert update["delay"] == rollback["delay"] == delay, service.name
 
 
 def test_every_image_is_pinned_by_digest(stack):
     images = {s.inputs["taskSpec"]["containerSpec"]["image"] for s in stack.of_type(SERVICE)}
     assert len(images) == 2 and all(swarm_specs.is_pinned(i) for i in images)
+
+
+def test_nginx_starts_under_the_drain_wrapper(stack):
+    spec = stack.service("nginx").inputs["taskSpec"]["containerSpec"]
+    command = spec["commands"]
+    drain = f"{gateway_layout.CONFIG_DIR}/drain.sh"
+    flag = f"{gateway_layout.STATE_DIR}/{gateway_layout.DRAIN_FLAG}"
+    assert command[:5] == ["sh", drain, flag, "QUIT", "nginx"]
+    assert drain in mounted(stack.service("nginx"))
+    private = stack.service("private").inputs["taskSpec"]["containerSpec"]["commands"]
+    assert private[:5] == ["sh", drain, "-", "TERM", "registry"]
+    assert drain in mounted(stack.service("private"))
+
+
+def test_lb_timings_derive_drain_and_pacing():
+    assert lb_health.drain_seconds() == 35 and lb_health.rejoin_seconds() == 35
+    assert lb_health.detection_seconds() == 45  # 3 checks, each 10 s apart + 5 s timeout
+    assert [swarm_specs.go_duration(s) for s in (155, 120, 45, 35, 60, 61)] == [
+        "2m35s",
+        "2m",
+        "45s",
+        "35s",
+        "1m",
+        "1m1s",
+    ]
 
 
 def test_cloud_nginx_health_check_speaks_proxy_protocol(stack):
@@ -494,7 +531,9 @@ def test_object_names_change_when_and_only_when_the_content_changes():
     (htpasswd,) = [r for r in _roles("nginx") if "htpasswd" in r]
     assert {r for r in base if base[r] != alice[r]} == {htpasswd}
     s3 = _names(VALUES | {gateway_wiring.S3_SECRET_KEY: "rotated-secret-key"})
-    assert {r for r in base if base[r] != s3[r]} == _roles("private", "cache-docker-io")
+    drain_scripts = {"private-drain-sh", "cache-docker-io-drain-sh"}  # the same for any secret
+    assert drain_scripts <= _roles("private", "cache-docker-io")
+    assert {r for r in base if base[r] != s3[r]} == _roles("private", "cache-docker-io") - drain_scripts
     for name in base.values():
         assert len(name) <= swarm_specs.OBJECT_NAME_MAX and name.startswith("owncr-prod-")
 

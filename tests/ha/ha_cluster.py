@@ -1,0 +1,330 @@
+"""The drill's three-node cluster: production's services on three dockerd in network namespaces.
+
+- nodes: tests/swarm/swarm_sandbox.py (three dockerd, each in its own network namespace, joined by a
+  bridge), formed into a swarm of three managers by the product's own bootstrap (swarm_bootstrap.py);
+- services: exactly what RegistryServices deploys for a cloud stack (gateway_wiring.cloud_build and
+  cloud_plan: host-mode 8080 with PROXY protocol, filesystem storage bind-mounted from one host
+  directory on every node, standing in for the NFS share or R2), turned into Engine API bodies the way
+  pulumi-docker does (tests/services/swarm_apply.py, provider_expand.py);
+- images: the stand-ins (tests/services/standin_images.py), loaded on every node.
+Deviations, each forced by this machine: registries use DNS round-robin endpoints (no IPVS in this
+kernel, as in tests/services); the nginx PROXY-protocol trust range is the nodes' docker_gwbridge
+subnet, because a host-mode port here is forwarded by docker-proxy (dockerd runs with --iptables=false)
+and connections arrive from that bridge, not from the load balancer's address.
+A Docker Hub stand-in (a plain registry service, pinned to node 0, which the drill never kills) is
+the upstream of the cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import standin_images
+import swarm_apply
+import swarm_engine
+
+from components import gateway_wiring, swarm_specs
+from gateway.render import Bundle
+from settings import Images, Registry, Upstream, User
+from tests.swarm.swarm_pki import TestCa
+from tests.swarm.swarm_sandbox import Sandbox, SandboxNode, bootstrap, free_prefix, run
+
+STACK = "hadrill"
+DOMAIN, MIRROR_DOMAIN = "cr.example.com", "mirror.cr.example.com"
+UPSTREAM_ALIAS = "hub-standin"
+UPSTREAM_PORT = 5000
+PINNED = "example/{}@sha256:" + "0" * 64
+NGINX_IMAGE = "owncr-standin/nginx:drill"
+REGISTRY_IMAGES = ("owncr-standin/registry:drill", "owncr-standin/registry:drill-next")
+USERS = ("alice", "bob")
+UPSTREAM_CONFIG = (
+    "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n"
+)
+
+
+def registry() -> Registry:
+    return Registry(
+        namespaces=("acme",),
+        users=tuple(User(name=u, pull=("acme",), push=("acme",)) for u in USERS),
+        upstreams=(Upstream(host="docker.io", url=f"http://{UPSTREAM_ALIAS}:{UPSTREAM_PORT}"),),
+        images=Images(nginx=PINNED.format("nginx"), registry=PINNED.format("registry")),
+        private_replicas=2,
+        cache_ttl="168h",
+        # The load balancer's PROXY header carries the client's loopback address.
+        mirror_client_cidrs=("127.0.0.0/8",),
+        docker_hub_username=None,
+    )
+
+
+def secret_values(passwords: dict[str, str]) -> dict[str, str]:
+    values = {
+        gateway_wiring.HTTP_SECRET: os.urandom(16).hex(),
+        gateway_wiring.HTPASSWD_SALT_KEY: os.urandom(16).hex(),
+    }
+    return values | {gateway_wiring.password_key(u): p for u, p in passwords.items()}
+
+
+@dataclass
+class Cluster:
+    box: Sandbox
+    log: Callable[[str], None]
+    storage: Path
+    engines: list[swarm_engine.Engine] = field(default_factory=list)
+    network: str = ""
+    objects: dict[str, tuple[str, str]] = field(default_factory=dict)
+    service_ids: dict[str, str] = field(default_factory=dict)  # Bundle key (and "upstream") -> id
+    build: Callable[[dict[str, str]], Bundle] | None = None
+    plan: swarm_specs.ServicePlan | None = None
+    values: dict[str, str] = field(default_factory=dict)
+    registry_image: str = REGISTRY_IMAGES[0]
+    _node_ids: list[str] = field(default_factory=list)
+
+    @property
+    def engine(self) -> swarm_engine.Engine:
+        """Node 0's engine: the drill never kills node 0, so the swarm is always driven through it."""
+        return self.engines[0]
+
+    @property
+    def upstream_address(self) -> tuple[str, int]:
+        return self.box.nodes[0].public_ip, UPSTREAM_PORT
+
+    # -- building ------------------------------------------------------------------------------------
+
+    def form(self) -> None:
+        self.box.setup(3)
+        done = bootstrap(self.box)
+        if done.returncode != 0:
+            raise RuntimeError(f"swarm bootstrap failed:\n{done.stdout}\n{done.stderr}")
+        self.engines = [swarm_engine.Engine(str(n.directory / "docker.sock")) for n in self.box.nodes]
+        for engine in self.engines:
+            engine.negotiate()
+        self.log("swarm of three managers formed by swarm_bootstrap")
+        nginx_tar = standin_images.rootfs_tar(standin_images.nginx_rootfs())
+        registry_tar = standin_images.rootfs_tar(standin_images.registry_rootfs())
+        for engine in self.engines:
+            standin_images.docker_import(engine.cli, nginx_tar, NGINX_IMAGE, standin_images.NGINX_STOPSIGNAL)
+            for ref in REGISTRY_IMAGES:
+                standin_images.docker_import(engine.cli, registry_tar, ref)
+        self.log("stand-in images loaded on every node")
+
+    def deploy(self, passwords: dict[str, str]) -> Bundle:
+        subnets = {e.get("/networks/docker_gwbridge")["IPAM"]["Config"][0]["Subnet"] for e in self.engines}
+        if len(subnets) != 1:
+            raise RuntimeError(f"the nodes' docker_gwbridge subnets differ: {subnets}")
+        reg = registry()
+        self.build = gateway_wiring.cloud_build(
+            reg, domain=DOMAIN, mirror_domain=MIRROR_DOMAIN, vpc_cidr=subnets.pop(), s3=None
+        )
+        self.plan = gateway_wiring.cloud_plan(STACK, reg, node_count=3, nfs_mount_point=str(self.storage))
+        self.values = secret_values(passwords)
+        bundle = self.build(self.values)
+        specs = swarm_specs.service_specs(bundle, self.plan)
+        if not all(swarm_specs.is_pinned(s["image"]) for s in specs):
+            raise RuntimeError("the production specs must pin their images")
+        self.network = self.engine.post(
+            "/networks/create", {"Name": f"owncr-{STACK}-net", "Driver": "overlay"}
+        )["Id"]
+        self.objects = swarm_apply.create_objects(self.engine, STACK, bundle)
+        for spec in specs:
+            created = self.engine.post("/services/create", self._body(spec))
+            self.service_ids[spec["key"]] = created["ID"]
+        self._deploy_upstream(specs)
+        self.wait_converged(list(self.service_ids), timeout=240)
+        self.log("services converged: " + ", ".join(sorted(self.service_ids)))
+        return bundle
+
+    def _body(self, spec: swarm_specs.ServiceSpec) -> dict[str, Any]:
+        is_nginx = spec["key"] == swarm_specs.NGINX_KEY
+        return swarm_apply.engine_service_spec(
+            spec,
+            self.objects,
+            self.network,
+            image=NGINX_IMAGE if is_nginx else self.registry_image,
+            endpoint_mode="vip" if is_nginx else "dnsrr",
+        )
+
+    def _deploy_upstream(self, specs: list[swarm_specs.ServiceSpec]) -> None:
+        name = f"owncr-{STACK}-upstream"
+        data = base64.b64encode(UPSTREAM_CONFIG.encode()).decode()
+        config = self.engine.post("/configs/create", {"Name": name, "Data": data})["ID"]
+        cache = next(s for s in specs if s["key"].startswith(swarm_specs.CACHE_PREFIX))
+        spec: swarm_specs.ServiceSpec = {
+            **cache,
+            "key": "upstream",
+            "name": name,
+            "alias": UPSTREAM_ALIAS,
+            "command": ["registry", "serve", "/etc/distribution/config.yml"],
+            "configs": [{"object": "cfg", "target": "/etc/distribution/config.yml", "mode": 0o444}],
+            "secrets": [],
+            "mounts": [],
+            "ports": [{"target": UPSTREAM_PORT, "published": UPSTREAM_PORT, "mode": "host"}],
+        }
+        body = swarm_apply.engine_service_spec(
+            spec, {"cfg": (config, name)}, self.network, image=self.registry_image, endpoint_mode="dnsrr"
+        )
+        node0 = self.engine.get("/info")["Swarm"]["NodeID"]
+        body["TaskTemplate"]["Placement"]["Constraints"] = [f"node.id=={node0}"]
+        self.service_ids["upstream"] = self.engine.post("/services/create", body)["ID"]
+
+    # -- observing -----------------------------------------------------------------------------------
+
+    def converged(self, keys: list[str]) -> bool:
+        """Each service runs its declared replicas, every task healthy, asked of the engine of the node
+        the task runs on (swarm_engine.wait_converged knows one node only)."""
+        engines = dict(zip(self.node_ids(), self.engines, strict=True))
+        for key in keys:
+            sid = self.service_ids[key]
+            want = self.engine.get(f"/services/{sid}")["Spec"]["Mode"]["Replicated"]["Replicas"]
+            tasks = swarm_engine.running_tasks(self.engine, sid, up_to_date=True)
+            running = [t for t in tasks if t["Status"]["State"] == "running"]
+            if len(running) != want:
+                return False
+            for t in running:
+                cid = t["Status"]["ContainerStatus"]["ContainerID"]
+                health = engines[t["NodeID"]].get(f"/containers/{cid}/json")["State"].get("Health")
+                if health is not None and health["Status"] != "healthy":
+                    return False
+        return True
+
+    def wait_converged(self, keys: list[str], timeout: float) -> None:
+        try:
+            swarm_engine.wait_for("services", lambda: self.converged(keys), timeout, interval=1.0)
+        except TimeoutError:
+            logs = {k: swarm_engine.service_logs(self.engine, self.service_ids[k])[-800:] for k in keys}
+            raise RuntimeError(f"services did not converge: {json.dumps(logs, indent=1)}") from None
+
+    def task_nodes(self, key: str) -> list[str]:
+        """Node ids of the service's running tasks."""
+        tasks = swarm_engine.running_tasks(self.engine, self.service_ids[key])
+        return [t["NodeID"] for t in tasks if t["Status"]["State"] == "running"]
+
+    def node_ids(self) -> list[str]:
+        """Swarm node id of each sandbox node (remembered: a dead node's engine cannot be asked)."""
+        if not self._node_ids:
+            self._node_ids = [e.get("/info")["Swarm"]["NodeID"] for e in self.engines]
+        return self._node_ids
+
+    def quorum(self) -> tuple[bool, str]:
+        """Every node a ready, reachable manager (Raft needs 2 of 3; the drill wants all 3 back)."""
+        nodes = self.engine.get("/nodes")
+        states = [
+            (n["Status"]["State"], (n.get("ManagerStatus") or {}).get("Reachability", "none")) for n in nodes
+        ]
+        ok = len(nodes) == 3 and all(s == ("ready", "reachable") for s in states)
+        return ok, ", ".join(f"{s}/{r}" for s, r in states)
+
+    def declared_replicas(self) -> tuple[bool, str]:
+        parts, ok = [], True
+        for key, sid in sorted(self.service_ids.items()):
+            want = self.engine.get(f"/services/{sid}")["Spec"]["Mode"]["Replicated"]["Replicas"]
+            have = len(self.task_nodes(key))
+            ok = ok and have == want
+            parts.append(f"{key} {have}/{want}")
+        return ok, ", ".join(parts)
+
+    def nginx_errors(self) -> list[str]:
+        """nginx's upstream errors from every nginx container on every live node (`docker service logs`
+        would wait for the dead node's), to say why a request failed."""
+        name = self.engine.get(f"/services/{self.service_ids[swarm_specs.NGINX_KEY]}")["Spec"]["Name"]
+        lines: list[str] = []
+        for engine in self.engines:
+            with contextlib.suppress(OSError, swarm_engine.EngineError, subprocess.TimeoutExpired):
+                wanted = json.dumps({"label": [f"com.docker.swarm.service.name={name}"]})
+                for c in engine.get("/containers/json?all=1&filters=" + urllib.parse.quote(wanted)):
+                    out = subprocess.run([*engine.cli, "logs", "--timestamps", c["Id"]],
+                                         capture_output=True, text=True, timeout=20, check=False)  # fmt: skip
+                    lines += [line for line in out.stderr.splitlines() if "upstream" in line]
+        return sorted(lines)
+
+    # -- changing ------------------------------------------------------------------------------------
+
+    def roll(
+        self, key: str, *, values: dict[str, str] | None = None, registry_image: str | None = None
+    ) -> None:
+        """What `pulumi up` sends after a change: new objects for changed files, then the service update."""
+        assert self.build is not None and self.plan is not None
+        if values is not None:
+            self.values = values
+        if registry_image is not None:
+            self.registry_image = registry_image
+        bundle = self.build(self.values)
+        self.objects = swarm_apply.create_objects(self.engine, STACK, bundle)
+        spec = next(s for s in swarm_specs.service_specs(bundle, self.plan) if s["key"] == key)
+        sid = self.service_ids[key]
+        version = self.engine.get(f"/services/{sid}")["Version"]["Index"]
+        self.engine.post(f"/services/{sid}/update?version={version}", self._body(spec))
+
+    def wait_update(self, key: str, timeout: float) -> None:
+        sid = self.service_ids[key]
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            status = self.engine.get(f"/services/{sid}").get("UpdateStatus") or {}
+            state = status.get("State", "")
+            if state == "completed":
+                return
+            if state.startswith("rollback") or state == "paused":
+                raise RuntimeError(f"{key}: update {state}: {status.get('Message')}")
+            time.sleep(1)
+        raise TimeoutError(f"{key}: update still {state!r} after {timeout}s")
+
+    def kill(self, node: SandboxNode) -> None:
+        """A hard node loss: its link goes down, then its dockerd, containerd, docker-proxy and every
+        container process die by SIGKILL at once (no stop signal, no drain)."""
+        engine = self.engines[node.index]
+        pids: list[int] = []
+        with contextlib.suppress(OSError, swarm_engine.EngineError):  # a node already dead has none
+            for c in engine.get("/containers/json"):
+                pids.append(engine.get(f"/containers/{c['Id']}/json")["State"]["Pid"])
+        run("ip", "link", "set", f"owsb{self.box.tag}v{node.index}", "down")
+        in_netns = run("ip", "netns", "pids", node.netns, check=False).stdout.split()
+        for pid in {*pids, *map(int, in_netns)}:
+            if pid > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.box.kill_leftovers(str(node.directory))
+        if node.process is not None:
+            node.process.wait(timeout=30)
+            node.process = None
+
+    def revive(self, node: SandboxNode) -> None:
+        """The node boots again: link up, dockerd starts on its old state (a rebooted droplet)."""
+        run("ip", "link", "set", f"owsb{self.box.tag}v{node.index}", "up")
+        self.box.start(node)
+        self.box.wait_started(node)
+        self.engines[node.index].negotiate()
+
+
+def new_sandbox(root: Path) -> Sandbox:
+    ca = TestCa()
+    # Names unique per run (pid), so parallel drills or tests never share a namespace or bridge.
+    return Sandbox(
+        root=root,
+        ca=ca,
+        client=ca.issue("deployer", server=False),
+        tag=f"h{os.getpid() % 100000}",
+        prefix=free_prefix(),
+    )
+
+
+def kill_node_choice(cluster: Cluster) -> SandboxNode:
+    """Node 1 or 2 (never node 0), preferring one that runs a private replica and the cache."""
+    ids = cluster.node_ids()
+    private = set(cluster.task_nodes(swarm_specs.PRIVATE_KEY))
+    cache = set(cluster.task_nodes(next(k for k in cluster.service_ids if k.startswith("cache-"))))
+
+    def score(node: SandboxNode) -> tuple[bool, bool]:
+        return (ids[node.index] in private, ids[node.index] in cache)
+
+    return max(cluster.box.nodes[1:], key=score)

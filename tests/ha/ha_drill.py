@@ -1,0 +1,411 @@
+"""scripts/ha-drill: three nodes behind a load balancer, under load, through four faults.
+
+Builds the cluster (ha_cluster.py) and the load balancer (ha_lb.py), starts the load (ha_load.py), then:
+(a) a rolling update of nginx (a user's password changes, as `pulumi up` rolls it), (b) a rolling update
+of the private registry (a new image), (c) one node killed hard, (d) that node coming back. Each phase's
+requests are the ones that started during it. Afterwards every pushed tag must pull with the digest
+acknowledged at push time, the swarm must have all three managers and every service its replicas.
+Prints a table and exits 1 when a target is missed (2 when the drill itself could not run).
+
+Targets: no failed request during the rolling updates or the node's return; during the node loss,
+failures only from requests that started within the load balancer's detection window
+(lb_health.detection_seconds()); no lost image. The mirror door during the node loss is measured, not
+targeted: its upstream's cache has one replica (see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+if __name__ == "__main__":  # run as a script: the project root and the helpers' directories
+    _ROOT = Path(__file__).resolve().parents[2]
+    sys.path[:0] = [str(_ROOT), str(_ROOT / "tests" / "services"), str(_ROOT / "tests" / "ha")]
+
+import ha_cluster
+import ha_lb
+import ha_load
+import swarm_engine
+
+from components import gateway_wiring, lb_health, swarm_specs
+from gateway import layout as gateway_layout
+
+BASELINE_SECONDS = 10
+LOAD_MAX_SECONDS = 1800
+LOAD_MAX_OPERATIONS = 20000
+UNCACHED_TAGS = 600
+T0 = time.monotonic()
+
+
+def log(message: str) -> None:
+    print(f"ha-drill [{time.monotonic() - T0:6.1f}s] {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    start: float
+    end: float
+    workers: tuple[str, ...]
+    target: str  # "0 failed", "within Ns", "measured"
+    window_limit: float | None = None  # node loss: failures must have started this soon after `start`
+
+
+@dataclass(frozen=True)
+class Row:
+    fault: str
+    requests: int
+    failed: int
+    window: float  # longest failure window, seconds
+    target: str
+    met: bool | None  # None: measured, no target
+
+    def cells(self) -> list[str]:
+        result = {True: "met", False: "MISSED", None: "-"}[self.met]
+        return [self.fault, str(self.requests), str(self.failed), f"{self.window:.1f} s", self.target, result]
+
+
+def longest_failure_window(records: list[ha_load.Record]) -> float:
+    """Longest stretch of consecutive failures (by start time, no success started in between): from
+    the first failed request's start to the last one's end."""
+    longest, first, last_end = 0.0, None, 0.0
+    for r in sorted(records, key=lambda r: r.start):
+        if r.ok:
+            first = None
+            continue
+        if first is None:
+            first, last_end = r.start, r.end
+        last_end = max(last_end, r.end)
+        longest = max(longest, last_end - first)
+    return longest
+
+
+def evaluate(phase: Phase, records: list[ha_load.Record]) -> tuple[Row, list[ha_load.Record]]:
+    mine = [r for r in records if phase.start <= r.start < phase.end and r.worker in phase.workers]
+    failed = [r for r in mine if not r.ok]
+    if phase.target == "measured":
+        met: bool | None = None
+    elif phase.window_limit is not None:
+        met = all(r.start - phase.start <= phase.window_limit for r in failed)
+    else:
+        met = not failed
+    row = Row(phase.name, len(mine), len(failed), longest_failure_window(mine), phase.target, met)
+    return row, failed
+
+
+def table(rows: list[Row]) -> str:
+    head = ["fault", "requests", "failed", "longest failure window", "target", "result"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class Watcher:
+    """Logs every load balancer state change while the drill runs (its progress lines)."""
+
+    def __init__(self, lb: ha_lb.LoadBalancer) -> None:
+        self.lb = lb
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="lb-watch", daemon=True)
+        self.changes: list[tuple[float, str, str]] = []
+
+    def _run(self) -> None:
+        last: dict[str, str] = {}
+        while not self.stopping.wait(0.5):
+            with contextlib.suppress(OSError):
+                states = self.lb.states()
+                for name, state in states.items():
+                    if last.get(name) != state:
+                        self.changes.append((time.monotonic(), name, state))
+                        log(f"load balancer: {name} {state}")
+                last = states
+
+    def first(self, name: str, state: str, after: float) -> float | None:
+        return next((t for t, n, s in self.changes if n == name and s == state and t >= after), None)
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
+    """Poll `check` until true; an Engine API error counts as "not yet" (a manager answers 500 while the
+    swarm elects a leader, e.g. when the node that led it comes back)."""
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, swarm_engine.EngineError) as err:
+            last = f" (last error: {err})"
+        time.sleep(1)
+    raise TimeoutError(f"{what} not reached within {timeout}s{last}")
+
+
+ALL_WORKERS = ("private", "mirror", "mirror-uncached", "push")
+REGISTRY_WORKERS = ("private", "push")
+MIRROR_WORKERS = ("mirror", "mirror-uncached")
+
+
+@dataclass
+class Faults:
+    """The faults, each recorded as a Phase while the load runs."""
+
+    cluster: ha_cluster.Cluster
+    lb: ha_lb.LoadBalancer
+    names: list[str]
+    phases: list[Phase] = field(default_factory=list)
+    down_after: float = 0.0
+    pending_updates: list[str] = field(default_factory=list)
+
+    def nginx_update(self) -> None:
+        start = time.monotonic()
+        log("(a) rolling update of nginx: bob's password changes")
+        rotated = {gateway_wiring.password_key("bob"): f"bob-rotated-{time.time_ns()}"}
+        self.cluster.roll(swarm_specs.NGINX_KEY, values=self.cluster.values | rotated)
+        # Done for the clients once every node runs the new spec and is back in rotation; Swarm then
+        # still waits its delay and monitor before it calls the update complete (checked at the end).
+        wait_for(
+            "every nginx task on the new spec", lambda: self.cluster.converged([swarm_specs.NGINX_KEY]), 900
+        )
+        self.lb.wait_states(dict.fromkeys(self.names, "UP"), timeout=120)
+        self.pending_updates.append(swarm_specs.NGINX_KEY)
+        self.phases.append(Phase("(a) nginx rolling update (password change)", start, time.monotonic(),
+                                 ALL_WORKERS, "0 failed"))  # fmt: skip
+        log("(a) done: every nginx task replaced, all nodes UP")
+
+    def registry_update(self) -> None:
+        start = time.monotonic()
+        log("(b) rolling update of the private registry: a new image")
+        self.cluster.roll(swarm_specs.PRIVATE_KEY, registry_image=ha_cluster.REGISTRY_IMAGES[1])
+        self.cluster.wait_update(swarm_specs.PRIVATE_KEY, timeout=600)
+        self.phases.append(Phase("(b) private registry rolling update", start, time.monotonic(),
+                                 ALL_WORKERS, "0 failed"))  # fmt: skip
+        log("(b) done")
+
+    def node_loss(self) -> None:
+        """(c) a node killed hard, then (d) the same node coming back."""
+        cluster, lb = self.cluster, self.lb
+        victim = ha_cluster.kill_node_choice(cluster)
+        vname = f"node{victim.index}"
+        vid = cluster.node_ids()[victim.index]
+        held = [k for k in cluster.service_ids if vid in cluster.task_nodes(k)]
+        log(f"(c) killing {vname} hard (it runs: {', '.join(sorted(held))})")
+        start = time.monotonic()
+        cluster.kill(victim)
+        detection = lb_health.detection_seconds()
+        lb.wait_states({vname: "DOWN"}, timeout=detection + 30)
+        self.down_after = time.monotonic() - start
+        log(f"(c) load balancer marked {vname} DOWN after {self.down_after:.1f}s (bound {detection}s)")
+        registries = [k for k in cluster.service_ids if k != swarm_specs.NGINX_KEY]
+        cluster.wait_converged(registries, timeout=240)
+        log(f"(c) registries back to their replicas {time.monotonic() - start:.1f}s after the kill")
+        wait_for("end of the detection window", lambda: time.monotonic() - start > detection + 10, 60)
+        end = time.monotonic()
+        self.phases.append(Phase("(c) node killed: registry door", start, end, REGISTRY_WORKERS,
+                                 f"failures start within {detection} s", window_limit=detection))  # fmt: skip
+        self.phases.append(Phase("(c) node killed: mirror door", start, end, MIRROR_WORKERS, "measured"))
+
+        start = time.monotonic()
+        log(f"(d) {vname} comes back")
+        cluster.revive(victim)
+        cluster.wait_converged(list(cluster.service_ids), timeout=300)
+        lb.wait_states(dict.fromkeys(self.names, "UP"), timeout=120)
+        # The returning manager reports "ready" to the leader after its first heartbeats.
+        with contextlib.suppress(TimeoutError):
+            wait_for("three ready managers", lambda: cluster.quorum()[0], 90)
+        self.phases.append(Phase("(d) node back", start, time.monotonic(), ALL_WORKERS, "0 failed"))
+        log("(d) done: every service at its replicas, all nodes UP")
+
+
+def run(root: Path, faults: str) -> int:
+    cluster = ha_cluster.Cluster(box=ha_cluster.new_sandbox(root), log=log, storage=root / "storage")
+    cluster.storage.mkdir()
+    lb: ha_lb.LoadBalancer | None = None
+    load: ha_load.Load | None = None
+    watcher: Watcher | None = None
+    try:
+        cluster.form()
+        passwords = {u: f"{u}-password-{time.time_ns()}" for u in ha_cluster.USERS}
+        cluster.deploy(passwords)
+        names = [f"node{n.index}" for n in cluster.box.nodes]
+        lb = ha_lb.LoadBalancer(root, [(f"node{n.index}", n.public_ip) for n in cluster.box.nodes],
+                                gateway_layout.GATEWAY_PORT)  # fmt: skip
+        lb.start()
+        took = lb.wait_states(dict.fromkeys(names, "UP"), timeout=120)
+        log(f"load balancer (HAProxy) has all three nodes UP after {took:.0f}s")
+        watcher = Watcher(lb)
+        watcher.thread.start()
+
+        address = lb.address
+        registry_door = ha_load.Door(*address, ha_cluster.DOMAIN, ("alice", passwords["alice"]))
+        mirror_door = ha_load.Door(*address, ha_cluster.MIRROR_DOMAIN)
+        upstream = ha_load.Door(*cluster.upstream_address, f"{cluster.upstream_address[0]}")
+        hub = ha_load.make_image("hub")
+        ha_load.push(upstream, "library/hello", "1", hub)
+        for i in range(UNCACHED_TAGS):
+            ha_load.request(upstream, "PUT", f"/v2/library/hello/manifests/u{i}", body=hub.manifest,
+                            headers={"Content-Type": ha_load.OCI_MANIFEST}, expect=(201,))  # fmt: skip
+        ha_load.push(registry_door, "acme/app", "1", ha_load.make_image("app"))
+        ha_load.pull(mirror_door, "library/hello", "1")
+        log(f"seeded: acme/app:1 (private), library/hello:1 + {UNCACHED_TAGS} uncached tags (upstream)")
+
+        load = ha_load.Load(
+            registry=registry_door,
+            mirror=mirror_door,
+            private_repo="acme/app:1",
+            mirror_cached="library/hello:1",
+            mirror_fresh=itertools.chain(
+                (f"library/hello:u{i}" for i in range(UNCACHED_TAGS)), itertools.repeat("library/hello:1")
+            ),  # fmt: skip
+            push_repo="acme/load",
+            max_seconds=LOAD_MAX_SECONDS,
+            max_operations=LOAD_MAX_OPERATIONS,
+        )
+        load.start()
+        phases: list[Phase] = []
+
+        start = time.monotonic()
+        time.sleep(BASELINE_SECONDS)
+        phases.append(Phase("steady state", start, time.monotonic(), ALL_WORKERS, "0 failed"))
+        log("baseline done")
+
+        drill = Faults(cluster, lb, names)
+        if "a" in faults:
+            drill.nginx_update()
+        if "b" in faults:
+            drill.registry_update()
+        # A node lost while Swarm still monitors an update would count as the update's failure and roll
+        # it back: updates complete first.
+        for key in drill.pending_updates:
+            cluster.wait_update(key, timeout=300)
+        if "c" in faults:
+            drill.node_loss()
+        phases += drill.phases
+
+        load.stop()
+        records = load.recorder.snapshot()
+        rows: list[Row] = []
+        for phase in phases:
+            row, failed = evaluate(phase, records)
+            rows.append(row)
+            for r in failed[:5]:
+                at, took = r.start - phase.start, r.end - r.start
+                log(f"  failed in {phase.name} at +{at:.1f}s after {took:.1f}s: "
+                    f"{r.worker} {r.what} -> {r.status} {r.detail[:100].strip()}")  # fmt: skip
+
+        lost = []
+        for tag, acked in sorted(load.acknowledged.items()):
+            try:
+                got = ha_load.pull(registry_door, "acme/load", tag)
+            except ha_load.RequestFailed as err:
+                got = str(err)
+            if got != acked:
+                lost.append(f"{tag}: {got} != acknowledged {acked}")
+        for item in lost[:5]:
+            log(f"  lost: {item}")
+        final: dict[str, tuple[bool, str]] = {
+            "quorum": (False, "no answer"),
+            "replicas": (False, "no answer"),
+        }
+
+        def settled() -> bool:
+            final["quorum"], final["replicas"] = cluster.quorum(), cluster.declared_replicas()
+            return final["quorum"][0] and final["replicas"][0]
+
+        with contextlib.suppress(TimeoutError):
+            wait_for("three ready managers and every service at its replicas", settled, 60)
+        (quorum, quorum_detail), (replicas, replicas_detail) = final["quorum"], final["replicas"]
+        log(f"quorum: {quorum_detail}; replicas: {replicas_detail}")
+        total = len(load.acknowledged)
+        rows.append(Row("pushed tags pull with their acknowledged digest", total, len(lost), 0.0,
+                        "0 lost", not lost and total > 0))  # fmt: skip
+        rows.append(Row("three managers reachable, services at declared replicas", 2,
+                        int(not quorum) + int(not replicas), 0.0, "all", quorum and replicas))  # fmt: skip
+
+        loss = next((p for p in phases if p.name.startswith("(c)")), None)
+        if loss is not None:
+            uncached = [
+                r for r in records if r.worker == "mirror-uncached" and loss.start <= r.start < loss.end
+            ]
+            log(f"(c) node loss: LB marked the node down after {drill.down_after:.1f}s; uncached mirror "
+                f"pulls failing for {longest_failure_window(uncached):.1f}s")  # fmt: skip
+        print(table(rows), flush=True)
+        missed = [r.fault for r in rows if r.met is False]
+        if missed:
+            for line in cluster.nginx_errors()[-30:]:
+                log(f"  nginx: {line[:300]}")
+            log("MISSED: " + "; ".join(missed))
+            return 1
+        log(f"all targets met in {time.monotonic() - T0:.0f}s")
+        return 0
+    finally:
+        if load is not None:
+            load.stop()
+        if watcher is not None:
+            watcher.stopping.set()
+        if lb is not None:
+            lb.stop()
+        # Nothing to keep: every node dies hard (a graceful stop would drain each nginx first).
+        for node in cluster.box.nodes:
+            with contextlib.suppress(Exception):
+                cluster.kill(node)
+        cluster.box.teardown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/ha-drill",
+        description="Three nodes behind a load balancer, under load, through four faults.",
+    )
+    parser.add_argument(
+        "--faults",
+        default="abc",
+        help="which faults to inject: a (nginx update), b (registry update), c (node loss, then (d) its "
+        "return); default all: abc",
+    )
+    args = parser.parse_args(argv)
+    if not args.faults or set(args.faults) - set("abc"):
+        parser.error(f"--faults takes letters from 'abc', not {args.faults!r}")
+
+    def interrupted(signum: int, _: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    root = Path(tempfile.mkdtemp(prefix="owncr-ha-"))
+    try:
+        return run(root, args.faults)
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        return 2
+    except Exception as err:  # the drill could not run: say why, after cleaning up
+        log(f"drill failed to run: {type(err).__name__}: {err}")
+        return 2
+    finally:
+        unmount_below(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def unmount_below(root: Path) -> None:
+    """Mounts a killed dockerd left behind under our directory (container root filesystems, network
+    namespace handles): unmounted before the directory is removed."""
+    points = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            point = line.split()[4]
+            if point == str(root) or point.startswith(f"{root}/"):
+                points.append(point)
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""scripts/ha-drill in CI, and the drill's own arithmetic.
+
+`test_ha_drill_meets_every_target` runs the drill as a subprocess (as root: network namespaces, dockerd,
+HAProxy), exactly as a user would, and asserts its exit status and its table: every target met. It takes
+about 8 minutes with the production load balancer timings (components/lb_health.py). The other tests
+check, on made-up records, that the drill's verdicts can fail: a failure during a rolling update, a
+failure that starts after the node-loss detection window, a lost image.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import ha_drill
+import pytest
+from ha_load import Record
+
+ROOT = Path(__file__).resolve().parents[2]
+DRILL_TIMEOUT = 25 * 60
+ROWS = (
+    "steady state",
+    "(a) nginx rolling update (password change)",
+    "(b) private registry rolling update",
+    "(c) node killed: registry door",
+    "(c) node killed: mirror door",
+    "(d) node back",
+    "pushed tags pull with their acknowledged digest",
+    "three managers reachable, services at declared replicas",
+)
+
+
+def rec(start: float, end: float, ok: bool, worker: str = "private") -> Record:
+    return Record(worker, "GET manifest", start, end, 200 if ok else 0, ok)
+
+
+def test_longest_failure_window_spans_consecutive_failures_only() -> None:
+    records = [rec(0, 1, True), rec(1, 6, False), rec(2, 3, False), rec(7, 8, True), rec(9, 9.5, False)]
+    assert ha_drill.longest_failure_window(records) == 5.0
+    assert ha_drill.longest_failure_window([rec(0, 1, True)]) == 0.0
+
+
+def test_a_failure_in_a_rolling_update_misses_the_target() -> None:
+    phase = ha_drill.Phase("(a)", 10, 20, ("private", "push"), "0 failed")
+    ok, _ = ha_drill.evaluate(phase, [rec(11, 12, True), rec(25, 26, False)])  # the failure is after it
+    assert (ok.requests, ok.failed, ok.met) == (1, 0, True)
+    row, failed = ha_drill.evaluate(phase, [rec(11, 12, True), rec(12, 13, False)])
+    assert (row.requests, row.failed, row.met) == (2, 1, False) and len(failed) == 1
+    # Workers outside the phase's scope are not counted.
+    other, _ = ha_drill.evaluate(phase, [rec(12, 13, False, worker="mirror")])
+    assert (other.requests, other.met) == (0, True)
+
+
+def test_node_loss_failures_must_start_within_the_detection_window() -> None:
+    phase = ha_drill.Phase("(c)", 100, 200, ("private",), "within 45 s", window_limit=45)
+    inside, _ = ha_drill.evaluate(phase, [rec(101, 106, False), rec(144, 149, False), rec(150, 151, True)])
+    assert inside.met is True and inside.failed == 2
+    late, _ = ha_drill.evaluate(phase, [rec(101, 106, False), rec(146, 147, False)])
+    assert late.met is False
+    measured, _ = ha_drill.evaluate(
+        ha_drill.Phase("m", 100, 200, ("private",), "measured"), [rec(150, 151, False)]
+    )
+    assert measured.met is None and measured.cells()[-1] == "-"
+
+
+def test_table_marks_missed_rows() -> None:
+    rows = [ha_drill.Row("x", 3, 1, 2.5, "0 failed", False), ha_drill.Row("y", 3, 0, 0.0, "0 failed", True)]
+    text = ha_drill.table(rows)
+    assert (
+        "| x | 3 | 1 | 2.5 s | 0 failed | MISSED |" in text
+        and "| y | 3 | 0 | 0.0 s | 0 failed | met |" in text
+    )
+
+
+@pytest.mark.docker
+def test_ha_drill_meets_every_target() -> None:
+    assert os.geteuid() == 0, "the drill needs root (network namespaces, dockerd); CI runs as root"
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "ha-drill")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=DRILL_TIMEOUT,
+        check=False,
+    )
+    print(done.stdout[-6000:], done.stderr[-3000:])
+    table = {
+        m.group(1): m.group(2).split(" | ")
+        for m in re.finditer(r"^\| (.+?) \| (\d+ \| \d+ \| [\d.]+ s \| .+?) \|$", done.stdout, re.M)
+    }
+    assert set(ROWS) <= set(table), f"rows missing from the table: {set(ROWS) - set(table)}"
+    for fault in ROWS:
+        assert table[fault][-1] in ("met", "-"), f"{fault}: {table[fault]}"
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "all targets met" in done.stdout
