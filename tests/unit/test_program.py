@@ -207,7 +207,7 @@ def test_r2_token_names_exactly_one_bucket_with_object_read_write_only(cloud_run
 
 def test_r2_bucket_aborts_abandoned_multipart_uploads(cloud_run):
     if cfg(cloud_run, "storage") != "r2":
-        pytest.skip("NFS stack")
+        skip_for_stack("NFS stack")
     bucket = cloud_run.one(R2_BUCKET)
     lifecycle = cloud_run.one(f"{CF}/r2BucketLifecycle:R2BucketLifecycle")
     assert lifecycle.inputs["accountId"] == bucket.inputs["accountId"]
