@@ -46,15 +46,17 @@ class RolloutError(Exception):
     """A rollout that failed or did not finish; main() prints it and exits 1."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=sb.REQUEST_TIMEOUT_SECONDS)
-        self.path = path
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP to a Docker engine's unix socket."""
+
+    def __init__(self, path: str, timeout: float = sb.REQUEST_TIMEOUT_SECONDS) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        sock.connect(self.path)
+        sock.connect(self.socket_path)
         self.sock = sock
 
 
@@ -69,7 +71,7 @@ class SocketApi(sb.DockerApi):
         return f"unix://{self.node.address}"
 
     def connection(self) -> http.client.HTTPConnection:
-        return _UnixConnection(self.node.address)
+        return UnixConnection(self.node.address)
 
 
 def api_from(env: Mapping[str, str]) -> sb.DockerApi:

@@ -9,7 +9,6 @@ so the services test can post service specs field by field instead of going thro
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import random
@@ -25,19 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from components.swarm_rollout import UnixConnection
 from gateway.binaries import default_docker, default_dockerd
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 60) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
 
 
 class EngineError(RuntimeError):
@@ -63,7 +51,7 @@ class Engine:
     def request(
         self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201, 204)
     ) -> Any:
-        conn = UnixHTTPConnection(self.socket_path)
+        conn = UnixConnection(self.socket_path, timeout=60)
         try:
             data = None if body is None else json.dumps(body).encode()
             headers = {"Content-Type": "application/json"} if data is not None else {}
