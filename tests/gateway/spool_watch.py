@@ -16,19 +16,14 @@ import stat
 import threading
 from pathlib import Path
 
+from gateway import procfs
+
 MiB = 1 << 20
 
 
 def nginx_processes(master: int) -> list[int]:
     """The master and its workers (children), by /proc."""
-    pids = [master]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat_line = (entry / "stat").read_text()
-                if int(stat_line.rsplit(")", 1)[1].split()[1]) == master:
-                    pids.append(int(entry.name))
-    return pids
+    return [master, *(pid for pid, _, fields in procfs.stats() if int(fields[1]) == master)]
 
 
 def written_to_disk(pid: int) -> int:

@@ -17,7 +17,7 @@ import pytest
 from production_versions import assert_production, parse_ready
 from routing_fixtures import HTTP_SECRET, TinyImage, request
 
-from gateway import binaries
+from gateway import binaries, procfs
 from gateway.bench import PlainRegistry
 from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
 from gateway.ports import free_ports
@@ -36,15 +36,14 @@ def cli(data: Path, reg_port: int, mir_port: int, *args: str) -> list[str]:
 def processes_mentioning(text: str) -> list[int]:
     """Live processes whose command line contains `text` (every child's arguments name its data dir)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
+    for pid, _, fields in procfs.stats():
+        if pid != os.getpid() and fields[0] != "Z":
             try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if text in cmdline and state != "Z":
-                found.append(int(entry.name))
+            if text in raw.replace(b"\0", b" ").decode(errors="replace"):
+                found.append(pid)
     return found
 
 
