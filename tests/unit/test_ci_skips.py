@@ -3,12 +3,12 @@ a declared per-stack parametrisation; without it, skips stay skips."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests import sample_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,13 +37,7 @@ pytest.skip("whole module needs dockerd", allow_module_level=True)
 
 
 def run_sample(tmp_path: Path, source: str, ci: bool) -> subprocess.CompletedProcess[str]:
-    test = tmp_path / "test_sample.py"
-    test.write_text(source)
-    env = {k: v for k, v in os.environ.items() if k != "OWNCR_CI"} | ({"OWNCR_CI": "1"} if ci else {})
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-rA", str(test)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    return sample_suite.run_sample(source, tmp_path, ci=ci)
 
 
 def test_in_ci_a_skip_fails_unless_per_stack(tmp_path: Path) -> None:

@@ -3,12 +3,12 @@ list (or Essential), and a test that starts an unlisted program fails the run in
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from tests import sample_suite
 from tests.host_tools import ESSENTIAL, FROM_ELSEWHERE, HOST_TOOLS, ROOT, classify
 
 
@@ -53,12 +53,7 @@ def run_sample(tmp_path: Path, ci: bool) -> subprocess.CompletedProcess[str]:
     tool = tmp_path / "undeclared-tool"
     tool.write_text("#!/bin/sh\nexit 0\n")
     tool.chmod(0o755)
-    (tmp_path / "test_sample.py").write_text(SAMPLE.format(tool=str(tool)))
-    env = {k: v for k, v in os.environ.items() if k != "OWNCR_CI"} | ({"OWNCR_CI": "1"} if ci else {})
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    return sample_suite.run_sample(SAMPLE.format(tool=str(tool)), tmp_path, ci=ci)
 
 
 def test_in_ci_an_undeclared_program_fails_the_run(tmp_path: Path) -> None:
