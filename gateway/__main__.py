@@ -25,7 +25,6 @@ from gateway.config import (
     Upstream,
     User,
 )
-from gateway.registry_config import PRIVATE_ROOT, cache_root
 from gateway.retention import RetentionRule, check_rules, rule_from_cli
 from gateway.runner import GatewayError, LocalGateway
 
@@ -149,11 +148,7 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
 
 
 def retention_from(args: argparse.Namespace, settings: GatewaySettings) -> tuple[RetentionRule, ...]:
-    rules = check_rules((rule_from_cli(spec) for spec in args.retention), settings.namespaces)
-    if rules and not isinstance(settings.storage, FilesystemStorage):
-        # Push times come from the tag files' modification times in the storage directory.
-        raise SettingsError("--retention needs the filesystem storage under --data; drop --s3-endpoint")
-    return rules
+    return check_rules((rule_from_cli(spec) for spec in args.retention), settings.namespaces)
 
 
 class _Stop(Exception):
@@ -175,11 +170,7 @@ def _request_mode(signum: int, frame: object) -> None:
 def _write_maintenance_state(gateway: LocalGateway, rules: tuple[RetentionRule, ...]) -> None:
     """What `python -m gateway maintenance --data DIR` needs to reach this data plane."""
     path = gateway.data_dir / "state" / maintenance.STATE_FILE
-    if not isinstance(gateway.settings.storage, FilesystemStorage):
-        path.write_text(json.dumps({"pid": os.getpid(), "storage": "s3"}))
-        return
     assert gateway.bundle is not None
-    storage = Path(gateway.settings.storage.root)
     first = gateway.bundle.services[gateway.private_keys()[0]]
     info = {
         "pid": os.getpid(),
@@ -187,8 +178,6 @@ def _write_maintenance_state(gateway: LocalGateway, rules: tuple[RetentionRule, 
         "private_config": first.files[0].path,
         "private_replicas": gateway.settings.private_replicas,
         "registry_bin": gateway.registry_bin,
-        "private_root": str(storage / PRIVATE_ROOT.lstrip("/")),
-        "cache_roots": {u.host: str(storage / cache_root(u).lstrip("/")) for u in gateway.settings.upstreams},
         "retention": [dataclasses.asdict(rule) for rule in rules],
     }
     path.write_text(json.dumps(info, indent=2))

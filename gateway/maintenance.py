@@ -1,7 +1,8 @@
 """Maintenance of the private store: tag retention, then garbage collection in a short read-only window
 for pushes; prints what it did (tags deleted per repository, blobs and bytes freed, how long pushes were
 paused) and how large the caches are. `python -m gateway maintenance --data DIR [--dry-run]` runs it
-against a local `python -m gateway run --data DIR`; `LocalStore` is how it reaches that data plane.
+against a local `python -m gateway run --data DIR` (`LocalStore`); the maintenance workflow runs the
+same `run` against a deployed stack (components/swarm_maintenance.py, `SwarmStore`).
 
 Why garbage collection cannot lose an acknowledged image
 --------------------------------------------------------
@@ -14,11 +15,13 @@ manifest committed between mark and sweep loses the blobs it references: acknowl
 Hence:
 
 1. **No write reaches the store during mark and sweep.** Every private replica is restarted with
-   `storage.maintenance.readonly.enabled: true` (read at start only, handlers/app.go) and the GC
-   starts once the last one answers in that mode. Read-only Distribution registers no PUT, POST,
-   PATCH or DELETE handler (handlers/manifests.go, blob.go, blobupload.go): a write is refused
-   before it touches storage, and the gateway turns that refusal into 503 UNAVAILABLE + Retry-After
-   (gateway/templates/routes.conf.j2), which Docker and containerd retry. Reads go on throughout.
+   `storage.maintenance.readonly.enabled: true` (read at start only, handlers/app.go; in the cluster
+   through the environment, registry_config.READ_ONLY_ENV) and the GC starts once the last one
+   answers in that mode (in the cluster: once no task of the writable spec runs, draining ones too).
+   Read-only Distribution registers no PUT, POST, PATCH or DELETE handler (handlers/manifests.go,
+   blob.go, blobupload.go): a write is refused before it touches storage, and the gateway turns that
+   refusal into 503 UNAVAILABLE + Retry-After (gateway/templates/routes.conf.j2), which Docker and
+   containerd retry. Reads go on throughout.
 2. **An image acknowledged before the window is marked.** The manifest PUT's 201 is sent after its
    revision and tag links are written, and the GC enumerates every repository's manifests, so its
    blobs are marked and kept.
@@ -69,12 +72,13 @@ from gateway.ports import free_port
 from gateway.registry_api import Manifest, RegistryApi
 from gateway.registry_config import READ_ONLY_HEADER
 from gateway.retention import Deletion, RetentionRule, Tag, kept, orphans, plan
+from gateway.store_readers import REPOSITORIES, FilesReader, S3Reader, reader_for
 
 STATE_FILE = "maintenance.json"  # below DIR/state: what `gateway run` tells `gateway maintenance`
 MODE_FILE = "private-mode"  # below DIR/state: the mode the private registries now run in
 READ_ONLY_SIGNAL = signal.SIGUSR1
 WRITABLE_SIGNAL = signal.SIGUSR2
-_EMPTY_STORE = "Path not found: /docker/registry/v2/repositories"
+_EMPTY_STORE = f"Path not found: /{REPOSITORIES}"
 _GC_SUMMARY = re.compile(r"(\d+) blobs marked, (\d+) blobs and (\d+) manifests eligible for deletion")
 
 
@@ -239,15 +243,34 @@ def run(
 # --- the local data plane ---------------------------------------------------------------------------------
 
 
-def tree_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+class StorageFacts:
+    """What a Store reads from storage, through `reader` (gateway/store_readers.py)."""
+
+    reader: FilesReader | S3Reader
+
+    def tag_pushed(self, repository: str, tag: str) -> datetime:
+        return self.reader.tag_times(repository)[tag]
+
+    def manifest_revisions(self, repository: str) -> set[str]:
+        return self.reader.revisions(repository)
+
+    def private_bytes(self) -> int:
+        return self.reader.private_bytes()
+
+    def cache_bytes(self) -> dict[str, int]:
+        return self.reader.cache_bytes()
 
 
-class LocalStore:
+def _run_here(argv: list[str]) -> bytes:
+    return subprocess.run(argv, capture_output=True, check=True, timeout=3600).stdout
+
+
+class LocalStore(StorageFacts):
     """The data plane of a `python -m gateway run --data DIR`, found through DIR/state/maintenance.json
     (written by the runner). The read-only switch is a signal to the runner, which owns the registry
     processes and restarts them (SIGUSR1: read-only, SIGUSR2: writable), then writes DIR/state/
-    private-mode; garbage-collect runs here, on the private registry's own config."""
+    private-mode; garbage-collect runs here, on the private registry's own config, and the storage
+    (a directory under DIR, or the bucket of --s3-endpoint) is read as that config says."""
 
     def __init__(self, data_dir: Path, timeout: float = 120.0) -> None:
         self.state = data_dir.resolve() / "state"
@@ -258,12 +281,6 @@ class LocalStore:
             raise MaintenanceError(
                 f"{path} not found: start the data plane first (python -m gateway run --data {data_dir} ...)"
             ) from None
-        if info.get("storage") == "s3":
-            raise MaintenanceError(
-                f"the data plane of {data_dir} stores on S3 (--s3-endpoint): local maintenance needs the "
-                "filesystem storage under --data (retention reads push times from it); "
-                "restart it without --s3-endpoint"
-            )
         self.pid: int = info["pid"]
         if not _alive(self.pid):
             raise MaintenanceError(f"the runner (pid {self.pid}) of {data_dir} is not running; start it")
@@ -272,31 +289,8 @@ class LocalStore:
         self.registry_bin: str = info["registry_bin"]
         self.config: str = info["private_config"]
         self.replicas: int = info["private_replicas"]
-        self.private_root = Path(info["private_root"])
-        self.cache_roots = {host: Path(root) for host, root in info["cache_roots"].items()}
+        self.reader = reader_for(yaml.safe_load(Path(self.config).read_text())["storage"], _run_here)
         self.timeout = timeout
-
-    def tag_pushed(self, repository: str, tag: str) -> datetime:
-        # Where Distribution's tag store writes the tag (registry/storage/paths.go,
-        # manifestTagCurrentPathSpec): rewritten whenever the tag moves, so its time is the last push.
-        link = self.private_root / "docker/registry/v2/repositories" / repository
-        link = link / "_manifests/tags" / tag / "current/link"
-        return datetime.fromtimestamp(link.stat().st_mtime, UTC)
-
-    def manifest_revisions(self, repository: str) -> set[str]:
-        # Every manifest the repository holds, tagged or not (registry/storage/paths.go,
-        # manifestRevisionLinkPathSpec): the API lists tags only.
-        revisions = self.private_root / "docker/registry/v2/repositories" / repository
-        revisions = revisions / "_manifests/revisions/sha256"
-        if not revisions.is_dir():
-            return set()
-        return {f"sha256:{p.name}" for p in revisions.iterdir() if (p / "link").is_file()}
-
-    def private_bytes(self) -> int:
-        return tree_bytes(self.private_root)
-
-    def cache_bytes(self) -> dict[str, int]:
-        return {host: tree_bytes(root) for host, root in self.cache_roots.items()}
 
     def set_read_only(self, read_only: bool) -> None:
         want = "read-only" if read_only else "writable"

@@ -11,8 +11,6 @@ import datetime as dt
 import hashlib
 import http.client
 import secrets
-import subprocess
-import sys
 from base64 import b64encode
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -374,12 +372,3 @@ def test_presigned_url_is_short_lived_and_cannot_be_altered(world: World, clock:
     clock.later(PRESIGN_SECONDS + 60)
     status, body = _fetch(location)
     assert status == 403 and b"Request has expired" in body
-
-
-def test_local_maintenance_refuses_a_data_plane_on_s3(world: World) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "maintenance", "--data", str(world.gateway.data), "--dry-run"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 1
-    assert "stores on S3 (--s3-endpoint): local maintenance needs the filesystem storage" in done.stderr

@@ -267,14 +267,14 @@ def test_runner_refuses_incomplete_s3_flags(flags: list[str], env: dict[str, str
         _cli_storage(flags, env)
 
 
-def test_retention_needs_the_filesystem_storage() -> None:
-    # Push times come from the storage directory; a retention rule on S3 would silently keep nothing.
-    args = gateway_main.parse_args([*CLI, *S3_FLAGS, "--retention", "team=keep:3"])
-    settings = gateway_main.settings_from(args, AWS_ENV)
-    with pytest.raises(SettingsError, match="--retention needs the filesystem storage under --data"):
-        gateway_main.retention_from(args, settings)
-    plain = gateway_main.parse_args([*CLI, "--retention", "team=keep:3"])
-    assert gateway_main.retention_from(plain, gateway_main.settings_from(plain, {}))
+def test_retention_rules_name_a_private_namespace_on_either_storage() -> None:
+    # Push times come from the storage the registry writes, a directory or a bucket (store_readers.py).
+    for flags, env in (([], {}), (S3_FLAGS, AWS_ENV)):
+        args = gateway_main.parse_args([*CLI, *flags, "--retention", "team=keep:3"])
+        assert gateway_main.retention_from(args, gateway_main.settings_from(args, env))
+        stranger = gateway_main.parse_args([*CLI, *flags, "--retention", "nobody=keep:3"])
+        with pytest.raises(SettingsError, match="retention.nobody: not a private namespace"):
+            gateway_main.retention_from(stranger, gateway_main.settings_from(stranger, env))
 
 
 def test_upstream_credentials_only_in_their_cache_config() -> None:
