@@ -1,13 +1,16 @@
 """A minimal client of the Distribution API, for maintenance: list repositories and tags, read
-manifests, delete manifests and tags. It talks to the private registry directly (locally its loopback
-port; in the cluster its service address on the overlay network), never through the doors: the
-maintenance job is no user and needs no login.
+manifests, delete manifests and tags. It talks to the private registry directly, never through the
+doors (maintenance is no user and needs no login): locally to its loopback port; in the cluster each
+request is carried by a `Transport` (components/swarm_maintenance.py pipes `raw_request` bytes through
+`nc` inside the maintenance registry's container and reads them back with `parse_response`).
 """
 
 from __future__ import annotations
 
 import http.client
+import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -19,6 +22,30 @@ MANIFEST_TYPES = (
 )
 INDEX_TYPES = MANIFEST_TYPES[0], MANIFEST_TYPES[2]
 PAGE = 1000
+Answer = tuple[int, dict[str, str], bytes]  # status, headers (lower-case names), body
+Transport = Callable[[str, str, dict[str, str]], Answer]  # method, path, headers
+
+
+def raw_request(method: str, path: str, headers: dict[str, str], host: str = "localhost") -> bytes:
+    """One HTTP/1.1 request without a body that asks the server to close the connection after it."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class _Received:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def parse_response(data: bytes, method: str) -> Answer:
+    """The answer in `data` (a whole HTTP/1.1 response, chunked or not)."""
+    resp = http.client.HTTPResponse(_Received(data), method=method)  # type: ignore[arg-type]
+    resp.begin()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
 
 
 class RegistryApiError(RuntimeError):
@@ -51,20 +78,22 @@ class Manifest:
 
 
 class RegistryApi:
-    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 60.0, transport: Transport | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or parts.hostname is None:
             raise ValueError(f"{base_url!r}: the private registry's plain http://host:port")
         self.host = parts.hostname
         self.port = parts.port or 80
         self.timeout = timeout
+        self.transport = transport or self._http
 
-    def _call(
-        self, method: str, path: str, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
+    def _call(self, method: str, path: str, headers: dict[str, str] | None = None) -> Answer:
+        return self.transport(method, path, headers or {})
+
+    def _http(self, method: str, path: str, headers: dict[str, str]) -> Answer:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            conn.request(method, path, headers=headers or {})
+            conn.request(method, path, headers=headers)
             resp = conn.getresponse()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
         finally:

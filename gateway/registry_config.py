@@ -7,6 +7,7 @@ Reference: https://distribution.github.io/distribution/about/configuration/
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -51,6 +52,9 @@ def storage_section(storage: FilesystemStorage | S3Storage, root: str) -> dict[s
     }
 
 
+BASE_HEADERS = {"X-Content-Type-Options": ("nosniff",)}
+
+
 def _base(settings: GatewaySettings, addr: str, root: str) -> dict[str, Any]:
     return {
         "version": 0.1,
@@ -65,7 +69,7 @@ def _base(settings: GatewaySettings, addr: str, root: str) -> dict[str, Any]:
             # Upload `Location` headers relative to the request: correct behind TLS termination
             # without trusting X-Forwarded-* from the load balancer.
             "relativeurls": True,
-            "headers": {"X-Content-Type-Options": ["nosniff"]},
+            "headers": {k: list(v) for k, v in BASE_HEADERS.items()},
             "draintimeout": "30s",
         },
         # No storage health check: Distribution wraps its liveness answer `/` in it (registry.go:
@@ -79,6 +83,16 @@ def _base(settings: GatewaySettings, addr: str, root: str) -> dict[str, Any]:
 # tell its refusal of a write (a bare 405 from the router, handlers/app.go drops the write handlers)
 # from any other 405, and answer 503 UNAVAILABLE with Retry-After: a refusal clients retry.
 READ_ONLY_HEADER = "X-Owncr-Read-Only"
+
+
+# The same read-only mode through the environment (Distribution reads REGISTRY_<SECTION>_<KEY> as YAML
+# that replaces that key): how the cluster's maintenance switches a running private service without a
+# new config object (components/swarm_maintenance.py). The `..._READONLY_ENABLED=true` spelling makes
+# Distribution 3.1.1 panic at start: the value must be the `readonly` object.
+READ_ONLY_ENV = {
+    "REGISTRY_STORAGE_MAINTENANCE_READONLY": json.dumps({"enabled": True}),
+    "REGISTRY_HTTP_HEADERS": json.dumps({**BASE_HEADERS, READ_ONLY_HEADER: ("true",)}),
+}
 
 
 def private_config(settings: GatewaySettings, addr: str, *, read_only: bool = False) -> dict[str, Any]:

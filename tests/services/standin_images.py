@@ -13,7 +13,8 @@ The layout mimics the official images where the rendered files depend on it:
 - both: `cat`, so the test can read a mounted file back (both official images have one);
 - nginx: `sh`, `sleep` and `rm` for the drain wrapper, and the official image's STOPSIGNAL (SIGQUIT).
 - registry: the binary at `/bin/registry` (the official image's entrypoint) and `wget`, which the official
-  (Alpine/busybox) image ships and the health check uses.
+  (Alpine/busybox) image ships and the health check uses; busybox's nc, find, stat and ls, which
+  maintenance runs in it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ USERS = (
 GROUP = "root:x:0:\nwww-data:x:33:\nnginx:x:101:\nnogroup:x:65534:\n"
 # glibc reads hosts from files, then DNS (Docker's embedded resolver answers service names).
 NSSWITCH = "hosts: files dns\n"
+BUSYBOX = "/bin/busybox"  # Debian's busybox-static (.ci/run installs it)
+BUSYBOX_APPLETS = ("nc", "find", "stat", "ls")
 TMP = "/tmp"  # noqa: S108 (the image's own /tmp, not this machine's)
 
 
@@ -94,10 +97,12 @@ def registry_rootfs() -> Rootfs:
             "/bin/sleep": "/bin/sleep",
         },
         files={},
-        symlinks={},
+        # What maintenance runs in the official (Alpine) image: busybox's nc, find, stat and ls
+        # (components/swarm_maintenance.py); here Debian's static busybox.
+        symlinks={f"/bin/{applet}": "busybox" for applet in BUSYBOX_APPLETS},
         directories=("/var/lib/registry", "/etc/distribution", "/etc/docker/registry", TMP),
         # Static (CGO_ENABLED=0), as in the official image: no libraries to follow.
-        host_files={"/bin/registry": default_registry()},
+        host_files={"/bin/registry": default_registry(), "/bin/busybox": BUSYBOX},
     )
 
 

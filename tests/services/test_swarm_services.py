@@ -284,11 +284,22 @@ def rollout_wait(
     )
 
 
-def test_local_stack_specs_push_and_mirror_pull(swarm: Swarm, tmp_path: Path) -> None:
+@dataclass
+class LocalStack:
+    dep: Deployment
+    registry: Registry
+    plan: swarm_specs.ServicePlan
+    values: dict[str, str]  # the render's secret inputs
+    registry_port: int
+    mirror_port: int
+
+
+def deploy_local_stack(swarm: Swarm, stack: str) -> LocalStack:
+    """The local stack's render and plan, deployed; its doors on free ports of 127.0.0.1."""
     registry_port, mirror_port = swarm_engine.free_port(), swarm_engine.free_port()
     registry = registry_settings(("127.0.0.1/32",))
     plan = gateway_wiring.local_plan(
-        "svclocal", registry, Local(registry_port=registry_port, mirror_port=mirror_port)
+        stack, registry, Local(registry_port=registry_port, mirror_port=mirror_port)
     )
     values = {
         gateway_wiring.HTTP_SECRET: "shared-http-secret-0123456789",
@@ -296,8 +307,14 @@ def test_local_stack_specs_push_and_mirror_pull(swarm: Swarm, tmp_path: Path) ->
         gateway_wiring.password_key("alice"): PASSWORD,
         gateway_wiring.LOCAL_CLIENT_CIDRS: swarm.bridge_cidrs,
     }
-    bundle = gateway_wiring.local_build(registry)(values)
-    dep = deploy(swarm, "svclocal", bundle, plan)
+    dep = deploy(swarm, stack, gateway_wiring.local_build(registry)(values), plan)
+    return LocalStack(dep, registry, plan, values, registry_port, mirror_port)
+
+
+def test_local_stack_specs_push_and_mirror_pull(swarm: Swarm, tmp_path: Path) -> None:
+    local = deploy_local_stack(swarm, "svclocal")
+    dep, registry, plan, values = local.dep, local.registry, local.plan, local.values
+    registry_port, mirror_port = local.registry_port, local.mirror_port
 
     # Mirror door: anonymous pull of an upstream-only image, through the cache service.
     mirror = f"docker://127.0.0.1:{mirror_port}/library/hello:1"

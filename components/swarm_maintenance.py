@@ -1,0 +1,371 @@
+"""Maintenance of a deployed stack: gateway/maintenance.py's `run` (retention, then garbage collection in
+a read-only window; its docstring has the safety argument) against the stack's Swarm, reached only
+through the Docker Engine API with the deployer's mutual-TLS client certificate: no port of its own.
+`.github/workflows/maintenance.yml` runs it weekly and on demand (`scripts/maintenance`); tests run it
+against a real swarm (tests/services/test_swarm_maintenance.py).
+
+How `SwarmStore` gives `run` what the local data plane gives it:
+- **The read-only window** is a rolling update of the private service that adds
+  `registry_config.READ_ONLY_ENV` (Distribution reads it at start, as the local runner's read-only
+  config); it has begun once every *running* task of the service runs that spec (a replaced task
+  that still drains, writable, counts as running) and ends with the update that removes it, which
+  restarts every replica with an empty descriptor cache.
+- **The maintenance registry**, writable while every client-facing replica is read-only, is a
+  one-replica service cloned from the private service's task template (image, config, secrets,
+  storage mounts) with no network: no overlay alias, so neither nginx nor anything else on the
+  overlay network can reach it, and no published port. It runs on the node whose API this talks to;
+  each API request goes through `docker exec` of busybox `nc` in its container (as in the official
+  image), garbage collection is `registry garbage-collect` in the same container, on the same config.
+- **Push times, manifest revisions and sizes** are read from the storage the registry uses: with
+  filesystem storage (NFS, the local stack's volume) by busybox `find`/`stat` in that container, with
+  S3 storage (R2) by listing the bucket with the keys of the private registry's own config, read from
+  that container; they live in memory only.
+
+Inputs (environment), as components/swarm_rollout.py:
+  OWNCR_DOCKER_HOST, OWNCR_DOCKER_CA_PEM, OWNCR_DOCKER_CERT_PEM, OWNCR_DOCKER_KEY_PEM
+  OWNCR_MAINTENANCE  JSON {"private_service": NAME, "retention": [{namespace, keep, days, protect}]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import yaml
+
+from components import docker_exec, swarm_rollout
+from components import swarm_bootstrap as sb
+from components.swarm_specs import PRIVATE_KEY, SERVICE_NAME_MAX, service_name
+from gateway import maintenance as m
+from gateway.registry_api import RegistryApi, parse_response, raw_request
+from gateway.registry_config import READ_ONLY_ENV
+from gateway.retention import RetentionRule, rule_from_mapping
+from gateway.store_readers import reader_for
+
+HELPER_LABEL = "owncr.maintenance-of"
+HELPER_SUFFIX = "-maintenance"
+DEFAULT_TIMEOUT = 900.0
+Log = Callable[[str], None]
+
+
+def helper_name(private_service: str) -> str:
+    return private_service[: SERVICE_NAME_MAX - len(HELPER_SUFFIX)] + HELPER_SUFFIX
+
+
+def _filters(**values: list[str]) -> str:
+    return "filters=" + urllib.parse.quote(json.dumps(values))
+
+
+def helper_spec(private: Mapping[str, Any], node_id: str, *, read_only: bool) -> dict[str, Any]:
+    """The maintenance registry's service spec: the private service's task, alone and unreachable."""
+    name = private["Spec"]["Name"]
+    task = json.loads(json.dumps(private["Spec"]["TaskTemplate"]))
+    container = task["ContainerSpec"]
+    command = list(container.get("Command") or []) + list(container.get("Args") or [])
+    if "serve" not in command:
+        raise m.MaintenanceError(f"{name}: its command {command} does not run `registry serve CONFIG`")
+    # Without the drain wrapper: nothing routes to it, so it may stop at once.
+    at = command.index("serve")
+    container["Command"], container["Args"] = command[at - 1 : at + 2], []
+    _set_mode(container, read_only)
+    task.pop("Networks", None)  # no overlay alias: unreachable from nginx and every other service
+    task["Placement"] = {"Constraints": [f"node.id=={node_id}"]}
+    task["RestartPolicy"] = {"Condition": "none"}
+    return {
+        "Name": helper_name(name),
+        "Labels": {HELPER_LABEL: name},
+        "TaskTemplate": task,
+        "Mode": {"Replicated": {"Replicas": 1}},
+    }
+
+
+def _set_mode(container: dict[str, Any], read_only: bool) -> None:
+    """READ_ONLY_ENV added to (True) or removed from (False) a ContainerSpec's Env, nothing else."""
+    env = [e for e in container.get("Env") or [] if e.split("=", 1)[0] not in READ_ONLY_ENV]
+    container["Env"] = env + ([f"{k}={v}" for k, v in READ_ONLY_ENV.items()] if read_only else [])
+
+
+def with_read_only(spec: Mapping[str, Any], read_only: bool) -> dict[str, Any]:
+    """The private service's spec in that mode."""
+    copy: dict[str, Any] = json.loads(json.dumps(spec))
+    _set_mode(copy["TaskTemplate"]["ContainerSpec"], read_only)
+    return copy
+
+
+def is_read_only(spec: Mapping[str, Any]) -> bool:
+    env = spec["TaskTemplate"]["ContainerSpec"].get("Env") or []
+    return any(e.split("=", 1)[0] in READ_ONLY_ENV for e in env)
+
+
+class SwarmStore(m.StorageFacts):
+    """gateway.maintenance.Store on a deployed stack (see the module docstring). Use as a context
+    manager: entering starts the maintenance registry, leaving removes it."""
+
+    def __init__(
+        self,
+        docker: sb.DockerApi,
+        private_service: str,
+        rules: tuple[RetentionRule, ...],
+        *,
+        dry_run: bool,
+        log: Log,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.docker = docker
+        self.private_service = private_service
+        self.rules = rules
+        self.dry_run = dry_run
+        self.log = log
+        self.timeout = timeout
+        self.container = ""
+        self.helper_id = ""
+        self.config: dict[str, Any] = {}
+        self.config_path = ""
+        self.api = RegistryApi("http://127.0.0.1:5000", transport=self._through_nc)
+
+    # --- the maintenance registry --------------------------------------------------------------------
+
+    def __enter__(self) -> SwarmStore:
+        private = self.docker.call("GET", f"/services/{self.private_service}")
+        self._remove_helpers()
+        if is_read_only(private["Spec"]) and not self.dry_run:
+            # A run that was cut off left the window open: this run's window closes it.
+            self.log(f"{self.private_service} is still read-only from an earlier run; this run ends that")
+        node_id = sb.node_id(self.docker.info())
+        spec = helper_spec(private, node_id, read_only=self.dry_run)
+        self.helper_id = self.docker.call("POST", "/services/create", spec, ok=(201,))["ID"]
+        self.log(f"maintenance registry {spec['Name']} starting (no network, no port)")
+        self.container = self._wait_for_container()
+        container = spec["TaskTemplate"]["ContainerSpec"]["Command"]
+        self.config_path = container[-1]
+        self.config = yaml.safe_load(self.exec(["cat", self.config_path]).decode())
+        port = str(self.config["http"]["addr"]).rsplit(":", 1)[-1]
+        self.api = RegistryApi(f"http://127.0.0.1:{port}", transport=self._through_nc)
+        self.reader = reader_for(self.config["storage"], self.exec)
+        deadline = time.monotonic() + self.timeout
+        while not self.api.answers():
+            if time.monotonic() > deadline:
+                raise m.MaintenanceError(f"the maintenance registry did not answer in {self.timeout:.0f}s")
+            time.sleep(sb.POLL_SECONDS)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove_helpers()
+
+    def _remove_helpers(self) -> None:
+        helpers = self.docker.call(
+            "GET", "/services?" + _filters(label=[f"{HELPER_LABEL}={self.private_service}"])
+        )
+        for helper in helpers:
+            self.docker.call("DELETE", f"/services/{helper['ID']}", ok=(200, 404))
+
+    def _wait_for_container(self) -> str:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            tasks = self.docker.call("GET", "/tasks?" + _filters(service=[self.helper_id]))
+            for task in tasks:
+                state = task.get("Status", {})
+                if state.get("State") == "running":
+                    return str(state["ContainerStatus"]["ContainerID"])
+                if state.get("State") in ("failed", "rejected", "complete", "shutdown"):
+                    raise m.MaintenanceError(
+                        f"the maintenance registry's task {state.get('State')}: {state.get('Err', '')}"
+                    )
+            time.sleep(sb.POLL_SECONDS)
+        raise m.MaintenanceError(f"the maintenance registry did not start in {self.timeout:.0f}s")
+
+    def exec(self, argv: list[str], stdin: bytes | None = None) -> bytes:
+        done = docker_exec.exec_in(self.docker, self.container, argv, stdin)
+        if done.exit_code != 0:
+            raise m.MaintenanceError(
+                f"{' '.join(argv)} in the maintenance registry failed ({done.exit_code}): "
+                f"{done.stderr[-500:].decode(errors='replace')}"
+            )
+        return done.stdout
+
+    def _through_nc(
+        self, method: str, path: str, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        request = raw_request(method, path, headers)
+        answer = self.exec(["nc", "127.0.0.1", str(self.api.port)], request)
+        if not answer:
+            raise OSError("the maintenance registry closed the connection without answering")
+        return parse_response(answer, method)
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[RegistryApi]:
+        yield self.api
+
+    # --- the window and the collection ---------------------------------------------------------------
+
+    def set_read_only(self, read_only: bool) -> None:
+        mode = "read-only" if read_only else "writable"
+        service = self.docker.call("GET", f"/services/{self.private_service}")
+        if is_read_only(service["Spec"]) != read_only:
+            version = service["Version"]["Index"]
+            body = with_read_only(service["Spec"], read_only)
+            self.docker.call("POST", f"/services/{self.private_service}/update?version={version}", body)
+        self.log(f"{self.private_service}: rolling to {mode}")
+        started = last_report = time.monotonic()
+        while detail := self._switching(read_only):
+            now = time.monotonic()
+            if now - started > self.timeout:
+                raise m.MaintenanceError(
+                    f"{self.private_service} not {mode} after {self.timeout:.0f}s: {detail}"
+                )
+            if now - last_report >= swarm_rollout.REPORT_SECONDS:
+                self.log(f"{self.private_service}: {detail} ({now - started:.0f}s)")
+                last_report = now
+            time.sleep(sb.POLL_SECONDS)
+        self.log(f"{self.private_service}: every replica {mode} ({time.monotonic() - started:.1f}s)")
+
+    def _switching(self, read_only: bool) -> str:
+        """What the switch still waits for; "" once every running task runs the spec in that mode.
+        Not Swarm's "completed", which comes only after the update's 30 s `monitor`: the mode is
+        what matters, and a replaced task that still drains (serving, in the old mode) counts as
+        running. An update Swarm rolled back restores the old mode: that fails the run."""
+        service = self.docker.call("GET", f"/services/{self.private_service}")
+        state = (service.get("UpdateStatus") or {}).get("State", "")
+        if is_read_only(service["Spec"]) != read_only or state.startswith("rollback") or state == "paused":
+            message = (service.get("UpdateStatus") or {}).get("Message", "")
+            raise m.MaintenanceError(
+                f"{self.private_service}: the switch did not hold (update {state}: {message})"
+            )
+        want = int(service["Spec"]["Mode"]["Replicated"]["Replicas"])
+        tasks = self.docker.call("GET", "/tasks?" + _filters(service=[self.private_service]))
+        current = self.docker.call(
+            "GET", "/tasks?" + _filters(service=[self.private_service], **{"_up-to-date": ["true"]})
+        )
+        fresh = {t["ID"] for t in current if t["Status"]["State"] == "running"}
+        stale = [t["ID"][:12] for t in tasks if t["Status"]["State"] == "running" and t["ID"] not in fresh]
+        if stale or len(fresh) < want:
+            return f"{len(fresh)}/{want} replicas switched, {len(stale)} of the old spec still running"
+        return ""
+
+    def collect_garbage(self, dry_run: bool) -> str:
+        if not dry_run and (detail := self._switching(True)):
+            raise m.MaintenanceError(f"{self.private_service}: the read-only window does not hold: {detail}")
+
+        def run(argv: list[str], **_: object) -> Any:
+            done = docker_exec.exec_in(self.docker, self.container, argv)
+            return _Completed(done.exit_code, done.stdout.decode(errors="replace"),
+                              done.stderr.decode(errors="replace"))  # fmt: skip
+
+        binary = self.docker.call("GET", f"/services/{self.helper_id}")["Spec"]["TaskTemplate"]
+        registry_bin = binary["ContainerSpec"]["Command"][0]
+        return m.garbage_collect(registry_bin, self.config_path, dry_run=dry_run, run=run)
+
+
+class _Completed:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+# --- entry point ---------------------------------------------------------------------------------------
+
+
+def access(
+    stack: str,
+    rules: tuple[RetentionRule, ...],
+    host: object,
+    ca_pem: object,
+    cert_pem: object,
+    key_pem: object,
+) -> dict[str, object]:
+    """`host` and the PEMs: strings, or the Pulumi Outputs they come from (None: a local socket)."""
+    # The stack output `maintenance` (secret: the deployer's client key); `environment` reads it.
+    return {
+        "docker_host": host,
+        "ca_pem": ca_pem,
+        "cert_pem": cert_pem,
+        "key_pem": key_pem,
+        "private_service": service_name(stack, PRIVATE_KEY),
+        "retention": [
+            {"namespace": r.namespace, "keep": r.keep, "days": r.days, "protect": list(r.protect)}
+            for r in rules
+        ],
+    }
+
+
+def environment(output: Mapping[str, Any]) -> dict[str, str]:
+    """The environment `main` reads, from the stack output `maintenance`."""
+    env = {"OWNCR_DOCKER_HOST": str(output["docker_host"])}
+    for key in ("ca_pem", "cert_pem", "key_pem"):
+        if output.get(key):
+            env[f"OWNCR_DOCKER_{key.upper()}"] = str(output[key])
+    env["OWNCR_MAINTENANCE"] = json.dumps(
+        {"private_service": output["private_service"], "retention": output["retention"]}
+    )
+    return env
+
+
+def settings_from(env: Mapping[str, str]) -> tuple[str, tuple[RetentionRule, ...]]:
+    raw = env.get("OWNCR_MAINTENANCE", "")
+    try:
+        parsed = json.loads(raw)
+        service = parsed["private_service"]
+        rules = tuple(
+            rule_from_mapping(
+                r["namespace"], {k: v for k, v in r.items() if k != "namespace" and v is not None}
+            )
+            for r in parsed.get("retention", [])
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise m.MaintenanceError(
+            f'OWNCR_MAINTENANCE: {err}; expected JSON {{"private_service": NAME, "retention": [...]}} '
+            "(the stack output `maintenance`, see scripts/maintenance)"
+        ) from err
+    return str(service), rules
+
+
+def stack_output(stack: str, run: Callable[..., Any] = subprocess.run) -> dict[str, Any]:
+    """The stack output `maintenance`, read with the Pulumi CLI (kept in memory: it holds a key)."""
+    argv = ["pulumi", "stack", "output", "--stack", stack, "--json", "--show-secrets", "maintenance"]
+    try:
+        done = run(argv, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise m.MaintenanceError(
+            "the Pulumi CLI (pulumi) is not installed: maintenance reads the stack output"
+        ) from None
+    if done.returncode != 0:
+        raise m.MaintenanceError(
+            f"pulumi stack output --stack {stack} maintenance failed: {done.stderr.strip()[-500:]} "
+            "(a stack deployed before maintenance existed has no such output: run `pulumi up` once)"
+        )
+    return json.loads(done.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m components.swarm_maintenance",
+        description="Retention, then garbage collection in a read-only window, on a deployed stack.",
+    )
+    parser.add_argument("--stack", help="read the access from this stack's output (else the environment)")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be deleted; change nothing")
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        print(f"maintenance: {message}", flush=True)
+
+    try:
+        env = environment(stack_output(args.stack)) if args.stack else os.environ
+        service, rules = settings_from(env)
+        docker = swarm_rollout.api_from(env)
+        with SwarmStore(docker, service, rules, dry_run=args.dry_run, log=log) as store:
+            m.run(store, dry_run=args.dry_run)
+    except (m.MaintenanceError, swarm_rollout.RolloutError, sb.BootstrapError, OSError) as err:
+        print(f"maintenance: FAILED: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
