@@ -16,7 +16,7 @@ import pulumi_digitalocean as digitalocean
 import pulumi_random as random
 
 import settings as owncr_settings
-from components import gateway_wiring
+from components import gateway_wiring, swarm_maintenance
 from components.edge import Edge, EdgeArgs, containerd_hosts, daemon_json
 from components.local_swarm import LocalSwarm
 from components.monitoring import NodeAlerts, NodeAlertsArgs
@@ -47,6 +47,20 @@ def export_client_settings(
     pulumi.export("mirror_url", mirror_url)
     pulumi.export("docker_daemon_json", daemon_json(mirror_url))
     pulumi.export("containerd_hosts_toml", containerd_hosts(mirror_url, upstream_pairs))
+
+
+def export_maintenance(settings: owncr_settings.Settings, engine: DockerEngine) -> None:
+    """What `scripts/maintenance` needs (the deployer's Docker API access and the retention rules), one
+    secret output: it holds the deployer's client key."""
+    access = swarm_maintenance.access(
+        settings.stack,
+        settings.registry.retention,
+        engine.host,
+        engine.ca_pem,
+        engine.cert_pem,
+        engine.key_pem,
+    )
+    pulumi.export("maintenance", pulumi.Output.secret(access))
 
 
 def deploy_cloud(settings: owncr_settings.Settings, cloud: owncr_settings.Cloud) -> Deployment:
@@ -167,6 +181,13 @@ def deploy_cloud(settings: owncr_settings.Settings, cloud: owncr_settings.Cloud)
         pulumi.export("nfs_host", storage.host)
         pulumi.export("nfs_mount_path", storage.mount_path)
     pulumi.export("ssh_command", pulumi.Output.concat("ssh root@", cluster.public_ips[0]))
+    engine = DockerEngine(
+        host=cluster.docker_host,
+        ca_pem=cluster.ca_cert_pem,
+        cert_pem=cluster.client_cert_pem,
+        key_pem=cluster.client_key_pem,
+    )
+    export_maintenance(settings, engine)
 
     services = RegistryServices(
         "registry",
@@ -191,12 +212,7 @@ def deploy_cloud(settings: owncr_settings.Settings, cloud: owncr_settings.Cloud)
                 if isinstance(storage, R2Storage)
                 else None,
             ),
-            engine=DockerEngine(
-                host=cluster.docker_host,
-                ca_pem=cluster.ca_cert_pem,
-                cert_pem=cluster.client_cert_pem,
-                key_pem=cluster.client_key_pem,
-            ),
+            engine=engine,
             registry_door=cloud.domain,
             # The Engine API has no swarm (and no TLS) until the bootstrap has run.
             depends_on=[cluster.bootstrap],
@@ -232,6 +248,7 @@ def deploy_local(settings: owncr_settings.Settings, local: owncr_settings.Local)
         ),
     )
     export_client_settings(registry, f"http://{registry_door}", local_mirror_url)
+    export_maintenance(settings, DockerEngine(host=LOCAL_DOCKER_HOST))
     if generated:
         pulumi.export("generated_passwords", pulumi.Output.secret(generated))
     return Deployment(services, None, login_command(registry_door, sorted(generated)))

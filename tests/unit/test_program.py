@@ -16,7 +16,7 @@ import pulumi
 import pytest
 from pulumi.runtime.rpc import is_rpc_secret
 
-from components import physical_name
+from components import physical_name, swarm_maintenance
 from components.edge import DO_NAME_SERVERS, EdgeArgs, certificate_name, containerd_hosts, daemon_json
 from components.network import NetworkArgs, NodeFirewallArgs
 from components.storage import NfsStorageArgs, R2Storage, R2StorageArgs
@@ -264,9 +264,9 @@ def test_secret_inputs_are_marked_secret(cloud_run):
         assert is_rpc_secret(command.inputs["environment"]), command.name
 
 
-def test_exports_hold_no_secret(run):
-    assert run.secret_outputs == set()
-    text = json.dumps(run.outputs)
+def test_exports_hold_no_secret_but_the_secret_maintenance_access(run):
+    assert run.secret_outputs == {"maintenance"}
+    text = json.dumps({k: v for k, v in run.outputs.items() if k != "maintenance"})
     secrets = [v for k, v in run.config.items() if "token" in k.lower()]
     secrets += list(json.loads(run.config.get("owncr:userPasswords", "{}")).values())
     if run.extra:
@@ -295,6 +295,29 @@ def test_exports_are_the_documented_ones(cloud_run):
     assert json.loads(cloud_run.outputs["docker_daemon_json"]) == {"registry-mirrors": [f"https://{mirror}"]}
     hosts = cloud_run.outputs["containerd_hosts_toml"]
     assert set(hosts) == {f"/etc/containerd/certs.d/{h}/hosts.toml" for h in cfg(cloud_run, "upstreams")}
+
+
+def test_maintenance_output_is_the_deployers_access_and_the_stacks_retention(run):
+    """What the maintenance workflow reads (components/swarm_maintenance.py): the Docker API the
+    deployer uses (the first manager over mutual TLS; the local socket), the private service, the rules."""
+    access = run.outputs["maintenance"]
+    services = {r.inputs["name"] for r in run.of_type("docker:index/service:Service")}
+    assert access["private_service"] in services and access["private_service"].endswith("-private")
+    rules = json.loads(run.config.get("owncr:retention", "{}"))
+    assert {r["namespace"]: r for r in access["retention"]} == {
+        ns: {"namespace": ns, "keep": r.get("keep"), "days": r.get("days"), "protect": r.get("protect", [])}
+        for ns, r in rules.items()
+    }
+    env = swarm_maintenance.environment(access)
+    assert swarm_maintenance.settings_from(env)[0] == access["private_service"]
+    if run.cloud:
+        assert access["docker_host"] == f"tcp://{run.outputs['node_public_ips'][0]}:2376"
+        assert "BEGIN CERTIFICATE" in access["ca_pem"] and "BEGIN CERTIFICATE" in access["cert_pem"]
+        assert "PRIVATE KEY" in access["key_pem"]
+        assert {"OWNCR_DOCKER_CA_PEM", "OWNCR_DOCKER_CERT_PEM", "OWNCR_DOCKER_KEY_PEM"} <= set(env)
+    else:
+        assert access["docker_host"] == "unix:///var/run/docker.sock"
+        assert not any(k.endswith("_PEM") for k in env)
 
 
 def test_monitoring_alerts_follow_the_flag(cloud_run):

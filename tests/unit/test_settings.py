@@ -83,7 +83,10 @@ def test_retention_is_read_into_rules(mocks, load_settings):
     retention = {"acme": {"keep": 10, "days": 30, "protect": ["latest", "v*"]}}
     rules = load_settings("dev", {"retention": retention}).registry.retention
     assert rules == (RetentionRule(namespace="acme", keep=10, days=30, protect=("latest", "v*")),)
-    assert load_settings("dev").registry.retention == ()  # default: no retention, nothing deleted
+    # The committed dev stack's rule; the default (prod sets none): no retention, nothing deleted.
+    dev = RetentionRule(namespace="acme", keep=20, days=14, protect=("latest", "v*"))
+    assert load_settings("dev").registry.retention == (dev,)
+    assert load_settings("prod").registry.retention == ()
 
 
 @pulumi.runtime.test

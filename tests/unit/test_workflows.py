@@ -22,6 +22,12 @@ EXPRESSION = re.compile(r"\$\{\{.*?\}\}", re.DOTALL)
 # Labels of GitHub-hosted runners (https://docs.github.com/en/actions/using-github-hosted-runners).
 GITHUB_HOSTED = re.compile(r"^(ubuntu|windows|macos)-[\w.-]+$")
 PROD_RUNNER = "${{ vars.OWNCR_PROD_RUNNER || 'self-hosted' }}"
+BACKEND_SECRETS = (
+    "PULUMI_ACCESS_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "PULUMI_CONFIG_PASSPHRASE",
+)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -84,6 +90,7 @@ def test_expected_workflows_exist() -> None:
         "pull-request.yml",
         "deploy.yml",
         "drift.yml",
+        "maintenance.yml",
     }
 
 
@@ -273,13 +280,17 @@ def test_only_the_pulumi_step_sees_secrets() -> None:
                     continue
                 if "ci_admin_firewall.py" in step.get("run", ""):
                     assert step["env"] == {"DIGITALOCEAN_TOKEN": "${{ secrets.DIGITALOCEAN_TOKEN }}"}, step
+                elif "components.swarm_maintenance" in step.get("run", ""):
+                    # Reads the stack output: the state backend's credentials, no cloud token.
+                    secrets = {k for k, v in step["env"].items() if "secrets." in v}
+                    assert secrets == set(BACKEND_SECRETS), step
                 else:
                     assert "command" in step["with"] and set(step["env"]) >= {"DIGITALOCEAN_TOKEN"}, step
 
 
 def test_checkouts_leave_no_token_behind() -> None:
     checkouts = [step for _, _, step in steps() if step.get("uses", "").startswith("actions/checkout@")]
-    assert len(checkouts) == 2
+    assert len(checkouts) == 3
     assert all(step["with"]["persist-credentials"] is False for step in checkouts)
 
 
@@ -292,7 +303,7 @@ def test_every_job_that_runs_steps_has_a_timeout() -> None:
 
 def test_the_cli_version_comes_from_the_one_pinned_file() -> None:
     pulumi_steps = [step for _, _, step in steps() if step.get("uses", "").startswith("pulumi/actions@")]
-    assert len(pulumi_steps) == 2
+    assert len(pulumi_steps) == 3
     for step in pulumi_steps:
         assert step["with"]["pulumi-version-file"] == ".pulumi-version"
         assert "pulumi-version" not in step["with"]
@@ -352,3 +363,42 @@ def test_dev_jobs_open_the_admin_ports_to_their_runner_only_and_always_close_the
     assert steps[closed]["if"] == "always() && inputs.runner-firewall"
     dev = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
     assert "0.0.0.0/0" not in dev["owncr:adminCidrs"] and not dev.get("owncr:allowWorldAdminAccess", False)
+
+
+# --- maintenance ---------------------------------------------------------------------------------------
+
+
+def test_maintenance_runs_weekly_on_every_stack_and_by_hand_as_a_dry_run_by_default() -> None:
+    workflow = workflows()["maintenance.yml"]
+    [cron] = [entry["cron"] for entry in workflow["on"]["schedule"]]
+    minute, hour, day_of_month, month, day_of_week = cron.split()
+    assert (day_of_month, month) == ("*", "*") and day_of_week.isdigit(), cron  # once a week
+    inputs = workflow["on"]["workflow_dispatch"]["inputs"]
+    assert inputs["stack"]["options"] == list(STACKS)
+    assert inputs["dry-run"]["type"] == "boolean" and inputs["dry-run"]["default"] is True
+    [job] = workflow["jobs"].values()
+    matrix = job["strategy"]["matrix"]["stack"]
+    assert '\'["dev", "prod"]\'' in matrix and "inputs.stack" in matrix
+    # Never beside a deployment of the same stack: deploy.yml's group, never cancelled.
+    deploy_groups = {
+        job["concurrency"]["group"]
+        for job in workflows()["deploy.yml"]["jobs"].values()
+        if "concurrency" in job
+    }
+    assert job["concurrency"] == {"group": "deploy-${{ matrix.stack }}", "cancel-in-progress": False}
+    assert deploy_groups == {f"deploy-{stack}" for stack in STACKS}
+    # prod from its self-hosted runner only; dev from a hosted one that opens the ports to itself.
+    assert PROD_RUNNER.removeprefix("${{ ").removesuffix(" }}") in job["runs-on"]
+    assert hosted_labels(job["runs-on"]) == {"ubuntu-24.04"}
+    steps = job["steps"]
+    run = next(i for i, s in enumerate(steps) if "components.swarm_maintenance" in s.get("run", ""))
+    assert (
+        '--stack "${{ matrix.stack }}"' in steps[run]["run"] and "${DRY_RUN:+--dry-run}" in steps[run]["run"]
+    )
+    dry = steps[run]["env"]["DRY_RUN"]
+    assert "github.event_name == 'workflow_dispatch' && inputs.dry-run" in dry  # the schedule runs for real
+    opened = next(i for i, s in enumerate(steps) if "ci_admin_firewall.py open" in s.get("run", ""))
+    closed = next(i for i, s in enumerate(steps) if "ci_admin_firewall.py close" in s.get("run", ""))
+    assert opened < run < closed == len(steps) - 1
+    assert steps[opened]["if"] == "matrix.stack == 'dev'"
+    assert steps[closed]["if"] == "always() && matrix.stack == 'dev'"
