@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass
 
 try:
@@ -104,7 +105,11 @@ def exec_in(
     )
     exec_id = str(created["Id"])
     out, err = demux(_start(api, exec_id, stdin, timeout))
-    code = api.call("GET", f"/exec/{exec_id}/json").get("ExitCode")
-    if code is None:
+    # The daemon may close the stream a moment before it records the exit code.
+    deadline = time.monotonic() + 10
+    while (state := api.call("GET", f"/exec/{exec_id}/json")).get("Running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    code = state.get("ExitCode")
+    if code is None or state.get("Running"):
         raise ExecError(f"exec {exec_id} ({argv[0]}): the stream ended but the command still runs")
     return Done(int(code), out, err)

@@ -51,6 +51,7 @@ from gateway.retention import RetentionRule, rule_from_mapping
 from gateway.store_readers import reader_for
 
 HELPER_LABEL = "owncr.maintenance-of"
+ROLLED_BACK = ("rollback_started", "rollback_paused", "rollback_completed", "paused")  # UpdateStatus.State
 HELPER_SUFFIX = "-maintenance"
 DEFAULT_TIMEOUT = 900.0
 Log = Callable[[str], None]
@@ -76,7 +77,9 @@ def helper_spec(private: Mapping[str, Any], node_id: str, *, read_only: bool) ->
     at = command.index("serve")
     container["Command"], container["Args"] = command[at - 1 : at + 2], []
     _set_mode(container, read_only)
-    task.pop("Networks", None)  # no overlay alias: unreachable from nginx and every other service
+    # No overlay network, hence no alias nginx or any other service resolves: Swarm gives the task the
+    # node's default bridge (egress to R2 through NAT, nothing published).
+    task.pop("Networks", None)
     task["Placement"] = {"Constraints": [f"node.id=={node_id}"]}
     task["RestartPolicy"] = {"Condition": "none"}
     return {
@@ -143,18 +146,23 @@ class SwarmStore(m.StorageFacts):
         spec = helper_spec(private, node_id, read_only=self.dry_run)
         self.helper_id = self.docker.call("POST", "/services/create", spec, ok=(201,))["ID"]
         self.log(f"maintenance registry {spec['Name']} starting (no network, no port)")
-        self.container = self._wait_for_container()
-        container = spec["TaskTemplate"]["ContainerSpec"]["Command"]
-        self.config_path = container[-1]
-        self.config = yaml.safe_load(self.exec(["cat", self.config_path]).decode())
-        port = str(self.config["http"]["addr"]).rsplit(":", 1)[-1]
-        self.api = RegistryApi(f"http://127.0.0.1:{port}", transport=self._through_nc)
-        self.reader = reader_for(self.config["storage"], self.exec)
-        deadline = time.monotonic() + self.timeout
-        while not self.api.answers():
-            if time.monotonic() > deadline:
-                raise m.MaintenanceError(f"the maintenance registry did not answer in {self.timeout:.0f}s")
-            time.sleep(sb.POLL_SECONDS)
+        try:
+            self.container = self._wait_for_container()
+            self.config_path = spec["TaskTemplate"]["ContainerSpec"]["Command"][-1]
+            self.config = yaml.safe_load(self.exec(["cat", self.config_path]).decode())
+            port = str(self.config["http"]["addr"]).rsplit(":", 1)[-1]
+            self.api = RegistryApi(f"http://127.0.0.1:{port}", transport=self._through_nc)
+            self.reader = reader_for(self.config["storage"], self.exec)
+            deadline = time.monotonic() + self.timeout
+            while not self.api.answers():
+                if time.monotonic() > deadline:
+                    raise m.MaintenanceError(
+                        f"the maintenance registry did not answer in {self.timeout:.0f}s"
+                    )
+                time.sleep(sb.POLL_SECONDS)
+        except BaseException:
+            self._remove_helpers()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -195,10 +203,13 @@ class SwarmStore(m.StorageFacts):
         self, method: str, path: str, headers: dict[str, str]
     ) -> tuple[int, dict[str, str], bytes]:
         request = raw_request(method, path, headers)
-        answer = self.exec(["nc", "127.0.0.1", str(self.api.port)], request)
-        if not answer:
-            raise OSError("the maintenance registry closed the connection without answering")
-        return parse_response(answer, method)
+        done = docker_exec.exec_in(
+            self.docker, self.container, ["nc", "127.0.0.1", str(self.api.port)], request
+        )
+        if done.exit_code != 0 or not done.stdout:
+            # Like a refused connection: the registry is not listening (yet), or hung up.
+            raise OSError(f"nc to the maintenance registry: exit {done.exit_code} {done.stderr[-300:]!r}")
+        return parse_response(done.stdout, method)
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[RegistryApi]:
@@ -209,10 +220,13 @@ class SwarmStore(m.StorageFacts):
     def set_read_only(self, read_only: bool) -> None:
         mode = "read-only" if read_only else "writable"
         service = self.docker.call("GET", f"/services/{self.private_service}")
+        deployed_update = service["Spec"].get("UpdateConfig")
         if is_read_only(service["Spec"]) != read_only:
-            version = service["Version"]["Index"]
+            # Every replica at once (start-first, so the old ones serve until the new ones are
+            # healthy): the window lasts one replica's restart, not one per replica plus the delays.
             body = with_read_only(service["Spec"], read_only)
-            self.docker.call("POST", f"/services/{self.private_service}/update?version={version}", body)
+            body["UpdateConfig"] = {**(deployed_update or {}), "Parallelism": 0, "Delay": 0}
+            self._update(service, body)
         self.log(f"{self.private_service}: rolling to {mode}")
         started = last_report = time.monotonic()
         while detail := self._switching(read_only):
@@ -225,7 +239,17 @@ class SwarmStore(m.StorageFacts):
                 self.log(f"{self.private_service}: {detail} ({now - started:.0f}s)")
                 last_report = now
             time.sleep(sb.POLL_SECONDS)
+        # The deployed update policy back (no task restarts: the task template is unchanged), so the
+        # spec is again exactly what Pulumi deployed, up to the mode.
+        service = self.docker.call("GET", f"/services/{self.private_service}")
+        if service["Spec"].get("UpdateConfig") != deployed_update:
+            restored = {k: v for k, v in service["Spec"].items() if k != "UpdateConfig"}
+            self._update(service, restored | ({"UpdateConfig": deployed_update} if deployed_update else {}))
         self.log(f"{self.private_service}: every replica {mode} ({time.monotonic() - started:.1f}s)")
+
+    def _update(self, service: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+        version = service["Version"]["Index"]
+        self.docker.call("POST", f"/services/{self.private_service}/update?version={version}", spec)
 
     def _switching(self, read_only: bool) -> str:
         """What the switch still waits for; "" once every running task runs the spec in that mode.
@@ -234,7 +258,8 @@ class SwarmStore(m.StorageFacts):
         running. An update Swarm rolled back restores the old mode: that fails the run."""
         service = self.docker.call("GET", f"/services/{self.private_service}")
         state = (service.get("UpdateStatus") or {}).get("State", "")
-        if is_read_only(service["Spec"]) != read_only or state.startswith("rollback") or state == "paused":
+        held = is_read_only(service["Spec"]) == read_only and state not in ROLLED_BACK
+        if not held:
             message = (service.get("UpdateStatus") or {}).get("Message", "")
             raise m.MaintenanceError(
                 f"{self.private_service}: the switch did not hold (update {state}: {message})"
@@ -261,7 +286,11 @@ class SwarmStore(m.StorageFacts):
 
         binary = self.docker.call("GET", f"/services/{self.helper_id}")["Spec"]["TaskTemplate"]
         registry_bin = binary["ContainerSpec"]["Command"][0]
-        return m.garbage_collect(registry_bin, self.config_path, dry_run=dry_run, run=run)
+        self.log("garbage-collect running in the maintenance registry (on R2: one request per object)")
+        started = time.monotonic()
+        output = m.garbage_collect(registry_bin, self.config_path, dry_run=dry_run, run=run)
+        self.log(f"garbage-collect done in {time.monotonic() - started:.1f}s")
+        return output
 
 
 class _Completed:

@@ -190,6 +190,30 @@ MUTATIONS: tuple[Mutation, ...] = (
         '        "tlsverify": False,',
         ("tests/unit/test_cloud_init.py",),
     ),
+    Mutation.one(
+        "maintenance-registry-on-the-overlay",
+        "the writable maintenance registry reachable by nginx while clients' replicas are read-only",
+        "components/swarm_maintenance.py",
+        '    task.pop("Networks", None)',
+        "    pass",
+        ("tests/unit/test_swarm_maintenance_units.py",),
+    ),
+    Mutation.one(
+        "gc-beside-draining-writers",
+        "garbage collection while a replaced writable replica still takes pushes: acknowledged, then broken",
+        "components/swarm_maintenance.py",
+        "        if stale or len(fresh) < want:",
+        "        if len(fresh) < want:",
+        ("tests/unit/test_swarm_maintenance_units.py",),
+    ),
+    Mutation.one(
+        "gc-after-a-rollback",
+        "garbage collection on a private service Swarm rolled back to writable",
+        "components/swarm_maintenance.py",
+        '        held = is_read_only(service["Spec"]) == read_only and state not in ROLLED_BACK',
+        "        held = True",
+        ("tests/unit/test_swarm_maintenance_units.py",),
+    ),
 )
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import struct
 import subprocess
+import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,61 @@ def test_files_reader_reads_push_times_revisions_and_sizes(tmp_path: Path) -> No
     assert reader.revisions("acme/none") == set() and reader.tag_times("acme/none") == {}
     assert reader.private_bytes() == 5 * 71 + 1000
     assert reader.cache_bytes() == {"docker.io": 300}
+
+
+# --- when the window has begun ---------------------------------------------------------------------------
+
+
+class FakeDocker:
+    """The Engine API answers `_switching` reads: the service and its tasks (all, and up-to-date)."""
+
+    def __init__(self, spec: dict[str, Any], tasks: list[tuple[str, str, bool]], update: str = "") -> None:
+        self.service = {
+            "Spec": spec,
+            "Version": {"Index": 9},
+            "UpdateStatus": {"State": update, "Message": "m"},
+        }
+        self.tasks = tasks  # (id, state, up to date)
+
+    def call(self, method: str, path: str, body: object = None, ok: tuple[int, ...] = (200,)) -> Any:
+        assert method == "GET"
+        if path.startswith("/services/"):
+            return self.service
+        fresh = "_up-to-date" in urllib.parse.unquote(path)
+        return [{"ID": i, "Status": {"State": st}} for i, st, cur in self.tasks if cur or not fresh]
+
+
+def switching(docker: FakeDocker, read_only: bool) -> str:
+    store = swarm_maintenance.SwarmStore(docker, "owncr-dev-private", (), dry_run=False, log=print)  # type: ignore[arg-type]
+    return store._switching(read_only)
+
+
+def test_the_window_begins_only_when_no_writable_task_runs_any_more() -> None:
+    read_only = with_read_only(private_service()["Spec"], True)
+    # Both replicas of the read-only spec run, but a replaced writable one still drains (running).
+    draining = FakeDocker(
+        read_only, [("a", "running", True), ("b", "running", True), ("old", "running", False)]
+    )
+    assert "1 of the old spec still running" in switching(draining, True)
+    starting = FakeDocker(
+        read_only, [("a", "running", True), ("b", "starting", True), ("old", "running", False)]
+    )
+    assert "1/2 replicas switched" in switching(starting, True)
+    done = FakeDocker(read_only, [("a", "running", True), ("b", "running", True), ("old", "shutdown", False)])
+    assert switching(done, True) == ""
+    # The other way round, the same rule.
+    assert "still running" in switching(FakeDocker(private_service()["Spec"], draining.tasks), False)
+
+
+@pytest.mark.parametrize("update", ["rollback_started", "rollback_completed", "paused"])
+def test_a_switch_swarm_rolled_back_or_paused_fails_the_run(update: str) -> None:
+    read_only = with_read_only(private_service()["Spec"], True)
+    with pytest.raises(MaintenanceError, match=f"the switch did not hold \\(update {update}"):
+        switching(FakeDocker(read_only, [("a", "running", True)], update), True)
+
+
+def test_a_spec_changed_under_the_run_fails_it() -> None:
+    # Someone (a `pulumi up`) replaced the read-only spec with a writable one: no GC on it.
+    writable = private_service()["Spec"]
+    with pytest.raises(MaintenanceError, match="the switch did not hold"):
+        switching(FakeDocker(writable, [("a", "running", True), ("b", "running", True)]), True)
