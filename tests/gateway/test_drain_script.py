@@ -58,15 +58,17 @@ def test_stop_signal_drains_then_quits_the_child(tmp_path: Path, stop_signal: si
     proc, flag, marker = start(tmp_path, "2")
     sent = time.monotonic()
     proc.send_signal(stop_signal)
-    deadline = time.monotonic() + 1
+    # Promptly: well inside the load balancer's 10 s between checks. (Bounded at 3 s, not 1 s: on a
+    # loaded CI machine the shell once took over a second to run its trap.)
+    deadline = time.monotonic() + 3
     while not flag.exists():
-        assert time.monotonic() < deadline, "no drain flag 1 s after the stop signal"
+        assert time.monotonic() < deadline, "no drain flag 3 s after the stop signal"
         time.sleep(0.02)
-    time.sleep(1)
+    time.sleep(1)  # the drain (2 s) started with the flag
     assert proc.poll() is None and marker.read_text() == "ready\n", "the child stopped before the drain ended"
     assert proc.wait(timeout=10) == 0
     assert marker.read_text() == "quit\n"  # SIGQUIT, nginx's graceful shutdown
-    assert 2 <= time.monotonic() - sent < 5
+    assert 2 <= time.monotonic() - sent < 7
 
 
 def test_registry_mode_drains_without_a_flag_then_sends_term(tmp_path: Path) -> None:
