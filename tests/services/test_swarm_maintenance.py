@@ -6,7 +6,8 @@ Proves for the cluster path what tests/gateway/test_maintenance.py proves for th
 the dry run changes nothing; retention deletes exactly what its rule says through the maintenance
 registry; pushes during the window get the gateway's retryable 503 and succeed when retried; every
 image whose manifest PUT was acknowledged, before, during and after, pulls completely; the store shrank;
-the private service ends writable with the spec it started with, and the maintenance registry is gone.
+the private service ends writable with the spec it started with, and the maintenance registry is gone;
+a run cut off inside its window is undone by the next one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import swarm_engine
 from test_swarm_services import PASSWORD, REPO, Swarm, deploy_local_stack, skopeo, swarm
 
 from components import swarm_specs
-from components.swarm_maintenance import HELPER_LABEL
+from components.swarm_maintenance import HELPER_LABEL, helper_spec, with_read_only
 from gateway.images import Image, Layer, build_image
 from gateway.registry_config import READ_ONLY_ENV
 
@@ -207,3 +208,20 @@ def test_maintenance_workflow_entry_point_on_a_live_swarm(
         f"{pushed} pushes acknowledged, {len(refused)} refused during the window and retried, "
         f"0 failed pulls"
     )
+
+    # A run cut off inside its window (the runner lost) left the private service read-only and its
+    # maintenance registry running: the next run says so, ends the window, removes the leftover.
+    service = engine.get(f"/services/{private}")
+    node = engine.get("/info")["Swarm"]["NodeID"]
+    engine.post("/services/create", helper_spec(service, node, read_only=False))
+    engine.post(
+        f"/services/{private}/update?version={service['Version']['Index']}", with_read_only(after, True)
+    )
+    again = maintenance(engine, private)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{private} is still read-only from an earlier run; this run ends that" in again.stdout
+    assert "retention: acme/app: 2 tags, 2 kept" in again.stdout
+    assert engine.get(f"/services/{private}")["Spec"] == spec_before
+    assert not maintenance_registries(engine)
+    assert pulls_completely(registry_port, "acme/app:new", tmp_path / "after-recovery")
+    assert push(images["old1"], registry_port, "acme/app:back").returncode == 0  # writable again
