@@ -1,15 +1,16 @@
 """Maintenance of a deployed stack: gateway/maintenance.py's `run` (retention, then garbage collection in
 a read-only window; its docstring has the safety argument) against the stack's Swarm, reached only
 through the Docker Engine API with the deployer's mutual-TLS client certificate: no port of its own.
-`.github/workflows/maintenance.yml` runs it weekly and on demand (`scripts/maintenance`); tests run it
-against a real swarm (tests/services/test_swarm_maintenance.py).
+`.github/workflows/maintenance.yml` runs it weekly and on demand (`python -m components.swarm_maintenance
+--stack S [--dry-run]`); tests run it against a real swarm (tests/services/test_swarm_maintenance.py).
 
 How `SwarmStore` gives `run` what the local data plane gives it:
-- **The read-only window** is a rolling update of the private service that adds
-  `registry_config.READ_ONLY_ENV` (Distribution reads it at start, as the local runner's read-only
-  config); it has begun once every *running* task of the service runs that spec (a replaced task
-  that still drains, writable, counts as running) and ends with the update that removes it, which
-  restarts every replica with an empty descriptor cache.
+- **The read-only window** is an update of the private service (every replica at once, start-first)
+  that adds `registry_config.READ_ONLY_ENV` (Distribution reads it at start, as the local runner's
+  read-only config); it has begun once every *running* task of the service runs that spec (a replaced
+  task that still drains, writable, counts as running) and ends with the update that removes it, which
+  restarts every replica with an empty descriptor cache. Each switch then puts the deployed update
+  policy back, so the spec is again exactly what Pulumi deployed.
 - **The maintenance registry**, writable while every client-facing replica is read-only, is a
   one-replica service cloned from the private service's task template (image, config, secrets,
   storage mounts) with no network: no overlay alias, so neither nginx nor anything else on the
@@ -21,7 +22,8 @@ How `SwarmStore` gives `run` what the local data plane gives it:
   S3 storage (R2) by listing the bucket with the keys of the private registry's own config, read from
   that container; they live in memory only.
 
-Inputs (environment), as components/swarm_rollout.py:
+Inputs: with `--stack S`, the secret stack output `maintenance` (read with the Pulumi CLI); else the
+environment, as components/swarm_rollout.py:
   OWNCR_DOCKER_HOST, OWNCR_DOCKER_CA_PEM, OWNCR_DOCKER_CERT_PEM, OWNCR_DOCKER_KEY_PEM
   OWNCR_MAINTENANCE  JSON {"private_service": NAME, "retention": [{namespace, keep, days, protect}]}
 """
