@@ -408,6 +408,13 @@ class GatewayProcess:
             lines.put(line)
         lines.put(None)
 
+    def maintenance(self, *extra: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """`python -m gateway maintenance --data DIR [extra]` against this data plane, as a user runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "maintenance", "--data", str(self.data), *extra],
+            capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, check=False,
+        )  # fmt: skip
+
     def children(self) -> list[Proc]:
         """The runner's processes (nginx master and workers, registries), wherever their session."""
         assert self.proc is not None, "not running"

@@ -26,19 +26,6 @@ ALICE = ("alice", USERS["alice"])
 DAY = 86400.0
 
 
-def maintenance(
-    gateway: GatewayProcess, *extra: str, timeout: float = 180
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "maintenance", "--data", str(gateway.data), *extra],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO_ROOT,
-        check=False,
-    )
-
-
 def base(gateway: GatewayProcess) -> str:
     return f"http://{gateway.doors.registry}"
 
@@ -172,7 +159,7 @@ def test_retention_rules_dry_run_and_protected_tags(launch: Launcher) -> None:
     loose.push(base(gateway), "ops/tool", loose.digest, ALICE)
     before = {name: tags_of(gateway, name) for name in ("team/app", "acme/web", "ops/tool", "team/multi")}
 
-    dry = maintenance(gateway, "--dry-run")
+    dry = gateway.maintenance("--dry-run")
     assert dry.returncode == 0, dry.stderr
     size = re.escape("(manifest, 64.2 KiB)")
     for line in (
@@ -190,7 +177,7 @@ def test_retention_rules_dry_run_and_protected_tags(launch: Launcher) -> None:
     assert "ops/tool" not in dry.stdout
     assert {name: tags_of(gateway, name) for name in before} == before, "the dry run changed tags"
 
-    done = maintenance(gateway)
+    done = gateway.maintenance()
     assert done.returncode == 0, done.stderr
     assert "one private replica: pulls of private images fail while it restarts" in done.stderr
     print(done.stdout)
@@ -221,7 +208,7 @@ def test_retention_rules_dry_run_and_protected_tags(launch: Launcher) -> None:
     assert freed and int(freed[1]) >= 3 * 64 * 1024, done.stdout  # three unique layers at least
 
     # A second run finds nothing more to delete.
-    again = maintenance(gateway)
+    again = gateway.maintenance()
     assert again.returncode == 0 and "deleting" not in again.stdout, again.stdout
 
 
@@ -247,7 +234,7 @@ def test_maintenance_of_an_empty_store_collects_nothing(launch: Launcher) -> Non
     upstream = launch.distribution("dockerhub")
     gateway = launch.gateway({"docker.io": upstream.url}, extra_args=["--retention", "team=keep:1"])
     for extra in (["--dry-run"], []):
-        done = maintenance(gateway, *extra)
+        done = gateway.maintenance(*extra)
         assert done.returncode == 0, done.stderr
         assert re.search(r"gc( \(dry run\))?: .*\b0 blobs", done.stdout), done.stdout
     # ... and the registry takes pushes again afterwards.
@@ -377,7 +364,7 @@ def test_gc_under_concurrent_pushes_and_pulls_loses_no_acknowledged_image(launch
     try:
         time.sleep(1.0)  # pushes acknowledged before the GC
         started = time.monotonic()
-        done = maintenance(gateway)
+        done = gateway.maintenance()
         ended = time.monotonic()
         time.sleep(1.0)  # ... and after it
     finally:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
-from client_harness import REPO_ROOT, USERS, Images, Launcher, ok
+from client_harness import USERS, Images, Launcher, ok
 
 from gateway.images import Layer, MiB
 from gateway.maintenance import STATE_FILE
@@ -67,19 +65,13 @@ def test_s3_reader_sees_push_times_revisions_and_sizes_as_distribution_writes_th
 
     # keep:1 keeps `again` (the newest), whose manifest is `old`'s: `old` is only untagged, `new` goes by
     # digest, and the collection frees `new`'s layer. The dry run first changes nothing.
-    def maintenance(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "gateway", "maintenance", "--data", str(gateway.data), *extra],
-            capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, check=False,
-        )  # fmt: skip
-
-    dry = maintenance("--dry-run")
+    dry = gateway.maintenance("--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert re.search(r"would delete team/app:new \(manifest, 51\d\.\d KiB\)", dry.stdout), dry.stdout
     assert "would delete team/app:old (tag only" in dry.stdout
     assert set(reader.tag_times("team/app")) == {"old", "new", "again"}
     stored = reader.private_bytes()
-    done = maintenance()
+    done = gateway.maintenance()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "retention: team/app: deleted 2 tags: new, old" in done.stdout, done.stdout
     fresh = reader_for(config["storage"], run=lambda argv: pytest.fail(f"S3 storage ran {argv}"))
