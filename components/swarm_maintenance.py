@@ -49,7 +49,7 @@ from components.swarm_specs import PRIVATE_KEY, SERVICE_NAME_MAX, service_name
 from gateway import maintenance as m
 from gateway.registry_api import RegistryApi, parse_response, raw_request
 from gateway.registry_config import READ_ONLY_ENV
-from gateway.retention import RetentionRule, rule_from_mapping
+from gateway.retention import RetentionRule, from_record, record
 from gateway.store_readers import reader_for
 
 HELPER_LABEL = "owncr.maintenance-of"
@@ -133,7 +133,7 @@ class SwarmStore(m.StorageFacts):
         self.container = ""
         self.helper_id = ""
         self.config: dict[str, Any] = {}
-        self.config_path = ""
+        self.registry_bin = self.config_path = ""
         self.api = RegistryApi("http://127.0.0.1:5000", transport=self._through_nc)
 
     # --- the maintenance registry --------------------------------------------------------------------
@@ -150,7 +150,7 @@ class SwarmStore(m.StorageFacts):
         self.log(f"maintenance registry {spec['Name']} starting (no network, no port)")
         try:
             self.container = self._wait_for_container()
-            self.config_path = spec["TaskTemplate"]["ContainerSpec"]["Command"][-1]
+            self.registry_bin, _, self.config_path = spec["TaskTemplate"]["ContainerSpec"]["Command"]
             self.config = yaml.safe_load(self.exec(["cat", self.config_path]).decode())
             port = str(self.config["http"]["addr"]).rsplit(":", 1)[-1]
             self.api = RegistryApi(f"http://127.0.0.1:{port}", transport=self._through_nc)
@@ -259,10 +259,10 @@ class SwarmStore(m.StorageFacts):
         what matters, and a replaced task that still drains (serving, in the old mode) counts as
         running. An update Swarm rolled back restores the old mode: that fails the run."""
         service = self.docker.call("GET", f"/services/{self.private_service}")
-        state = (service.get("UpdateStatus") or {}).get("State", "")
+        status = service.get("UpdateStatus") or {}
+        state, message = status.get("State", ""), status.get("Message", "")
         held = is_read_only(service["Spec"]) == read_only and state not in ROLLED_BACK
         if not held:
-            message = (service.get("UpdateStatus") or {}).get("Message", "")
             raise m.MaintenanceError(
                 f"{self.private_service}: the switch did not hold (update {state}: {message})"
             )
@@ -281,23 +281,16 @@ class SwarmStore(m.StorageFacts):
         if not dry_run and (detail := self._switching(True)):
             raise m.MaintenanceError(f"{self.private_service}: the read-only window does not hold: {detail}")
 
-        def run(argv: list[str], **_: object) -> Any:
+        def run(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
             done = docker_exec.exec_in(self.docker, self.container, argv)
-            return _Completed(done.exit_code, done.stdout.decode(errors="replace"),
-                              done.stderr.decode(errors="replace"))  # fmt: skip
+            out, err = (b.decode(errors="replace") for b in (done.stdout, done.stderr))
+            return subprocess.CompletedProcess(argv, done.exit_code, out, err)
 
-        binary = self.docker.call("GET", f"/services/{self.helper_id}")["Spec"]["TaskTemplate"]
-        registry_bin = binary["ContainerSpec"]["Command"][0]
         self.log("garbage-collect running in the maintenance registry (on R2: one request per object)")
         started = time.monotonic()
-        output = m.garbage_collect(registry_bin, self.config_path, dry_run=dry_run, run=run)
+        output = m.garbage_collect(self.registry_bin, self.config_path, dry_run=dry_run, run=run)
         self.log(f"garbage-collect done in {time.monotonic() - started:.1f}s")
         return output
-
-
-class _Completed:
-    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
 # --- entry point ---------------------------------------------------------------------------------------
@@ -319,10 +312,7 @@ def access(
         "cert_pem": cert_pem,
         "key_pem": key_pem,
         "private_service": service_name(stack, PRIVATE_KEY),
-        "retention": [
-            {"namespace": r.namespace, "keep": r.keep, "days": r.days, "protect": list(r.protect)}
-            for r in rules
-        ],
+        "retention": [record(r) for r in rules],
     }
 
 
@@ -343,16 +333,11 @@ def settings_from(env: Mapping[str, str]) -> tuple[str, tuple[RetentionRule, ...
     try:
         parsed = json.loads(raw)
         service = parsed["private_service"]
-        rules = tuple(
-            rule_from_mapping(
-                r["namespace"], {k: v for k, v in r.items() if k != "namespace" and v is not None}
-            )
-            for r in parsed.get("retention", [])
-        )
+        rules = tuple(from_record(r) for r in parsed.get("retention", []))
     except (ValueError, KeyError, TypeError) as err:
         raise m.MaintenanceError(
             f'OWNCR_MAINTENANCE: {err}; expected JSON {{"private_service": NAME, "retention": [...]}} '
-            "(the stack output `maintenance`, see scripts/maintenance)"
+            "(the stack output `maintenance`: run with --stack STACK)"
         ) from err
     return str(service), rules
 

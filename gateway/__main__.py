@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import secrets
@@ -25,7 +24,7 @@ from gateway.config import (
     Upstream,
     User,
 )
-from gateway.retention import RetentionRule, check_rules, rule_from_cli
+from gateway.retention import RetentionRule, check_rules, record, rule_from_cli
 from gateway.runner import GatewayError, LocalGateway
 
 
@@ -178,7 +177,7 @@ def _write_maintenance_state(gateway: LocalGateway, rules: tuple[RetentionRule, 
         "private_config": first.files[0].path,
         "private_replicas": gateway.settings.private_replicas,
         "registry_bin": gateway.registry_bin,
-        "retention": [dataclasses.asdict(rule) for rule in rules],
+        "retention": [record(rule) for rule in rules],
     }
     path.write_text(json.dumps(info, indent=2))
 

@@ -71,7 +71,7 @@ import yaml
 from gateway.ports import free_port
 from gateway.registry_api import Manifest, RegistryApi
 from gateway.registry_config import READ_ONLY_HEADER
-from gateway.retention import Deletion, RetentionRule, Tag, kept, orphans, plan
+from gateway.retention import Deletion, RetentionRule, Tag, from_record, kept, orphans, plan
 from gateway.store_readers import REPOSITORIES, FilesReader, S3Reader, reader_for
 
 STATE_FILE = "maintenance.json"  # below DIR/state: what `gateway run` tells `gateway maintenance`
@@ -285,7 +285,7 @@ class LocalStore(StorageFacts):
         if not _alive(self.pid):
             raise MaintenanceError(f"the runner (pid {self.pid}) of {data_dir} is not running; start it")
         self.api = RegistryApi(info["private_url"])
-        self.rules = tuple(RetentionRule(**{**r, "protect": tuple(r["protect"])}) for r in info["retention"])
+        self.rules = tuple(from_record(r) for r in info["retention"])
         self.registry_bin: str = info["registry_bin"]
         self.config: str = info["private_config"]
         self.replicas: int = info["private_replicas"]

@@ -102,6 +102,17 @@ def rule_from_mapping(namespace: str, value: object) -> RetentionRule:
     )
 
 
+def record(rule: RetentionRule) -> dict[str, object]:
+    """A rule as JSON-ready data: how the local runner and the stack output `maintenance` hand rules to
+    maintenance (`from_record` reads it back)."""
+    return {"namespace": rule.namespace, "keep": rule.keep, "days": rule.days, "protect": list(rule.protect)}
+
+
+def from_record(data: Mapping[str, object]) -> RetentionRule:
+    values = {k: v for k, v in data.items() if k != "namespace" and v is not None}
+    return rule_from_mapping(str(data["namespace"]), values)
+
+
 def rule_from_cli(spec: str) -> RetentionRule:
     """`NAMESPACE=keep:N[,days:D][,protect:GLOB]...` (protect may repeat)."""
     namespace, sep, rest = spec.partition("=")
