@@ -171,6 +171,16 @@ class GatewaySettings:
     # Keys the htpasswd salts (gateway/htpasswd.py): a deployment secret kept out of every rendered file.
     # Empty: derived from http_secret, which is fine for a local run (a fresh one per run).
     htpasswd_salt_key: str = field(default="", repr=False)
+    # The caches' egress (gateway/egress.js): an upstream that answers nothing costs a tag read this
+    # long (then the cache serves what it has); a blob stream may stall this long between two reads;
+    # after a timeout or a 502/503/504 the upstream is left alone this long (a 429: its Retry-After).
+    upstream_timeout_seconds: int = 5
+    upstream_stream_timeout_seconds: int = 30
+    upstream_down_seconds: int = 15
+    # nginx's copy of upstream blobs while a fleet pulls them at once (templates/proxy.conf.j2): at most
+    # this many MiB per node, each blob kept this many minutes after its last read.
+    blob_cache_mib: int = 4096
+    blob_cache_minutes: int = 10
     # njs's JavaScript engine for the router (`js_engine`, njs >= 0.8.6): None keeps the module's default
     # (njs 1.0: its own engine; QuickJS is to become the default). The tests run the router on both.
     js_engine: str | None = None
@@ -210,7 +220,17 @@ class GatewaySettings:
             host = getattr(self, host_field)
             _require(bool(_HOST.match(host)), f"{host_field} {host!r} is not a lowercase DNS name")
         _require(self.registry_host != self.mirror_host, "registry_host and mirror_host must differ")
-        for int_field in ("auth_cache_seconds", "tag_cache_seconds", "login_rate", "login_burst"):
+        for int_field in (
+            "auth_cache_seconds",
+            "tag_cache_seconds",
+            "login_rate",
+            "login_burst",
+            "upstream_timeout_seconds",
+            "upstream_stream_timeout_seconds",
+            "upstream_down_seconds",
+            "blob_cache_mib",
+            "blob_cache_minutes",
+        ):
             _require(getattr(self, int_field) >= 1, f"{int_field} must be at least 1")
         _require(
             self.js_engine is None or self.js_engine in JS_ENGINES,

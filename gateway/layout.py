@@ -5,7 +5,9 @@ components import the production constants from here.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from gateway.config import GatewaySettings, Upstream
 
@@ -15,6 +17,9 @@ PRIVATE_SERVICE = "owncr-registry-private"
 CACHE_SERVICE_PREFIX = "owncr-registry-cache-"
 GATEWAY_PORT = 8080  # host-mode port the load balancer forwards to, PROXY protocol, both doors + /healthz
 REGISTRY_PORT = 5000  # every registry container, overlay network only
+# The caches' egress servers in the gateway (gateway/egress.js): upstream i on EGRESS_PORT + i, reached
+# by its cache over the overlay network only (not published).
+EGRESS_PORT = 8100
 AUTH_PORT = 8099  # nginx's internal Basic-auth checker, bound to the container's loopback
 CONFIG_DIR = "/etc/owncr"  # Swarm configs (not secret)
 # Swarm secrets keep their default place, one flat file name each (a secret target without a directory).
@@ -59,6 +64,10 @@ class Layout:
     private_addrs: tuple[str, ...]  # each private registry's http.addr
     cache_addrs: dict[str, str]  # upstream host -> the cache's http.addr
     nginx_user: str | None
+    egress_listens: dict[str, str]  # upstream host -> nginx `listen` of its egress server
+    egress_urls: dict[str, str]  # upstream host -> the URL its cache calls the upstream by (remoteurl)
+    # DNS server the egress resolves upstream, token and CDN hosts with; None: only IP literals resolve.
+    egress_resolver: str | None
     # DNS server nginx re-resolves upstream names with while it runs (`server ... resolve`); None:
     # addresses resolved once at start (loopback ports locally).
     resolver: str | None = None
@@ -91,5 +100,40 @@ def production_layout(settings: GatewaySettings, door_ports: tuple[int, int] | N
         private_addrs=(f":{REGISTRY_PORT}",),
         cache_addrs={u.host: f":{REGISTRY_PORT}" for u in settings.upstreams},
         nginx_user=NGINX_USER,
+        egress_listens={u.host: str(EGRESS_PORT + i) for i, u in enumerate(settings.upstreams)},
+        egress_urls={
+            u.host: f"http://{NGINX_SERVICE}:{EGRESS_PORT + i}" for i, u in enumerate(settings.upstreams)
+        },
+        egress_resolver=SWARM_DNS,
         resolver=SWARM_DNS,
     )
+
+
+def blob_cache_dir(state_dir: str) -> str:
+    """nginx's blob cache (templates/proxy.conf.j2); in production a volume on the node's disk, not the
+    task's tmpfs (components/swarm_specs.py)."""
+    return f"{state_dir}/blobs"
+
+
+def system_resolver(upstreams: tuple[Upstream, ...], resolv_conf: str = "/etc/resolv.conf") -> str | None:
+    """A local run's DNS server for the egress: the machine's first nameserver, needed only when an
+    upstream is named by host (every test stand-in is an IP literal)."""
+
+    def literal(url: str) -> bool:
+        try:
+            ipaddress.ip_address(urlsplit(url).hostname or "")
+        except ValueError:
+            return False
+        return True
+
+    if all(literal(u.url) for u in upstreams):
+        return None
+    try:
+        lines = open(resolv_conf).read().splitlines()  # noqa: SIM115, PTH123 - one small read
+    except OSError:
+        lines = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            return f"[{fields[1]}]" if ":" in fields[1] else fields[1]
+    raise ValueError(f"no nameserver in {resolv_conf}: the egress cannot resolve the upstream hosts")

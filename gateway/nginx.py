@@ -13,11 +13,15 @@ from pathlib import Path
 import jinja2
 
 from gateway.config import DOCKER_HUB, GatewaySettings
-from gateway.layout import DRAIN_FLAG, NJS_MODULE, Layout
+from gateway.layout import DRAIN_FLAG, NJS_MODULE, Layout, blob_cache_dir
 from gateway.registry_config import READ_ONLY_HEADER
 
 TEMPLATES = Path(__file__).parent / "templates"
 ROUTER_JS = Path(__file__).parent / "router.js"
+EGRESS_JS = Path(__file__).parent / "egress.js"
+# The CA bundle the egress verifies https upstreams with: the same path in the official nginx image
+# (Alpine's ca-certificates) and on Debian.
+UPSTREAM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 DRAIN_SH = Path(__file__).parent / "drain.sh"
 # Statuses router.js refuses with (its fail() calls), each an internal location with an OCI body.
 REFUSAL_STATUSES = (400, 403, 404, 405, 415)
@@ -62,6 +66,7 @@ def render_nginx_conf(
     layout: Layout,
     *,
     router_file: str,
+    egress_file: str,
     routes_file: str,
     htpasswd_file: str,
     salt_file: str,
@@ -78,6 +83,7 @@ def render_nginx_conf(
         state_dir=layout.state_dir,
         access_log=access_log,
         router_file=router_file,
+        egress_file=egress_file,
         routes_file=routes_file,
         htpasswd_file=htpasswd_file,
         salt_file=salt_file,
@@ -99,6 +105,27 @@ def render_nginx_conf(
             for u in settings.upstreams
         ],
         resolver=layout.resolver,
+        egresses=[
+            {
+                "host": u.host,
+                "id": nginx_id(u.host),
+                "listen": layout.egress_listens[u.host],
+                "origin": u.url,
+            }
+            for u in settings.upstreams
+        ],
+        egress_resolver=layout.egress_resolver,
+        upstream_ca_file=UPSTREAM_CA_FILE
+        if any(u.url.startswith("https://") for u in settings.upstreams)
+        else "",
+        upstream_timeout_seconds=settings.upstream_timeout_seconds,
+        upstream_stream_timeout_seconds=settings.upstream_stream_timeout_seconds,
+        upstream_down_seconds=settings.upstream_down_seconds,
+        blob_cache_dir=blob_cache_dir(layout.state_dir),
+        blob_cache_mib=settings.blob_cache_mib,
+        blob_cache_minutes=settings.blob_cache_minutes,
+        # A waiting client gets the blob once the first fetch completes: as long as a transfer may take.
+        blob_lock_seconds=900,
         drain_flag=f"{layout.state_dir}/{DRAIN_FLAG}",
         registry_listen=layout.registry_listen,
         mirror_listen=layout.mirror_listen,

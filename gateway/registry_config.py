@@ -111,9 +111,11 @@ def private_config(settings: GatewaySettings, addr: str, *, read_only: bool = Fa
     return config
 
 
-def cache_config(settings: GatewaySettings, upstream: Upstream, addr: str) -> dict[str, Any]:
+def cache_config(settings: GatewaySettings, upstream: Upstream, addr: str, remote_url: str) -> dict[str, Any]:
+    """`remote_url`: the gateway's egress server for this upstream (gateway/egress.js), never the upstream
+    itself: Distribution 3.1.1 waits on an upstream with no timeout (Go's default transport)."""
     config = _base(settings, addr, cache_root(upstream))
-    proxy: dict[str, Any] = {"remoteurl": upstream.url, "ttl": settings.cache_ttl}
+    proxy: dict[str, Any] = {"remoteurl": remote_url, "ttl": settings.cache_ttl}
     if upstream.username is not None:
         proxy |= {"username": upstream.username, "password": upstream.password}
     config["proxy"] = proxy

@@ -15,7 +15,7 @@ from gateway import layout as L
 from gateway import registry_config
 from gateway.config import GatewaySettings
 from gateway.htpasswd import render_htpasswd
-from gateway.nginx import DRAIN_SH, ROUTER_JS, render_nginx_conf, render_routes, render_salt_conf
+from gateway.nginx import DRAIN_SH, EGRESS_JS, ROUTER_JS, render_nginx_conf, render_routes, render_salt_conf
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ def _port(listen: str) -> int:
 def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, nginx_bin: str) -> Bundle:
     conf = f"{lay.config_dir}/nginx/nginx.conf"
     router = f"{lay.config_dir}/nginx/router.js"
+    egress = f"{lay.config_dir}/nginx/egress.js"
     routes = f"{lay.config_dir}/nginx/routes.json"
     htpasswd = f"{lay.secret_dir}/htpasswd"
     salt = f"{lay.secret_dir}/auth-salt.conf"
@@ -56,6 +57,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
         settings,
         lay,
         router_file=router,
+        egress_file=egress,
         routes_file=routes,
         htpasswd_file=htpasswd,
         salt_file=salt,
@@ -81,6 +83,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
             files=(
                 RenderedFile(conf, nginx_conf, secret=False),
                 RenderedFile(router, ROUTER_JS.read_text(), secret=False),
+                RenderedFile(egress, EGRESS_JS.read_text(), secret=False),
                 RenderedFile(routes, render_routes(settings), secret=False),
                 RenderedFile(htpasswd, render_htpasswd(settings.users, settings.htpasswd_key), secret=True),
                 RenderedFile(salt, render_salt_conf(settings), secret=True),
@@ -108,7 +111,9 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
         key = L.cache_key(upstream)
         addr = lay.cache_addrs[upstream.host]
         path = f"{lay.secret_dir}/{key}.yml"
-        content = registry_config.dump(registry_config.cache_config(settings, upstream, addr))
+        content = registry_config.dump(
+            registry_config.cache_config(settings, upstream, addr, lay.egress_urls[upstream.host])
+        )
         services[key] = ServiceFiles(
             name=L.cache_service(upstream) if lay.production else key,
             command=(*registry_stop, registry_bin, "serve", path),
@@ -141,6 +146,8 @@ def render_local(
     auth_port: int,
     private_ports: tuple[int, ...],
     cache_ports: dict[str, int],
+    egress_ports: dict[str, int],
+    egress_resolver: str | None = None,
     nginx_user: str | None = None,
     registry_bin: str,
     nginx_bin: str,
@@ -149,9 +156,10 @@ def render_local(
     expect PROXY protocol only when `settings.trusted_proxy_cidrs` is set."""
     if len(private_ports) != settings.private_replicas:
         raise ValueError(f"need {settings.private_replicas} private ports, got {private_ports}")
-    missing = {u.host for u in settings.upstreams} - set(cache_ports)
-    if missing:
-        raise ValueError(f"no cache port for upstreams {sorted(missing)}")
+    for what, ports in (("cache", cache_ports), ("egress", egress_ports)):
+        missing = {u.host for u in settings.upstreams} - set(ports)
+        if missing:
+            raise ValueError(f"no {what} port for upstreams {sorted(missing)}")
     proxy = " proxy_protocol" if settings.trusted_proxy_cidrs else ""
     lay = L.Layout(
         production=False,
@@ -166,5 +174,8 @@ def render_local(
         private_addrs=tuple(f"127.0.0.1:{p}" for p in private_ports),
         cache_addrs={h: f"127.0.0.1:{p}" for h, p in cache_ports.items()},
         nginx_user=nginx_user,
+        egress_listens={h: f"127.0.0.1:{p}" for h, p in egress_ports.items()},
+        egress_urls={h: f"http://127.0.0.1:{p}" for h, p in egress_ports.items()},
+        egress_resolver=egress_resolver,
     )
     return _render(settings, lay, registry_bin=registry_bin, nginx_bin=nginx_bin)

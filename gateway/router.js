@@ -103,7 +103,18 @@ function toCache(r, cfg, p) {
         id = cfg.upstreams[p.name.slice(0, slash)];
         name = p.name.slice(slash + 1);
     }
-    return go(r, 'cache_' + id + (p.tag ? '_tag' : ''), '/v2/' + name + '/' + p.rest);
+    // What the door answers if the cache has no such thing (routes.conf.j2, mirror_door.conf.j2).
+    r.variables.owncr_error = notFound(p);
+    return go(r, 'cache_' + id + cacheKind(p), '/v2/' + name + '/' + p.rest);
+}
+
+// Tag manifests are micro-cached, blobs coalesced (routes.conf.j2); manifests by digest and tag lists
+// go straight to the cache.
+function cacheKind(p) {
+    if (p.tag) {
+        return '_tag';
+    }
+    return p.rest.indexOf('blobs/') === 0 ? '_blob' : '';
 }
 
 // The repositories a cross-repository blob mount (`POST .../blobs/uploads/?mount=<digest>&from=<repo>`)
@@ -255,11 +266,10 @@ function mirrorTarget(r) {
     if (p.upload) {
         return fail(r, 404, 'BLOB_UPLOAD_UNKNOWN', 'the mirror is read-only');
     }
-    // Also what the door answers if the cache says 404 (mirror_door.conf.j2).
-    r.variables.owncr_error = notFound(p);
     if (privateNamespace(cfg, p.name) !== null) {
         // Private names do not exist on the mirror door (and never reach an upstream). A manifest by
         // digest that no upstream has is a 500 from Distribution's proxy (v3.1.1), so that is the answer.
+        r.variables.owncr_error = notFound(p);
         r.variables.owncr_route = 'refused';
         var byDigest = p.rest.indexOf('manifests/') === 0 && !p.tag;
         return byDigest ? '/_owncr/answer/failed' : '/_owncr/answer/404';

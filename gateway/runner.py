@@ -20,7 +20,7 @@ from types import TracebackType
 
 from gateway import binaries, registry_config
 from gateway.config import FilesystemStorage, GatewaySettings
-from gateway.layout import private_key
+from gateway.layout import private_key, system_resolver
 from gateway.ports import free_ports
 from gateway.render import Bundle, ServiceFiles, render_local
 
@@ -108,7 +108,8 @@ class LocalGateway:
 
     def render(self) -> Bundle:
         n_private = self.settings.private_replicas
-        ports = free_ports(1 + n_private + len(self.settings.upstreams))
+        n_up = len(self.settings.upstreams)
+        ports = free_ports(1 + n_private + 2 * n_up)
         return render_local(
             self.settings,
             data_dir=str(self.data_dir),
@@ -117,8 +118,15 @@ class LocalGateway:
             auth_port=ports[0],
             private_ports=ports[1 : 1 + n_private],
             cache_ports={
-                u.host: p for u, p in zip(self.settings.upstreams, ports[1 + n_private :], strict=True)
+                u.host: p
+                for u, p in zip(
+                    self.settings.upstreams, ports[1 + n_private : 1 + n_private + n_up], strict=True
+                )
             },
+            egress_ports={
+                u.host: p for u, p in zip(self.settings.upstreams, ports[1 + n_private + n_up :], strict=True)
+            },
+            egress_resolver=system_resolver(self.settings.upstreams),
             # Run as root, nginx would switch its workers to `nobody`, which cannot read the 0600
             # secrets written below; a local run keeps the invoking user (production: `nginx`).
             nginx_user="root" if os.geteuid() == 0 else None,
@@ -179,11 +187,8 @@ class LocalGateway:
         self._write(bundle)
         deadline = time.monotonic() + self.startup_timeout
         try:
-            registries = {k: s for k, s in bundle.services.items() if k != "nginx"}
-            for key, service in registries.items():
-                self._spawn(key, service)
-            for key, service in registries.items():
-                self._wait_healthy(key, service.port, "/v2/", deadline)
+            # nginx first: a cache asks its upstream (through nginx's egress) for its login challenge as
+            # it starts, and exits if nothing answers.
             self._spawn("nginx", bundle.services["nginx"])
             if not self.settings.trusted_proxy_cidrs:
                 self._wait_healthy("nginx", self.registry_port, "/healthz", deadline)
@@ -191,6 +196,11 @@ class LocalGateway:
             else:
                 # Doors that expect a PROXY header drop a bare request: accepting connections is enough.
                 self._wait_listening("nginx", deadline)
+            registries = {k: s for k, s in bundle.services.items() if k != "nginx"}
+            for key, service in registries.items():
+                self._spawn(key, service)
+            for key, service in registries.items():
+                self._wait_healthy(key, service.port, "/v2/", deadline)
         except BaseException:
             self.stop()
             raise

@@ -26,7 +26,7 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 @dataclass(frozen=True)
 class Expect:
-    # What the access log's "route" says: "refused", "ping", "private_read", "cache_<id>[_tag]"; None
+    # What the access log's "route" says: "refused", "ping", "private_read", "cache_<id>[_tag|_blob]"; None
     # where router.js never runs (nginx answers first) or its pre-login choice does not matter (401).
     route: str | None
     status: int | None = None  # the gateway's own answer (refusals, ping, login); None: the registry's
@@ -96,7 +96,8 @@ def _cache(settings: GatewaySettings, name: str, rest: str, tag: bool) -> Expect
     first = name.split("/", 1)[0]
     if "/" in name and first in {u.host for u in settings.upstreams} and first != DOCKER_HUB:
         upstream = first
-    return Expect("cache_" + nginx_id(upstream) + ("_tag" if tag else ""))
+    kind = "_tag" if tag else "_blob" if rest.startswith("blobs/") else ""
+    return Expect("cache_" + nginx_id(upstream) + kind)
 
 
 def registry_door(

@@ -59,6 +59,7 @@ def local(settings: GatewaySettings = SETTINGS, data_dir: str = "/srv/owncr") ->
         auth_port=5002,
         private_ports=tuple(range(6000, 6000 + settings.private_replicas)),
         cache_ports={u.host: 7000 + i for i, u in enumerate(settings.upstreams)},
+        egress_ports={u.host: 7100 + i for i, u in enumerate(settings.upstreams)},
         registry_bin=binaries.default_registry(),
         nginx_bin=binaries.default_nginx(),
     )
@@ -181,7 +182,7 @@ def test_local_bundle_has_every_service_and_marks_secrets() -> None:
     nginx_files = {Path(f.path).name: f for f in bundle.services["nginx"].files}
     secret = {n for n, f in nginx_files.items() if f.secret}
     assert (set(nginx_files), secret) == (
-        {"nginx.conf", "router.js", "routes.json", "htpasswd", "auth-salt.conf"},
+        {"nginx.conf", "router.js", "egress.js", "routes.json", "htpasswd", "auth-salt.conf"},
         {"htpasswd", "auth-salt.conf"},
     )
 
@@ -282,14 +283,24 @@ def test_upstream_credentials_only_in_their_cache_config() -> None:
     holders = [f.path for f in bundle.files() if HUB_TOKEN in f.content]
     assert holders == ["/srv/owncr/secrets/cache-docker-io.yml"]
     cfg = configs(bundle)
+    # Each cache calls its upstream through its own egress server, which alone names the upstream.
     assert cfg["cache-docker-io"]["proxy"] == {
-        "remoteurl": "https://registry-1.docker.io",
+        "remoteurl": "http://127.0.0.1:7100",
         "ttl": "168h",
         "username": "owncr",
         "password": HUB_TOKEN,
     }
-    assert cfg["cache-ghcr-io"]["proxy"] == {"remoteurl": "https://ghcr.io", "ttl": "168h"}
+    assert cfg["cache-ghcr-io"]["proxy"] == {"remoteurl": "http://127.0.0.1:7101", "ttl": "168h"}
     assert "proxy" not in cfg["private"]
+    conf = next(f.content for f in bundle.files() if f.path.endswith("nginx.conf"))
+    for origin, listen in (
+        ("https://registry-1.docker.io", "127.0.0.1:7100"),
+        ("https://ghcr.io", "127.0.0.1:7101"),
+    ):
+        assert f"listen {listen};" in conf
+        assert f"set $owncr_egress_origin {origin};" in conf
+    # https upstreams: certificates verified, names resolved per request (the machine's nameserver).
+    assert "proxy_ssl_verify on;" in conf
 
 
 def test_routes_json_carries_rights_and_upstreams() -> None:

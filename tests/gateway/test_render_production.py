@@ -59,7 +59,7 @@ def _inside_namespace(work: Path) -> None:
     from gateway import binaries
     from gateway.bench import PlainRegistry
     from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
-    from gateway.layout import GATEWAY_PORT
+    from gateway.layout import GATEWAY_PORT, NGINX_SERVICE
     from gateway.render import render_production
 
     upstream = PlainRegistry(work, "upstream").start()
@@ -87,6 +87,17 @@ def _inside_namespace(work: Path) -> None:
         addrs = {s.name: f"127.0.1.{i + 1}" for i, s in enumerate(registries)}
         with open("/etc/hosts", "a") as hosts:
             hosts.writelines(f"{addr} {name}\n" for name, addr in addrs.items())
+            # The caches reach their upstreams through the gateway's egress servers, by its service name.
+            hosts.write(f"127.0.0.1 {NGINX_SERVICE}\n")
+        # Swarm's DNS, through which nginx re-resolves the registries' names (never from /etc/hosts).
+        dns = swarm_dns.SwarmDns(addrs).start()
+        # The whole production command: nginx under its drain wrapper (sh gateway/drain.sh ... nginx ...),
+        # before the caches, which ask their upstream (through the egress) as they start.
+        nginx_argv = [
+            binaries.default_nginx() if c == "nginx" else c for c in bundle.services["nginx"].command
+        ]
+        procs.append(_start(nginx_argv, work / "nginx.log", None))
+        _wait(lambda: _accepts(GATEWAY_PORT), "nginx")
         for service in registries:
             env = {**os.environ, "REGISTRY_HTTP_ADDR": f"{addrs[service.name]}:{service.port}"}
             argv = [binaries.default_registry() if c == "registry" else c for c in service.command]
@@ -95,14 +106,6 @@ def _inside_namespace(work: Path) -> None:
             _wait(
                 lambda s=service: request(f"http://{addrs[s.name]}:{s.port}/v2/").status == 200, service.name
             )
-        # Swarm's DNS, through which nginx re-resolves the registries' names (never from /etc/hosts).
-        dns = swarm_dns.SwarmDns(addrs).start()
-        # The whole production command: nginx under its drain wrapper (sh gateway/drain.sh ... nginx ...).
-        nginx_argv = [
-            binaries.default_nginx() if c == "nginx" else c for c in bundle.services["nginx"].command
-        ]
-        procs.append(_start(nginx_argv, work / "nginx.log", None))
-        _wait(lambda: _accepts(GATEWAY_PORT), "nginx")
 
         base = f"http://127.0.0.1:{GATEWAY_PORT}"
         alice = ("alice", "alice-password")

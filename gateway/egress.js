@@ -1,0 +1,130 @@
+// owncr egress (njs >= 0.8, both engines: shared dictionaries). Every pull-through cache reaches its
+// upstream through one egress server of the gateway's nginx (templates/egress.conf.j2), which gives
+// Distribution's upstream calls what Distribution 3.1.1 lacks: bounded timeouts, a memory of an upstream
+// that is down or rate limiting (requests in that window are answered at once, without reaching it),
+// and a sign of it for the doors (a tag never mirrored answers 503, not 404, while its upstream is down).
+//
+// Distribution follows the token realm and blob redirects its upstream names (Docker Hub: auth.docker.io,
+// its CDN). So that those calls are bounded too, the egress rewrites both URLs to point back at itself,
+// signed: /_owncr/via/<kind>/<signature>/<scheme>/<host><path>. Only URLs an upstream handed out are
+// fetched this way; the egress is no open proxy for whoever reaches its port.
+import crypto from 'crypto';
+
+// Failure memory: the upstream's nginx id -> "<until ms>,<status>" (status: 429 rate limit, 503 down).
+var MEMORY = 'owncr_upstreams';
+var RETRY_AFTER_DEFAULT = 60;
+// A rate-limit window longer than this is cut short: one request then finds out whether it still holds.
+var RETRY_AFTER_MAX = 600;
+// The upstream's own paths and the token realm answer small documents quickly; blobs and redirected
+// downloads stream (egress.conf.j2 gives each its read timeout).
+var VIA = /^\/_owncr\/via\/(realm|redirect)\/([0-9a-f]{32})\/(https?)\/([^/?]+)(\/[^?]*)?(\?.*)?$/;
+
+function remembered(id) {
+    var value = ngx.shared[MEMORY].get(id);
+    if (!value) {
+        return null;
+    }
+    var parts = String(value).split(',');
+    var left = Number(parts[0]) - Date.now();
+    return left > 0 ? {seconds: Math.ceil(left / 1000), status: parts[1]} : null;
+}
+
+function remember(id, seconds, status) {
+    ngx.shared[MEMORY].set(id, String(Date.now() + seconds * 1000) + ',' + status);
+}
+
+function signature(r, kind, origin, path) {
+    return crypto.createHmac('sha256', r.variables.owncr_auth_salt)
+        .update('owncr-egress\n' + kind + '\n' + origin + path).digest('hex').slice(0, 32);
+}
+
+function route(r, where, url, authorization) {
+    r.variables.owncr_egress_url = url;
+    r.variables.owncr_egress_authorization = authorization;
+    return '/_owncr/egress/' + where;
+}
+
+// js_set $owncr_egress_next (rewrite phase): where this request of a cache goes.
+function next(r) {
+    var id = r.variables.owncr_egress_id;
+    var down = remembered(id);
+    if (down !== null) {
+        r.variables.owncr_egress_retry = String(down.seconds);
+        return '/_owncr/egress/remembered_' + down.status;
+    }
+    var uri = r.variables.request_uri;
+    var auth = r.headersIn.Authorization || '';
+    if (uri.indexOf('/_owncr/via/') !== 0) {
+        var where = uri.indexOf('/blobs/') >= 0 ? 'stream' : 'answer';
+        return route(r, where, r.variables.owncr_egress_origin + uri, auth);
+    }
+    var m = VIA.exec(uri);
+    var origin = m === null ? '' : m[3] + '://' + m[4];
+    var path = m === null ? '' : m[5] || '';
+    if (m === null || m[2] !== signature(r, m[1], origin, path)) {
+        return '/_owncr/egress/forged';
+    }
+    // A token request carries the cache's upstream login; a redirected download is signed by its URL
+    // (presigned) and must not carry the upstream's token to another host.
+    return m[1] === 'realm'
+        ? route(r, 'answer', origin + path + (m[6] || ''), auth)
+        : route(r, 'stream', origin + path + (m[6] || ''), '');
+}
+
+function via(r, kind, url) {
+    var m = /^(https?):\/\/([^/?]+)(\/[^?]*)?(\?.*)?$/i.exec(url);
+    if (m === null) {
+        return url;
+    }
+    var scheme = m[1].toLowerCase();
+    var path = m[3] || '';
+    var sig = signature(r, kind, scheme + '://' + m[2], path);
+    return 'http://' + r.variables.http_host + '/_owncr/via/' + kind + '/' + sig + '/' + scheme + '/' + m[2]
+        + path + (m[4] || '');
+}
+
+function retryAfter(value) {
+    var seconds = Number(value);
+    if (!value || isNaN(seconds)) {
+        // An HTTP date, or nothing at all.
+        var date = Date.parse(value || '');
+        seconds = isNaN(date) ? RETRY_AFTER_DEFAULT : Math.ceil((date - Date.now()) / 1000);
+    }
+    return Math.min(Math.max(Math.ceil(seconds), 1), RETRY_AFTER_MAX);
+}
+
+// js_header_filter of the proxied locations: remember a rate limit or an outage (nginx's own 502/504
+// after a refused connection or a timeout pass here too), and keep follow-up URLs on the egress.
+function answered(r) {
+    var id = r.variables.owncr_egress_id;
+    if (r.status === 429) {
+        remember(id, retryAfter(r.headersOut['Retry-After']), 429);
+    } else if (r.status === 502 || r.status === 503 || r.status === 504) {
+        var given = r.headersOut['Retry-After'];
+        remember(id, given ? retryAfter(given) : Number(r.variables.owncr_egress_down_seconds), 503);
+    }
+    var challenge = r.headersOut['WWW-Authenticate'];
+    if (challenge) {
+        r.headersOut['WWW-Authenticate'] = challenge.replace(/realm="([^"]+)"/i, function (all, url) {
+            return 'realm="' + via(r, 'realm', url) + '"';
+        });
+    }
+    var location = r.headersOut.Location;
+    if (location && /^https?:\/\//i.test(location)) {
+        r.headersOut.Location = via(r, 'redirect', location);
+    }
+}
+
+// js_set $owncr_upstream_down (the doors): "1" while the upstream behind this request's cache route is
+// remembered as down or rate limiting.
+function upstreamDown(r) {
+    var m = /^cache_(\w+?)_(tag|blob)$/.exec(r.variables.owncr_route || '');
+    var down = m === null ? null : remembered(m[1]);
+    if (down === null) {
+        return '';
+    }
+    r.variables.owncr_egress_retry = String(down.seconds);
+    return '1';
+}
+
+export default {next, answered, upstreamDown};
