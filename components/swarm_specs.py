@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal, TypedDict
 
 from components import lb_health, physical_name
-from gateway.layout import STATE_DIR
+from gateway.layout import STATE_DIR, blob_cache_dir
 from gateway.render import Bundle
 
 # Swarm rejects config/secret names over 64 characters and service names over 63
@@ -34,6 +34,8 @@ HASH_LEN = 12
 NGINX_KEY = "nginx"
 PRIVATE_KEY = "private"
 CACHE_PREFIX = "cache-"
+# Named volume (local driver, one per node, created by the first task) for nginx's blob copy.
+BLOB_CACHE_VOLUME = "owncr-blob-cache"
 NS = 1_000_000_000  # Engine API durations are nanoseconds
 
 # Resource limits: nginx streams bodies (no buffering), a registry holds at most a few upload chunks
@@ -305,8 +307,13 @@ def _registry_health(port: int) -> HealthSpec:
 def _mounts(plan: ServicePlan, is_nginx: bool) -> list[MountSpec]:
     if is_nginx:
         # nginx's pid, temp paths and login cache live in the gateway's state dir, which the image
-        # lacks: a tmpfs per task (nothing there outlives the task).
-        return [{"type": "tmpfs", "source": "", "target": STATE_DIR}]
+        # lacks: a tmpfs per task (nothing there outlives the task). Its copy of upstream blobs
+        # (templates/proxy.conf.j2, up to blob_cache_mib) would count against the task's memory there:
+        # a volume on the node's disk instead, which the next task on that node reuses.
+        return [
+            {"type": "tmpfs", "source": "", "target": STATE_DIR},
+            {"type": "volume", "source": BLOB_CACHE_VOLUME, "target": blob_cache_dir(STATE_DIR)},
+        ]
     m = plan.storage_mount
     return [{"type": m.type, "source": m.source, "target": m.target}] if m else []
 

@@ -494,6 +494,10 @@ class Launcher:
         self._stops: list[Callable[[], object]] = []
         self.skopeo = Skopeo(workdir)
 
+    def on_close(self, stop: Callable[[], object]) -> None:
+        """Have `stop` run with everything else the launcher started (last started, first stopped)."""
+        self._stops.append(stop)
+
     def distribution(self, name: str) -> PlainRegistry:
         registry = PlainRegistry(self.workdir, name)
         self._stops.append(registry.stop)

@@ -1,11 +1,17 @@
 """An upstream that can be made to fail: an HTTP server on a loopback port in front of a real registry
 (the Docker Hub stand-in), which passes reads through, or hangs (the connection accepted, no answer
 ever), or answers 429 with a Retry-After, or 503, as the test sets it. It counts what reached it in each
-mode; the registry behind it keeps its own access log of what it was really asked."""
+mode; the registry behind it keeps its own access log of what it was really asked.
+
+As Docker Hub does, it can also ask for a token from its own realm (`login`: the Basic credentials it
+gives tokens for) and answer blob GETs with a redirect to a download path on itself (`redirect_blobs`),
+so that the calls a cache makes to other URLs than the upstream's own are seen here too."""
 
 from __future__ import annotations
 
+import base64
 import http.client
+import json
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,14 +21,19 @@ MODES = ("pass", "hang", "429", "503")
 # A hung request is held at most this long (the test's own bound), or until the server stops.
 HANG_LIMIT_SECONDS = 120.0
 RETRY_AFTER = 30
+TOKEN = "fault-upstream-token"  # noqa: S105 - the stand-in's made-up token
+DOWNLOAD = "/download"  # where redirected blob GETs land, followed by the blob's registry path
 
 
 class FaultUpstream:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, login: str | None = None, redirect_blobs: bool = False) -> None:
         self.target = urlsplit(target)
+        self.login = login  # "user:password"
+        self.redirect_blobs = redirect_blobs
         self.mode = "pass"
         self.seen: Counter[str] = Counter()  # mode -> requests that arrived in it
         self.paths: list[tuple[str, str, str]] = []  # (mode, method, path)
+        self.authorizations: list[tuple[str, str]] = []  # (path, Authorization header or "")
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         outer = self
@@ -68,31 +79,54 @@ class FaultUpstream:
         with self._lock:
             self.seen[mode] += 1
             self.paths.append((mode, h.command, h.path))
+            self.authorizations.append((h.path, h.headers.get("Authorization", "")))
         if mode == "hang":
             self._stopping.wait(HANG_LIMIT_SECONDS)
             h.close_connection = True
             return
         if mode in ("429", "503"):
             body = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down","detail":null}]}\n'
-            h.send_response(int(mode))
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(body)))
-            if mode == "429":
-                h.send_header("Retry-After", str(RETRY_AFTER))
-            h.end_headers()
-            if h.command != "HEAD":
-                h.wfile.write(body)
+            self._reply(h, int(mode), body, {"Retry-After": str(RETRY_AFTER)} if mode == "429" else {})
             return
-        self._pass(h)
+        if self.login is not None and h.path.startswith("/token"):
+            self._token(h)
+        elif h.path.startswith(DOWNLOAD + "/"):
+            self._pass(h, h.path.removeprefix(DOWNLOAD))  # a presigned-like URL: no login asked
+        elif self.login is not None and h.headers.get("Authorization") != f"Bearer {TOKEN}":
+            realm = f"{self.url}/token"
+            self._reply(h, 401, b"", {"WWW-Authenticate": f'Bearer realm="{realm}",service="fault-upstream"'})
+        elif self.redirect_blobs and h.command == "GET" and "/blobs/sha256:" in h.path:
+            self._reply(h, 307, b"", {"Location": f"{self.url}{DOWNLOAD}{h.path}"})
+        else:
+            self._pass(h, h.path)
 
-    def _pass(self, h: BaseHTTPRequestHandler) -> None:
+    def _token(self, h: BaseHTTPRequestHandler) -> None:
+        assert self.login is not None
+        basic = "Basic " + base64.b64encode(self.login.encode()).decode()
+        if h.headers.get("Authorization") != basic:
+            self._reply(h, 401, b'{"details":"incorrect username or password"}\n', {})
+            return
+        self._reply(h, 200, json.dumps({"token": TOKEN, "access_token": TOKEN}).encode(), {})
+
+    @staticmethod
+    def _reply(h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str]) -> None:
+        h.send_response(status)
+        for key, value in headers.items():
+            h.send_header(key, value)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(body)
+
+    def _pass(self, h: BaseHTTPRequestHandler, path: str) -> None:
         assert self.target.hostname is not None and self.target.port is not None
         conn = http.client.HTTPConnection(self.target.hostname, self.target.port, timeout=30)
         try:
             # Every header line as sent (a registry client sends several Accept lines).
-            conn.putrequest(h.command, h.path, skip_host=True, skip_accept_encoding=True)
+            conn.putrequest(h.command, path, skip_host=True, skip_accept_encoding=True)
             for key, value in h.headers.items():
-                if key.lower() != "connection":
+                if key.lower() not in ("connection", "authorization"):
                     conn.putheader(key, value)
             conn.endheaders()
             resp = conn.getresponse()

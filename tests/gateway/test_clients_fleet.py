@@ -7,21 +7,28 @@ upstream is left alone for its Retry-After."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 import http.client
+import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from client_harness import Images, Launcher
-from fault_upstream import FaultUpstream
+from fault_upstream import DOWNLOAD, TOKEN, FaultUpstream
 from production_versions import assert_production
 from routing_fixtures import HTTP_SECRET
 
 from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
 from gateway.images import Image, Layer, MiB
+from gateway.layout import cache_key
+from gateway.runner import LocalGateway
 
 DEFAULTS = GatewaySettings.__dataclass_fields__
 UPSTREAM_TIMEOUT = DEFAULTS["upstream_timeout_seconds"].default
@@ -160,9 +167,10 @@ class Degraded:
         self.hub = launch.distribution("degraded-hub")
         self.image = images.get("degraded-app", [Layer(2 * MiB, 521), Layer(MiB, 522)])
         launch.seed(self.hub, self.image, "library/app:1.0")
-        launch.seed(self.hub, images.get("degraded-other", [Layer(MiB, 523)]), "library/other:1.0")
+        self.other = images.get("degraded-other", [Layer(MiB, 523)])  # never pulled through the mirror
+        launch.seed(self.hub, self.other, "library/other:1.0")
         self.fault = FaultUpstream(self.hub.url).start()
-        launch._stops.append(self.fault.stop)  # noqa: SLF001 - stopped with everything else
+        launch.on_close(self.fault.stop)
         storage = launch.workdir / "shared-storage"
         self.nodes = [
             launch.local_gateway(settings(self.fault.url, storage), name=f"node-{i}") for i in (1, 2)
@@ -218,3 +226,103 @@ def test_a_pulled_tag_is_served_for_every_client_on_every_node_while_the_upstrea
         assert pulled == degraded.image.manifest.digest
     finally:
         degraded.fault.set("pass")
+
+
+@pytest.mark.parametrize("mode", ["hang", "429", "503"])
+def test_what_was_never_pulled_fails_fast_with_a_registry_error_while_the_upstream_fails(
+    degraded: Degraded, mode: str
+) -> None:
+    degraded.fault.set(mode)
+    try:
+        for door in degraded.doors:
+            for method, path in (
+                ("GET", "/v2/library/other/manifests/1.0"),
+                ("HEAD", "/v2/library/other/manifests/1.0"),
+                ("GET", f"/v2/library/other/blobs/{degraded.other.layers[0].digest}"),
+            ):
+                status, headers, body, seconds = get(
+                    door, path, method=method, headers={"Accept": ", ".join(ACCEPTS["docker"])}
+                )
+                # Within about one upstream timeout, never a hang; an answer Docker and containerd retry.
+                assert seconds < UPSTREAM_TIMEOUT + 3, (door, method, path, seconds)
+                assert status == 503, (door, method, path, status, body)
+                assert int(headers["Retry-After"]) >= 1
+                if method == "GET":
+                    assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+    finally:
+        degraded.fault.set("pass")
+
+
+def test_a_rate_limiting_upstream_is_left_alone_for_its_retry_after(degraded: Degraded) -> None:
+    degraded.fault.set("429")
+    try:
+        degraded.expire_tag_cache()
+        for _ in range(5):
+            for door in degraded.doors:
+                for path in ("/v2/library/app/manifests/1.0", "/v2/library/other/manifests/1.0"):
+                    get(door, path, headers={"Accept": ", ".join(ACCEPTS["containerd"])})
+        # 20 tag reads on two nodes: each node's egress asked the upstream once, then waited out its
+        # Retry-After (30 s) without asking again.
+        assert degraded.fault.count("429") <= len(degraded.nodes), degraded.fault.paths
+    finally:
+        degraded.fault.set("pass")
+
+
+def remote_url(node: LocalGateway) -> str:
+    """The URL a node's cache calls its upstream by: the node's egress server."""
+    (upstream,) = node.settings.upstreams
+    assert node.bundle is not None, "not started"
+    files = node.bundle.services[cache_key(upstream)].files
+    config = yaml.safe_load(next(f.content for f in files if f.path.endswith(".yml")))
+    return config["proxy"]["remoteurl"]
+
+
+def test_token_realm_and_blob_redirects_go_through_the_egress_signed(
+    launch: Launcher, images: Images
+) -> None:
+    """As Docker Hub does, the upstream asks for a token from a realm and redirects blob GETs elsewhere:
+    the cache reaches both through the egress, with its login sent to the realm and to nothing else."""
+    hub = launch.distribution("token-hub")
+    image = images.get("token-app", [Layer(MiB, 531)])
+    launch.seed(hub, image, "library/app:1.0")
+    fault = FaultUpstream(hub.url, login="puller:hub-secret", redirect_blobs=True).start()
+    launch.on_close(fault.stop)
+    upstream = Upstream("docker.io", fault.url, username="puller", password="hub-secret")  # noqa: S106
+    node = launch.local_gateway(
+        dataclasses.replace(settings(fault.url, launch.workdir / "token-storage"), upstreams=(upstream,)),
+        name="token-gw",
+    )
+    door = f"127.0.0.1:{node.mirror_port}"
+    assert (
+        launch.skopeo.pull(f"{door}/library/app:1.0", launch.workdir / "token-pull") == image.manifest.digest
+    )
+    basic = "Basic " + base64.b64encode(b"puller:hub-secret").decode()
+    tokens = [a for p, a in fault.authorizations if p.startswith("/token")]
+    assert basic in tokens
+    downloads = [(p, a) for p, a in fault.authorizations if p.startswith(DOWNLOAD)]
+    assert {p.rsplit("/", 1)[1] for p, _ in downloads} >= {image.layers[0].digest}
+    assert all(a == "" for _, a in downloads), downloads  # no upstream token sent to a download URL
+    assert not [a for p, a in fault.authorizations if not p.startswith("/token") and a.startswith("Basic")]
+
+    # The egress hands out signed URLs and fetches only those: not an open proxy for its port's callers.
+    egress = remote_url(node).removeprefix("http://")
+    status, headers, _, _ = get(
+        egress,
+        f"/v2/library/app/blobs/{image.layers[0].digest}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert status == 307
+    signed = urlsplit(headers["Location"])
+    assert signed.netloc == egress and signed.path.startswith("/_owncr/via/redirect/")
+    status, _, body, _ = get(egress, signed.path)
+    assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == image.layers[0].digest
+    kind, sig, rest = signed.path.removeprefix("/_owncr/via/").split("/", 2)
+    for forged in (
+        f"/_owncr/via/{kind}/{'0' * 32}/{rest}",  # a made-up signature
+        f"/_owncr/via/{kind}/{sig}/{rest.replace('127.0.0.1', '127.0.0.2', 1)}",  # another host
+        f"/_owncr/via/realm/{sig}/{rest}",  # a redirect's signature used for the realm (login sent)
+        f"/_owncr/via/{kind}/{sig}/{rest}x",  # another path
+    ):
+        status, _, body, _ = get(egress, forged)
+        assert status == 403, (forged, status, body)
+        assert json.loads(body)["errors"][0]["code"] == "DENIED"

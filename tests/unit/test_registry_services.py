@@ -447,7 +447,11 @@ def test_nfs_storage_bind_mounts_the_node_mount_into_every_registry(deployed):
     for service in run.of_type(SERVICE):
         mounts = service.inputs["taskSpec"]["containerSpec"].get("mounts", [])
         if service.name == "registry-nginx":
-            assert [m["type"] for m in mounts] == ["tmpfs"]
+            # The state dir's tmpfs, and nginx's blob copy on the node's disk.
+            assert [(m["type"], m.get("source")) for m in mounts] == [
+                ("tmpfs", None),
+                ("volume", swarm_specs.BLOB_CACHE_VOLUME),
+            ]
         else:
             assert mounts == [{"type": "bind", "source": "/mnt/owncr", "target": gateway_wiring.STORAGE_ROOT}]
 
