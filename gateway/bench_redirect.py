@@ -1,4 +1,6 @@
-"""`python -m gateway.bench --s3`: blob pulls on S3 storage, redirects on vs off vs straight from the bucket.
+"""Blob pulls on S3 storage, redirects on vs off vs straight from the bucket.
+
+    python -m gateway.bench_redirect [--layer-mib 1024] [--rounds 3]
 
 Starts moto's S3 server (a process of its own), two local gateways on it, one with `redirect` on and one
 off (each its own bucket), pushes one `--layer-mib` layer through each, then pulls it `--rounds` times,
@@ -40,6 +42,8 @@ from gateway.bench import (
     BenchError,
     PlainRegistry,
     Target,
+    add_workdir,
+    command,
     interleaved,
     push_blob,
     read_verified,
@@ -172,7 +176,7 @@ def _settings(bucket: str, endpoint: str, redirect: bool, password: str, upstrea
 
 
 def run(args: argparse.Namespace, work: Path) -> None:
-    print(f"owncr bench --s3: building a {args.layer_mib} MiB layer under {work}", flush=True)
+    print(f"owncr bench_redirect: building a {args.layer_mib} MiB layer under {work}", flush=True)
     image = build_image(work / "image", [Layer(args.layer_mib * MiB, 1)], tag="bench")
     layer = image.layers[0]
     password = secrets.token_urlsafe(16)
@@ -194,7 +198,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
             stack.enter_context(gateway)
             gateways[label] = gateway
             target = Target(label, gateway.registry_url.removeprefix("http://"), f"{BENCH_USER}:{password}")
-            print(f"owncr bench --s3: pushing the layer through the gateway with {label}", flush=True)
+            print(f"owncr bench_redirect: pushing the layer through the gateway with {label}", flush=True)
             push_blob(target, REPO, image.blob_path(layer), layer.digest)
         key = f"private/docker/registry/v2/blobs/sha256/{layer.hex[:2]}/{layer.hex}/data"
         direct_url = s3.generate_presigned_url(
@@ -215,7 +219,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
             },
         }
         before = {label: (_cpu_seconds(g), _nginx_log(g, 0)[2]) for label, g in gateways.items()}
-        print(f"owncr bench --s3: pulling {args.rounds} x 3 ways, interleaved", flush=True)
+        print(f"owncr bench_redirect: pulling {args.rounds} x 3 ways, interleaved", flush=True)
         seconds = interleaved(args.rounds, steps)
         gib = args.rounds * layer.size / GiB
         mib = layer.size / MiB
@@ -272,3 +276,21 @@ def report(
 
 def _size(value: float) -> str:
     return f"{value / 1024:.1f} KiB" if value < MiB else f"{value / MiB:.0f} MiB"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.bench_redirect", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("--layer-mib", type=int, default=1024, help="size of the pulled layer")
+    parser.add_argument("--rounds", type=int, default=3, help="pulls per way (interleaved)")
+    add_workdir(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command(run, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,10 @@
-"""`python -m gateway.bench` runs end to end at a tiny size (the full-size numbers are in
-docs/benchmarks.md), and its verdicts are computed the right way round."""
+"""`python -m gateway.bench`, `gateway.bench_redirect` and `gateway.bench_fleet` run end to end at a tiny
+size (the full-size numbers are in docs/benchmarks.md), and their verdicts are computed the right way
+round."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +27,34 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "the bench removes its work directory"
 
 
+def test_bench_fleet_smoke(tmp_path: Path) -> None:
+    """Five clients at once: through the mirror door the upstream sends each blob once (1.0x the image),
+    to Distribution alone once per client (5.0x)."""
+    argv = [sys.executable, "-m", "gateway.bench_fleet", "--clients", "1,5", "--layers-mib", "2,1"]
+    argv += ["--workdir", str(tmp_path)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {
+        (m["side"], m["temp"], int(m["clients"])): m
+        for m in re.finditer(
+            r"^(?P<side>owncr mirror door|Distribution alone) +(?P<temp>cold|warm) +(?P<clients>\d+) +"
+            r"(?P<failed>\d+) +(?P<requests>\d+) +(?P<gets>\d+) +[\d.]+ +(?P<times>[\d.]+)x",
+            result.stdout,
+            re.M,
+        )
+    }
+    assert len(rows) == 8, result.stdout
+    assert all(m["failed"] == "0" for m in rows.values()), result.stdout
+    assert rows["owncr mirror door", "cold", 5]["times"] == "1.0", result.stdout
+    assert rows["Distribution alone", "cold", 5]["times"] == "5.0", result.stdout
+    assert rows["owncr mirror door", "warm", 5]["gets"] == "0", result.stdout
+    assert list(tmp_path.iterdir()) == [], "the bench removes its work directory"
+
+
 def test_bench_s3_redirect_smoke(tmp_path: Path) -> None:
     """The S3 mode prints its three figures for both sides; with redirects nginx carries a few KiB per
     GiB (the 307s), without it carries every byte."""
-    argv = [sys.executable, "-m", "gateway.bench", "--s3", "--layer-mib", "8", "--rounds", "1"]
+    argv = [sys.executable, "-m", "gateway.bench_redirect", "--layer-mib", "8", "--rounds", "1"]
     argv += ["--workdir", str(tmp_path)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, check=False)
     assert result.returncode == 0, result.stderr[-3000:]

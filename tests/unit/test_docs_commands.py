@@ -1,7 +1,7 @@
 """Every command the README and docs/ show (their ```sh blocks) is either checked here against the code
 it drives, or named with the test that runs it, so the docs cannot drift from the product.
 
-Checked here: `python -m gateway run` and `python -m gateway.bench` command lines parse with the real
+Checked here: `python -m gateway run` and `python -m gateway.bench*` command lines parse with the real
 argument parsers; `pulumi config set` keys exist in Pulumi.yaml (or are provider keys); `pulumi stack
 output` names are exports; `scripts/...` and `.ci/run` exist and are executable. Other programs are
 clients or tools whose use the named tests exercise.
@@ -9,6 +9,7 @@ clients or tools whose use the named tests exercise.
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -16,7 +17,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway import bench
 from gateway.__main__ import parse_args as gateway_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +33,7 @@ EXERCISED = {
     "python3": "policy pack venv (tests/policy/test_policy_pack.py runs the pack)",
     "policy/venv/bin/pip": "tests/policy/test_policy_pack.py",
 }
+BENCHMARKS = ("gateway.bench", "gateway.bench_redirect", "gateway.bench_fleet")
 PULUMI_VERBS = {"login", "stack", "up", "preview", "config", "refresh", "install", "destroy", "state"}
 
 
@@ -69,10 +70,10 @@ def check(argv: list[str]) -> None:
     program = argv[0]
     if argv[:3] == ["python", "-m", "gateway"] and argv[3:4] in (["run"], ["maintenance"]):
         gateway_args(argv[3:])  # the run itself: tests/gateway/test_maintenance.py
-    elif argv[:3] == ["python", "-m", "gateway.bench"]:
-        bench.parse_args(argv[3:])
+    elif argv[:2] == ["python", "-m"] and argv[2] in BENCHMARKS:
+        importlib.import_module(argv[2]).parse_args(argv[3:])
     elif argv[:3] == ["python", "-m", "moto.server"]:
-        pass  # started the same way by `python -m gateway.bench --s3` (tests/gateway/test_clients_bench.py)
+        pass  # as `python -m gateway.bench_redirect` starts it (tests/gateway/test_clients_bench.py)
     elif program == "pulumi":
         verb = argv[1]
         assert verb in PULUMI_VERBS, argv
