@@ -263,7 +263,7 @@ def test_an_upstream_outage_answers_an_oci_error_without_addresses(tmp_path: Pat
         error = assert_oci_error(resp, resp.status, "UNAVAILABLE" if resp.status == 503 else "UNKNOWN")
         assert host not in resp.body.decode() and "127.0.0.1" not in resp.body.decode(), error
         # The gateway's log still has the details: the cache reaches its upstream through nginx's egress.
-        assert f"upstream: \"{upstream.url}/v2/" in gw.log_path("nginx").read_text()
+        assert f'upstream: "{upstream.url}/v2/' in gw.log_path("nginx").read_text()
 
 
 # ---- 8. every refusal is an OCI error -----------------------------------------------------------------
