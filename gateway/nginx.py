@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from gateway.config import DOCKER_HUB, GatewaySettings
+from gateway.config import DOCKER_HUB, GatewaySettings, S3Storage
 from gateway.layout import DRAIN_FLAG, NJS_MODULE, Layout, blob_cache_dir
 from gateway.registry_config import READ_ONLY_HEADER
 
@@ -23,6 +23,13 @@ EGRESS_JS = Path(__file__).parent / "egress.js"
 # (Alpine's ca-certificates) and on Debian.
 UPSTREAM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 DRAIN_SH = Path(__file__).parent / "drain.sh"
+# With blob redirects, how long nginx serves its copy of a blob it streamed from a cache's upstream: only
+# the fleet that waited for that fill gets it; from then on the cache answers with a redirect to the
+# bucket, so blob bytes stop crossing the droplets (templates/routes.conf.j2).
+REDIRECT_FILL_SECONDS = 1
+# A cache's blob redirect is shared this long: well inside the 20 minutes its presigned URL is valid for
+# (Distribution's S3 driver), whatever blob_cache_minutes says.
+REDIRECT_KEEP_SECONDS = 300
 # Statuses router.js refuses with (its fail() calls), each an internal location with an OCI body.
 REFUSAL_STATUSES = (400, 403, 404, 405, 415)
 
@@ -124,6 +131,8 @@ def render_nginx_conf(
         blob_cache_dir=blob_cache_dir(layout.state_dir),
         blob_cache_mib=settings.blob_cache_mib,
         blob_cache_minutes=settings.blob_cache_minutes,
+        blob_fill_seconds=blob_fill_seconds(settings),
+        redirect_keep_seconds=REDIRECT_KEEP_SECONDS,
         # A waiting client gets the blob once the first fetch completes: as long as a transfer may take.
         blob_lock_seconds=900,
         drain_flag=f"{layout.state_dir}/{DRAIN_FLAG}",
@@ -140,3 +149,11 @@ def render_nginx_conf(
         # Docker retries a refused layer upload 5 times, 5 s to 25 s apart (about 75 s in all).
         read_only_retry_after=30,
     )
+
+
+def blob_fill_seconds(settings: GatewaySettings) -> int:
+    """How long nginx keeps a blob body it fetched from a cache (templates/routes.conf.j2)."""
+    storage = settings.storage
+    if isinstance(storage, S3Storage) and storage.redirect:
+        return REDIRECT_FILL_SECONDS
+    return settings.blob_cache_minutes * 60

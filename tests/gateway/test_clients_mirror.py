@@ -211,12 +211,17 @@ def test_served_from_cache_when_the_upstream_is_down(
     digest = world.skopeo.pull(f"{world.mirror}/ghcr.io/org/tool:2.0", tmp_path / "cold")
     assert digest == tool_image(images).manifest.digest
     # Something never cached cannot be served. Distribution's proxy answers an unreachable upstream with
-    # its local tags only, so the client reads "manifest unknown" (docs/troubleshooting.md): the cache
-    # itself answered, nothing in the gateway refused or masked it.
+    # its local tags only; the egress remembers the upstream down, so the door says "not mirrored yet,
+    # retry" (503) instead of the cache's "manifest unknown" (docs/troubleshooting.md).
     absent = world.skopeo.inspect_raw(f"docker://{world.mirror}/library/never-pulled:1.0")
     assert absent.returncode != 0
-    assert "reading manifest 1.0 in" in absent.stderr and "manifest unknown" in absent.stderr, absent.stderr
-    answers = [e for e in world.gateway.access_log() if e["uri"] == "/v2/library/never-pulled/manifests/1.0"]
+    assert "reading manifest 1.0 in" in absent.stderr and "503" in absent.stderr, absent.stderr
+    answers = [
+        e
+        for e in world.gateway.access_log()
+        if e["uri"] == "/v2/library/never-pulled/manifests/1.0" and e["door"] == "mirror"
+    ]
+    # The cache itself answered 404; the door turned it into 503 while the upstream is remembered down.
     assert {(e["route"], e["status"], e["upstream_status"]) for e in answers} == {
-        ("cache_docker_io_tag", 404, "404")
+        ("cache_docker_io_tag", 503, "404")
     }, answers
