@@ -201,33 +201,23 @@ class RegistryServices(pulumi.ComponentResource):
 
         specs = swarm_specs.service_specs(layout, plan)
         self.service_names = {s["key"]: s["name"] for s in specs}
-        registries = [
-            self._service(
-                name,
-                spec,
-                network,
-                objects,
-                pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=after)),
+        # Creation order, for a first deploy and for an update that adds an upstream (Pulumi waits for
+        # each service to converge before creating what depends on it): the private registries, then
+        # nginx (it re-resolves the registries' names while it runs, so it starts without the caches),
+        # then the caches, which ask their upstream for its login challenge through nginx's egress as
+        # they start (gateway/egress.js) and exit if nothing answers.
+        by_key = {spec["key"]: spec for spec in specs}
+
+        def created(keys: Sequence[str], after_these: Sequence[pulumi.Resource]) -> list[docker.Service]:
+            opts = pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(depends_on=[*after, *after_these])
             )
-            for spec in specs
-            if spec["key"] != swarm_specs.NGINX_KEY
-        ]
-        # nginx resolves the registries' service names once, at start: it must come after them, or its
-        # tasks crash-loop on a first deploy and an update adding an upstream rolls back.
-        services = list(registries)
-        for spec in specs:
-            if spec["key"] == swarm_specs.NGINX_KEY:
-                services.append(
-                    self._service(
-                        name,
-                        spec,
-                        network,
-                        objects,
-                        pulumi.ResourceOptions.merge(
-                            child, pulumi.ResourceOptions(depends_on=after + registries)
-                        ),
-                    )
-                )
+            return [self._service(name, by_key[key], network, objects, opts) for key in keys]
+
+        private = created([k for k in by_key if k == swarm_specs.PRIVATE_KEY], [])
+        nginx = created([swarm_specs.NGINX_KEY], private)
+        caches = created([k for k in by_key if k.startswith(swarm_specs.CACHE_PREFIX)], nginx)
+        services = [*private, *nginx, *caches]
         self.rollout = self._rollout(name, engine, specs, objects, services)
 
         self.docker_login_command = pulumi.Output.from_input(f"docker login {args.registry_door}")

@@ -7,10 +7,11 @@
   directory on every node, standing in for the NFS share or R2), turned into Engine API bodies the way
   pulumi-docker does (tests/services/swarm_apply.py, provider_expand.py);
 - images: the stand-ins (tests/services/standin_images.py), loaded on every node.
-Deviations, each forced by this machine: registries use DNS round-robin endpoints (no IPVS in this
-kernel, as in tests/services); the nginx PROXY-protocol trust range is the nodes' docker_gwbridge
-subnet, because a host-mode port here is forwarded by docker-proxy (dockerd runs with --iptables=false)
-and connections arrive from that bridge, not from the load balancer's address.
+Deviations, each forced by this machine: every service uses DNS round-robin endpoints (no IPVS in
+this kernel, as in tests/services; the caches reach nginx's egress by its name); the nginx
+PROXY-protocol trust range is the nodes' docker_gwbridge subnet, because a host-mode port here is
+forwarded by docker-proxy (dockerd runs with --iptables=false) and connections arrive from that
+bridge, not from the load balancer's address.
 A Docker Hub stand-in (a plain registry service, pinned to node 0, which the drill never kills) is
 the upstream of the cache.
 """
@@ -151,7 +152,7 @@ class Cluster:
             self.objects,
             self.network,
             image=NGINX_IMAGE if is_nginx else self.registry_image,
-            endpoint_mode="vip" if is_nginx else "dnsrr",
+            endpoint_mode="dnsrr",
         )
 
     def _deploy_upstream(self, specs: list[swarm_specs.ServiceSpec]) -> None:

@@ -6,8 +6,9 @@ specs from `components.swarm_specs`. Two deviations, both forced by this machine
 - images: stand-ins built from the versions the pinned images carry (nginx 1.30 + njs 1.0 from Debian sid,
   Distribution v3.1.1; scripts/install-tools), as there is no registry to pull the pinned digests from;
   the specs' images are asserted to be pinned before they are swapped;
-- endpoint mode of the registry services: this kernel has no IP_VS, so Swarm's virtual IPs carry no
-  traffic; the registries are switched to DNS round-robin (`dnsrr`), which needs no IPVS.
+- endpoint mode of the services: this kernel has no IP_VS, so Swarm's virtual IPs carry no traffic
+  (nginx's included, which the caches reach for their egress); every service is switched to DNS
+  round-robin (`dnsrr`), which needs no IPVS.
 The Docker Hub stand-in is one more registry service on the same overlay network.
 """
 
@@ -168,7 +169,7 @@ def _service_body(swarm: Swarm, dep: Deployment, spec: swarm_specs.ServiceSpec) 
         dep.objects,
         dep.network,
         image=swarm.nginx_image if is_nginx else swarm.registry_image,
-        endpoint_mode="vip" if is_nginx else "dnsrr",
+        endpoint_mode="dnsrr",
     )
 
 
