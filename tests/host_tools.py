@@ -6,8 +6,9 @@ A test that calls a program CI does not install fails on a fresh machine (or, wo
   excepted: every Debian has them), or with where else CI gets it (Go, which install-tools needs too);
 - tests/conftest.py records every program the test process actually starts (an audit hook on
   subprocess.Popen) and, in CI, fails the run when one is not listed here.
-Programs from the repository itself (scripts/), the production-version tools in `.tools/` (from
-scripts/install-tools) and the venv's Python are accounted for by where they live.
+Programs from the repository itself (scripts/), the tools in `.tools/` (from scripts/install-tools: the
+production versions, and the pinned oras, crane and OCI conformance suite) and the venv's Python are
+accounted for by where they live.
 """
 
 from __future__ import annotations

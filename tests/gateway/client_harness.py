@@ -27,7 +27,7 @@ from production_versions import assert_production, parse_ready
 
 from gateway import procfs
 from gateway.bench import PlainRegistry
-from gateway.binaries import Versions, default_docker, default_dockerd
+from gateway.binaries import TOOLS_BIN, Versions, default_docker, default_dockerd
 from gateway.config import GatewaySettings
 from gateway.images import Image, Layer, build_image
 from gateway.ports import free_port
@@ -145,7 +145,13 @@ def kill_session(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
 # --- clients --------------------------------------------------------------------------------------------
 
 
-def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = CLIENT_TIMEOUT):
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = CLIENT_TIMEOUT,
+    cwd: Path | None = None,
+):
     """Run a client to completion (bounded); the caller asserts on returncode and output."""
     return subprocess.run(
         list(argv),
@@ -153,8 +159,17 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: f
         text=True,
         timeout=timeout,
         env=None if env is None else {**os.environ, **env},
+        cwd=cwd,
         check=False,
     )
+
+
+def installed(tool: str) -> str:
+    """A client only scripts/install-tools provides, in .tools/bin (oras, crane, oci-conformance): no
+    Debian package has the pinned version, so there is no fallback to look for."""
+    path = TOOLS_BIN / tool
+    assert os.access(path, os.X_OK), f"{path} is missing: run scripts/install-tools"
+    return str(path)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -468,9 +483,11 @@ class Images:
         self._root = root
         self._built: dict[str, Image] = {}
 
-    def get(self, key: str, layers: Sequence[Layer], *, tag: str = "1.0", label: str = "") -> Image:
+    def get(
+        self, key: str, layers: Sequence[Layer], *, tag: str = "1.0", label: str = "", arch: str = "amd64"
+    ) -> Image:
         if key not in self._built:
-            self._built[key] = build_image(self._root / key, layers, tag=tag, label=label or key)
+            self._built[key] = build_image(self._root / key, layers, tag=tag, label=label or key, arch=arch)
         return self._built[key]
 
 

@@ -1,0 +1,366 @@
+"""The clients people use for OCI artifacts, oras 1.3.6 and crane 0.22.1 (scripts/install-tools), against
+the gateway run through its command line on the production versions.
+
+oras: a login, an artifact with its own `artifactType` pushed and pulled back byte for byte, an artifact
+attached to an image and discovered again. Distribution 3.1.1 has no referrers API: the door passes its
+404 on and oras falls back to the referrers tag schema (a `sha256-<hex>` tag holding an index), which
+works through the door. Writes on the mirror door and by a user without push rights are refused.
+crane: an image copied from the mirror door to the registry door, its tags, the catalog as the router
+serves it (registry door only), digests, a layer appended, an index built from two platforms and
+filtered to one, deletes; a wrong password, and deletes and pushes on the mirror door, refused."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import secrets
+import subprocess
+import tarfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from client_harness import USERS, GatewayProcess, Images, Launcher, PlainRegistry, installed, ok, run
+from production_versions import assert_production
+
+from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
+from gateway.images import INDEX_MEDIA_TYPE, Image, Layer
+
+NOTES_TYPE = "application/vnd.owncr.test.notes"
+SIGNATURE_TYPE = "application/vnd.owncr.test.signature"
+READ_ONLY = "the mirror is read-only; push to the registry door"
+ALICE = f"alice:{USERS['alice']}"
+
+
+class Oras:
+    """oras over plain HTTP with a registry config file of its own (so no ambient login is used or
+    written). It runs in `workdir`: oras refuses absolute file paths, names files as given."""
+
+    def __init__(self, workdir: Path, name: str = "oras") -> None:
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "registry-config.json"
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # Flags after the subcommand (oras's own order); --plain-http and --registry-config are per command.
+        argv = [installed("oras"), *args, "--plain-http", "--registry-config", str(self.config)]
+        return run(argv, cwd=self.dir)
+
+    def login(self, door: str, user: str, password: str) -> subprocess.CompletedProcess[str]:
+        return self("login", door, "--username", user, "--password", password)
+
+    def write(self, name: str, content: bytes) -> str:
+        (self.dir / name).write_bytes(content)
+        return name
+
+
+class Crane:
+    """crane over plain HTTP (`--insecure`) with DOCKER_CONFIG in the test's directory: `crane auth
+    login` writes a docker config there, never in the real home."""
+
+    def __init__(self, workdir: Path, name: str = "crane") -> None:
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.env = {"DOCKER_CONFIG": str(self.dir / "docker-config")}
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run([installed("crane"), *args, "--insecure"], env=self.env, cwd=self.dir)
+
+    def login(self, door: str, user: str, password: str) -> subprocess.CompletedProcess[str]:
+        return self("auth", "login", door, "--username", user, "--password", password)
+
+    def manifest(self, ref: str) -> dict[str, Any]:  # JSON as the registry sent it
+        return json.loads(ok(self("manifest", ref)).stdout)
+
+
+def tool_image(images: Images, arch: str) -> Image:
+    return images.get(f"artifacts-tool-{arch}", [Layer(200 * 1024, 70), Layer(1000, 71)], arch=arch)
+
+
+class World:
+    """A Docker Hub stand-in with a base image and a two-platform tool, the gateway, alice logged in with
+    oras and crane, and one private image (`team/app:1.0`) for artifacts to refer to."""
+
+    def __init__(self, launch: Launcher, images: Images) -> None:
+        self.launch = launch
+        self.dockerhub: PlainRegistry = launch.distribution("artifacts-dockerhub")
+        self.base = images.get("artifacts-base", [Layer(300 * 1024, 72), Layer(1000, 73)])
+        launch.seed(self.dockerhub, self.base, "library/base:1.0")
+        for arch in ("amd64", "arm64"):
+            launch.seed(self.dockerhub, tool_image(images, arch), f"library/tool:{arch}")
+        self.gateway: GatewayProcess = launch.gateway({"docker.io": self.dockerhub.url}, name="artifacts")
+        self.registry = self.gateway.doors.registry
+        self.mirror = self.gateway.doors.mirror
+        self.oras = Oras(launch.workdir)
+        self.crane = Crane(launch.workdir)
+        ok(self.oras.login(self.registry, "alice", USERS["alice"]))
+        ok(self.crane.login(self.registry, "alice", USERS["alice"]))
+        self.app = images.get("artifacts-app", [Layer(100 * 1024, 74)])
+        ok(launch.skopeo.copy(self.app.ref, f"docker://{self.registry}/team/app:1.0", dest_creds=ALICE))
+
+    def logged_since(self, since: int) -> list[dict[str, object]]:
+        """Requests the doors logged after the first `since` lines (password checks left out: the
+        same log has a line per bcrypt check, without door or URI)."""
+        return [e for e in self.gateway.access_log()[since:] if "door" in e]
+
+
+@pytest.fixture(scope="module")
+def world(module_launch: Launcher, images: Images) -> World:
+    return World(module_launch, images)
+
+
+def pushed_digest(stdout: str) -> str:
+    """The `Digest: sha256:...` line oras prints after a push, attach or pull."""
+    return next(line.split()[1] for line in stdout.splitlines() if line.startswith("Digest: "))
+
+
+# --- oras -------------------------------------------------------------------------------------------------
+
+
+def test_oras_login_with_a_wrong_password_is_refused(world: World, tmp_path: Path) -> None:
+    oras = Oras(tmp_path)
+    login = oras.login(world.registry, "alice", "wrong-password")
+    assert login.returncode != 0
+    assert "unauthorized: authentication required" in login.stderr, login.stderr
+    assert not oras.config.exists() or world.registry not in oras.config.read_text(), "nothing stored"
+
+
+def test_oras_pushes_an_artifact_and_pulls_it_back(world: World, tmp_path: Path) -> None:
+    notes = secrets.token_bytes(64 * 1024)  # random: a pull that returned anything else would show
+    name = world.oras.write("notes.bin", notes)
+    ref = f"{world.registry}/team/notes:v1"
+    push = ok(world.oras("push", ref, "--artifact-type", NOTES_TYPE, f"{name}:application/octet-stream"))
+    digest = pushed_digest(push.stdout)
+
+    manifest = json.loads(ok(world.oras("manifest", "fetch", ref)).stdout)
+    assert manifest["artifactType"] == NOTES_TYPE
+    assert [layer["mediaType"] for layer in manifest["layers"]] == ["application/octet-stream"]
+
+    pulled = Oras(tmp_path, "fresh")  # a client that never saw the file, alice's login copied over
+    pulled.config.write_text(world.oras.config.read_text())
+    pull = ok(pulled("pull", ref, "--output", "out"))
+    assert pushed_digest(pull.stdout) == digest
+    assert (pulled.dir / "out" / name).read_bytes() == notes
+
+
+def test_oras_attach_and_discover_fall_back_to_the_referrers_tag_schema(world: World) -> None:
+    subject = world.app.manifest.digest
+    signature = secrets.token_bytes(512)
+    name = world.oras.write("signature.bin", signature)
+    since = len(world.gateway.access_log())
+    attach = ok(
+        world.oras(
+            "attach",
+            f"{world.registry}/team/app:1.0",
+            "--artifact-type",
+            SIGNATURE_TYPE,
+            f"{name}:text/plain",
+        )
+    )
+    referrer = pushed_digest(attach.stdout)
+
+    discover = json.loads(
+        ok(world.oras("discover", f"{world.registry}/team/app:1.0", "--format", "json")).stdout
+    )
+    assert discover["digest"] == subject
+    assert [(r["digest"], r["artifactType"]) for r in discover["referrers"]] == [(referrer, SIGNATURE_TYPE)]
+
+    # How oras got there: the referrers API answered 404 by Distribution itself (the door routed it to
+    # the private registry, nothing refused it), so oras kept the list in the referrers tag schema's tag
+    # (https://github.com/opencontainers/distribution-spec/blob/v1.1.0/spec.md#referrers-tag-schema).
+    fallback_tag = subject.replace(":", "-")
+    answers = {
+        (e["method"], str(e["uri"]).split("?")[0], e["route"], e["status"])
+        for e in world.logged_since(since)
+        if "/referrers/" in str(e["uri"]) or fallback_tag in str(e["uri"])
+    }
+    assert ("GET", f"/v2/team/app/referrers/{subject}", "private_read", 404) in answers, answers
+    assert ("PUT", f"/v2/team/app/manifests/{fallback_tag}", "private_write", 201) in answers, answers
+    index = world.crane.manifest(f"{world.registry}/team/app:{fallback_tag}")
+    assert index["mediaType"] == INDEX_MEDIA_TYPE
+    assert [m["digest"] for m in index["manifests"]] == [referrer]
+    assert fallback_tag in ok(world.crane("ls", f"{world.registry}/team/app")).stdout.split()
+
+    pulled = ok(world.oras("pull", f"{world.registry}/team/app@{referrer}", "--output", "signature-out"))
+    assert pushed_digest(pulled.stdout) == referrer
+    assert (world.oras.dir / "signature-out" / name).read_bytes() == signature
+
+
+def test_oras_push_to_the_mirror_door_is_refused(world: World) -> None:
+    name = world.oras.write("mirror-notes.bin", b"never stored\n")
+    since, asked_upstream = len(world.gateway.access_log()), len(world.dockerhub.requests())
+    for repository in ("library/notes", "team/notes"):
+        push = world.oras("push", f"{world.mirror}/{repository}:v1", "--artifact-type", NOTES_TYPE, name)
+        assert push.returncode != 0
+        # oras first asks whether the manifest already exists, by digest. The mirror door answers that as
+        # Distribution's proxy answers a digest nobody has, 500 (v3.1.1; private names get the same
+        # answer, router.js), so oras stops there and never reaches a write to be refused with the door's
+        # read-only message. Not a clear message, but a refusal: nothing was written (below). oras
+        # retries a 500 (6 HEADs over about 7 s here, the slowest part of this file) before it gives up.
+        assert f'HEAD "http://{world.mirror}/v2/{repository}/manifests/sha256:' in push.stderr, push.stderr
+        assert "response status code 500" in push.stderr, push.stderr
+    # A write oras does send straight away (a blob upload) gets the door's own answer.
+    blob = world.oras("blob", "push", f"{world.mirror}/library/notes", name)
+    assert blob.returncode != 0
+    assert f"unsupported: {READ_ONLY}" in blob.stderr, blob.stderr
+    delete = world.oras(
+        "manifest", "delete", "--force", f"{world.mirror}/library/base@{world.base.manifest.digest}"
+    )
+    assert delete.returncode != 0
+    assert f"unsupported: {READ_ONLY}" in delete.stderr, delete.stderr
+
+    mirror = [e for e in world.logged_since(since) if e["door"] == "mirror"]
+    assert mirror, "oras asked the mirror door"
+    assert {e["method"] for e in mirror if e["status"] != 405} <= {"GET", "HEAD"}, mirror
+    assert all(e["route"] == "refused" for e in mirror if e["method"] not in ("GET", "HEAD")), mirror
+    assert world.dockerhub.requests_for("team", asked_upstream) == [], "a private name never goes upstream"
+
+
+def test_oras_push_without_push_rights_is_refused(world: World, launch: Launcher, tmp_path: Path) -> None:
+    # The command line gives every --user push on every namespace: a reader needs the Python API.
+    settings = GatewaySettings(
+        namespaces=("team",),
+        users=(
+            User("alice", USERS["alice"], push=("team",)),
+            User("reader", "reader-secret-3", pull=("team",)),
+        ),
+        upstreams=(Upstream("docker.io", world.dockerhub.url),),
+        storage=FilesystemStorage(str(tmp_path / "storage")),
+        http_secret=secrets.token_hex(16),
+    )
+    gateway = launch.local_gateway(settings, name="artifacts-rights")
+    assert_production(gateway.versions)
+    door = gateway.registry_url.removeprefix("http://")
+    alice, reader = Oras(tmp_path, "alice"), Oras(tmp_path, "reader")
+    ok(alice.login(door, "alice", USERS["alice"]))
+    ok(reader.login(door, "reader", "reader-secret-3"))
+    ok(
+        alice(
+            "push", f"{door}/team/notes:v1", "--artifact-type", NOTES_TYPE, alice.write("a.txt", b"alice\n")
+        )
+    )
+
+    push = reader(
+        "push", f"{door}/team/notes:v2", "--artifact-type", NOTES_TYPE, reader.write("r.txt", b"x\n")
+    )
+    assert push.returncode != 0
+    assert "denied: push to team/notes is denied; reader may push to: no namespace" in push.stderr, (
+        push.stderr
+    )
+    attach = reader("attach", f"{door}/team/notes:v1", "--artifact-type", SIGNATURE_TYPE, "r.txt")
+    assert attach.returncode != 0
+    assert "denied: push to team/notes is denied" in attach.stderr, attach.stderr
+    # Reading is what the reader may do: alice's artifact comes back, and nothing of the reader's is there.
+    ok(reader("pull", f"{door}/team/notes:v1", "--output", "out"))
+    assert (reader.dir / "out" / "a.txt").read_bytes() == b"alice\n"
+    assert ok(reader("repo", "tags", f"{door}/team/notes")).stdout.split() == ["v1"]
+
+
+# --- crane ------------------------------------------------------------------------------------------------
+
+
+def test_crane_copies_from_the_mirror_door_to_the_registry_door(world: World) -> None:
+    ok(world.crane("copy", f"{world.mirror}/library/base:1.0", f"{world.registry}/team/base:1.0"))
+    digest = ok(world.crane("digest", f"{world.registry}/team/base:1.0")).stdout.strip()
+    assert digest == world.base.manifest.digest, "copied as it is, not rewritten"
+    assert ok(world.crane("digest", f"{world.mirror}/library/base:1.0")).stdout.strip() == digest
+    assert ok(world.crane("ls", f"{world.registry}/team/base")).stdout.split() == ["1.0"]
+
+
+def test_crane_with_a_wrong_password_is_refused(world: World, tmp_path: Path) -> None:
+    crane = Crane(tmp_path)
+    # `crane auth login` only writes the docker config; the registry sees the password on first use.
+    ok(crane.login(world.registry, "alice", "wrong-password"))
+    copy = crane("copy", f"{world.mirror}/library/base:1.0", f"{world.registry}/team/wrong:1.0")
+    assert copy.returncode != 0
+    assert (
+        f"HEAD http://{world.registry}/v2/team/wrong/manifests/1.0: unexpected status code 401" in copy.stderr
+    ), copy.stderr
+    listing = crane("ls", f"{world.registry}/team/app")
+    assert listing.returncode != 0
+    assert "UNAUTHORIZED: authentication required" in listing.stderr, listing.stderr
+
+
+def test_crane_catalog_is_served_on_the_registry_door_only(world: World) -> None:
+    # alice may pull every private namespace, which the router requires for the catalog (router.js);
+    # it lists the private registry's repositories, never the caches'.
+    catalog = ok(world.crane("catalog", world.registry)).stdout.split()
+    assert "team/app" in catalog
+    assert not any(name.startswith("library/") for name in catalog), catalog
+    mirror = world.crane("catalog", world.mirror)
+    assert mirror.returncode != 0
+    assert "DENIED: the catalog is served on the registry door only" in mirror.stderr, mirror.stderr
+
+
+def test_tag_list_pages_through_the_registry_door(world: World) -> None:
+    # crane lists with `n=1000`, too few tags here for a second page; a page of one shows the door
+    # keeps `n`, `last` and the `Link` to the next page (distribution-spec 1.1, "Listing Tags").
+    for tag in ("p1", "p2", "p3"):
+        ok(world.crane("tag", f"{world.registry}/team/app:1.0", tag))
+    request = urllib.request.Request(f"http://{world.registry}/v2/team/app/tags/list?n=1&last=p1")
+    request.add_header("Authorization", "Basic " + base64.b64encode(ALICE.encode()).decode())
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - loopback only
+        assert json.load(answer)["tags"] == ["p2"]
+        assert answer.headers["Link"] == '</v2/team/app/tags/list?last=p2&n=1>; rel="next"'
+    assert {"1.0", "p1", "p2", "p3"} <= set(
+        ok(world.crane("ls", f"{world.registry}/team/app")).stdout.split()
+    )
+
+
+def test_crane_appends_a_layer(world: World, tmp_path: Path) -> None:
+    ok(world.crane("copy", f"{world.mirror}/library/base:1.0", f"{world.registry}/team/appended:1.0"))
+    tarball = tmp_path / "extra.tar"
+    with tarfile.open(tarball, "w") as archive:
+        content = b"appended by crane\n"
+        entry = tarfile.TarInfo("extra.txt")
+        entry.size = len(content)
+        archive.addfile(entry, io.BytesIO(content))
+
+    base, new = f"{world.registry}/team/appended:1.0", f"{world.registry}/team/appended:1.1"
+    ok(world.crane("append", "--base", base, "--new_layer", str(tarball), "--new_tag", new))
+    layers = [layer["digest"] for layer in world.crane.manifest(new)["layers"]]
+    assert layers[:-1] == [b.digest for b in world.base.layers], "the base's layers, reused as they are"
+    assert len(layers) == len(world.base.layers) + 1
+    assert ok(world.crane("ls", f"{world.registry}/team/appended")).stdout.split() == ["1.0", "1.1"]
+
+
+def test_crane_builds_an_index_and_filters_it(world: World, images: Images) -> None:
+    arches = ("amd64", "arm64")
+    for arch in arches:
+        ok(world.crane("copy", f"{world.mirror}/library/tool:{arch}", f"{world.registry}/team/tool:{arch}"))
+    multi = f"{world.registry}/team/tool:multi"
+    manifests = [arg for arch in arches for arg in ("--manifest", f"{world.registry}/team/tool:{arch}")]
+    ok(world.crane("index", "append", *manifests, "--tag", multi))
+    index = world.crane.manifest(multi)
+    assert index["mediaType"] == INDEX_MEDIA_TYPE
+    entries = [(m["digest"], m["platform"]["architecture"]) for m in index["manifests"]]
+    assert entries == [(tool_image(images, arch).manifest.digest, arch) for arch in arches]
+
+    arm = f"{world.registry}/team/tool:arm64-only"
+    ok(world.crane("index", "filter", multi, "--platform", "linux/arm64", "--tag", arm))
+    filtered = world.crane.manifest(arm)
+    assert [m["digest"] for m in filtered["manifests"]] == [tool_image(images, "arm64").manifest.digest]
+
+
+def test_crane_deletes_on_the_registry_door_only(world: World) -> None:
+    ok(world.crane("copy", f"{world.mirror}/library/base:1.0", f"{world.registry}/team/doomed:1.0"))
+    digest = world.base.manifest.digest
+    ok(world.crane("delete", f"{world.registry}/team/doomed@{digest}"))
+    gone = world.crane("digest", f"{world.registry}/team/doomed:1.0")
+    assert gone.returncode != 0
+    assert "MANIFEST_UNKNOWN" in gone.stderr, gone.stderr
+
+    delete = world.crane("delete", f"{world.mirror}/library/base@{digest}")
+    assert delete.returncode != 0
+    assert f"UNSUPPORTED: {READ_ONLY}" in delete.stderr, delete.stderr
+    assert ok(world.crane("digest", f"{world.mirror}/library/base:1.0")).stdout.strip() == digest, (
+        "still there"
+    )
+    # A copy onto the mirror door is refused at its first write (here a blob upload: the upstream has
+    # no such blob), with the same message.
+    copy = world.crane("copy", f"{world.registry}/team/app:1.0", f"{world.mirror}/library/app:1.0")
+    assert copy.returncode != 0
+    assert f"POST http://{world.mirror}/v2/library/app/blobs/uploads/" in copy.stderr, copy.stderr
+    assert f"UNSUPPORTED: {READ_ONLY}" in copy.stderr, copy.stderr
