@@ -115,10 +115,10 @@ function answered(r) {
     }
 }
 
-// js_set $owncr_upstream_down (the doors): "1" while the upstream behind this request's cache route is
-// remembered as down or rate limiting.
+// js_set $owncr_upstream_down (the doors): "1" while the upstream behind this request's cache route (tag,
+// blob, or manifest by digest and tag list) is remembered as down or rate limiting.
 function upstreamDown(r) {
-    var m = /^cache_(\w+?)_(tag|blob)$/.exec(r.variables.owncr_route || '');
+    var m = /^cache_(\w+?)(?:_tag|_blob)?$/.exec(r.variables.owncr_route || '');
     var down = m === null ? null : remembered(m[1]);
     if (down === null) {
         return '';

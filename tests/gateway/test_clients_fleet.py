@@ -238,6 +238,7 @@ def test_what_was_never_pulled_fails_fast_with_a_registry_error_while_the_upstre
             for method, path in (
                 ("GET", "/v2/library/other/manifests/1.0"),
                 ("HEAD", "/v2/library/other/manifests/1.0"),
+                ("GET", f"/v2/library/other/manifests/{degraded.other.manifest.digest}"),
                 ("GET", f"/v2/library/other/blobs/{degraded.other.layers[0].digest}"),
             ):
                 status, headers, body, seconds = get(
