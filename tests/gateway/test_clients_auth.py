@@ -66,7 +66,7 @@ class World:
         ref = f"{self.registry}/{name}"
         archive = str(write_oci_archive(image, tmp_path / "image.tar"))
         ok(self.containerd.ctr("images", "import", "--base-name", ref.rsplit(":", 1)[0], archive))
-        return self.containerd.ctr("images", "push", "--plain-http", "--user", creds, ref)
+        return self.containerd.push(creds, ref)
 
 
 @pytest.fixture(scope="module")

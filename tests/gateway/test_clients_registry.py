@@ -76,7 +76,7 @@ def test_ctr_push_then_skopeo_pull(world: World, images: Images, tmp_path: Path)
     ref = f"{world.registry}/team/ctr-app:1.0"
     archive = str(write_oci_archive(image, tmp_path / "image.tar"))
     ok(world.containerd.ctr("images", "import", "--base-name", ref.removesuffix(":1.0"), archive))
-    ok(world.containerd.ctr("images", "push", "--plain-http", "--user", ALICE, ref))
+    ok(world.containerd.push(ALICE, ref))
 
     assert world.skopeo.pull(ref, tmp_path / "back", creds=ALICE) == image.manifest.digest
     # Blobs came back byte for byte (skopeo verified each digest while copying).
@@ -92,5 +92,5 @@ def test_ctr_push_of_many_layers_is_not_rate_limited(world: World, images: Image
     ref = f"{world.registry}/team/many:1.0"
     archive = str(write_oci_archive(image, tmp_path / "image.tar"))
     ok(world.containerd.ctr("images", "import", "--base-name", ref.removesuffix(":1.0"), archive))
-    ok(world.containerd.ctr("images", "push", "--plain-http", "--user", ALICE, ref))
+    ok(world.containerd.push(ALICE, ref))
     assert world.skopeo.pull(ref, tmp_path / "back", creds=ALICE) == image.manifest.digest
