@@ -14,11 +14,13 @@ import jinja2
 
 from gateway.config import DOCKER_HUB, GatewaySettings, S3Storage
 from gateway.layout import DRAIN_FLAG, NJS_MODULE, Layout, blob_cache_dir
+from gateway.registry_api import MANIFEST_TYPES
 from gateway.registry_config import READ_ONLY_HEADER
 
 TEMPLATES = Path(__file__).parent / "templates"
 ROUTER_JS = Path(__file__).parent / "router.js"
 EGRESS_JS = Path(__file__).parent / "egress.js"
+REFERRERS_JS = Path(__file__).parent / "referrers.js"
 # The CA bundle the egress verifies https upstreams with: the same path in the official nginx image
 # (Alpine's ca-certificates) and on Debian.
 UPSTREAM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
@@ -74,6 +76,7 @@ def render_nginx_conf(
     *,
     router_file: str,
     egress_file: str,
+    referrers_file: str,
     routes_file: str,
     htpasswd_file: str,
     salt_file: str,
@@ -91,6 +94,8 @@ def render_nginx_conf(
         access_log=access_log,
         router_file=router_file,
         egress_file=egress_file,
+        referrers_file=referrers_file,
+        manifest_types=", ".join(MANIFEST_TYPES),
         routes_file=routes_file,
         htpasswd_file=htpasswd_file,
         salt_file=salt_file,

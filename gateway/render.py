@@ -15,7 +15,15 @@ from gateway import layout as L
 from gateway import registry_config
 from gateway.config import GatewaySettings
 from gateway.htpasswd import render_htpasswd
-from gateway.nginx import DRAIN_SH, EGRESS_JS, ROUTER_JS, render_nginx_conf, render_routes, render_salt_conf
+from gateway.nginx import (
+    DRAIN_SH,
+    EGRESS_JS,
+    REFERRERS_JS,
+    ROUTER_JS,
+    render_nginx_conf,
+    render_routes,
+    render_salt_conf,
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
     conf = f"{lay.config_dir}/nginx/nginx.conf"
     router = f"{lay.config_dir}/nginx/router.js"
     egress = f"{lay.config_dir}/nginx/egress.js"
+    referrers = f"{lay.config_dir}/nginx/referrers.js"
     routes = f"{lay.config_dir}/nginx/routes.json"
     htpasswd = f"{lay.secret_dir}/htpasswd"
     salt = f"{lay.secret_dir}/auth-salt.conf"
@@ -58,6 +67,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
         lay,
         router_file=router,
         egress_file=egress,
+        referrers_file=referrers,
         routes_file=routes,
         htpasswd_file=htpasswd,
         salt_file=salt,
@@ -84,6 +94,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
                 RenderedFile(conf, nginx_conf, secret=False),
                 RenderedFile(router, ROUTER_JS.read_text(), secret=False),
                 RenderedFile(egress, EGRESS_JS.read_text(), secret=False),
+                RenderedFile(referrers, REFERRERS_JS.read_text(), secret=False),
                 RenderedFile(routes, render_routes(settings), secret=False),
                 RenderedFile(htpasswd, render_htpasswd(settings.users, settings.htpasswd_key), secret=True),
                 RenderedFile(salt, render_salt_conf(settings), secret=True),

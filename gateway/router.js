@@ -187,6 +187,18 @@ function deniedWrite(r, user, rights, name) {
          {name: name, push: rights.push});
 }
 
+// Manifest writes and referrers reads of a private namespace go through referrers.js, which keeps each
+// subject's referrers index; everything else goes straight to the private registry.
+function privateRoute(r, p, read) {
+    if (p.rest.indexOf('referrers/') === 0) {
+        return read ? 'referrers' : 'private_write';
+    }
+    if (p.rest.indexOf('manifests/') === 0 && (r.method === 'PUT' || r.method === 'DELETE')) {
+        return 'manifest_write';
+    }
+    return read ? 'private_read' : 'private_write';
+}
+
 function registryTarget(r) {
     // Runs in the rewrite phase, before auth_request has checked the login: every target location
     // authenticates (refusals included), so an unverified $remote_user only ever picks which one.
@@ -232,7 +244,7 @@ function registryTarget(r) {
         if (mount !== null) {
             return mount;
         }
-        return go(r, read ? 'private_read' : 'private_write', uri);
+        return go(r, privateRoute(r, p, read), uri);
     }
     if (!read) {
         return deniedWrite(r, user, rights, p.name);

@@ -141,6 +141,10 @@ def registry_door(
                 from_ns = _private(settings, source)
                 if from_ns is not None and from_ns not in pull:
                     return Expect("refused", 403, "DENIED")
+        if rest.startswith("referrers/"):
+            return Expect("referrers" if read else "private_write")
+        if rest.startswith("manifests/") and method in ("PUT", "DELETE"):
+            return Expect("manifest_write")
         return Expect("private_read" if read else "private_write")
     if not read:
         return Expect("refused", 403, "DENIED")

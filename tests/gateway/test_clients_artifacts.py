@@ -12,6 +12,8 @@ filtered to one, deletes; a wrong password, and deletes and pushes on the mirror
 from __future__ import annotations
 
 import base64
+import hashlib
+import http.client
 import io
 import json
 import secrets
@@ -145,7 +147,7 @@ def test_oras_pushes_an_artifact_and_pulls_it_back(world: World, tmp_path: Path)
     assert (pulled.dir / "out" / name).read_bytes() == notes
 
 
-def test_oras_attach_and_discover_fall_back_to_the_referrers_tag_schema(world: World) -> None:
+def test_oras_attach_and_discover_use_the_referrers_api(world: World) -> None:
     subject = world.app.manifest.digest
     signature = secrets.token_bytes(512)
     name = world.oras.write("signature.bin", signature)
@@ -167,25 +169,136 @@ def test_oras_attach_and_discover_fall_back_to_the_referrers_tag_schema(world: W
     assert discover["digest"] == subject
     assert [(r["digest"], r["artifactType"]) for r in discover["referrers"]] == [(referrer, SIGNATURE_TYPE)]
 
-    # How oras got there: the referrers API answered 404 by Distribution itself (the door routed it to
-    # the private registry, nothing refused it), so oras kept the list in the referrers tag schema's tag
-    # (https://github.com/opencontainers/distribution-spec/blob/v1.1.0/spec.md#referrers-tag-schema).
+    # How oras got there: its manifest push was answered with OCI-Subject (referrers.js), so oras left
+    # the referrers tag schema's tag to the registry and never wrote it; discover asked the API.
     fallback_tag = subject.replace(":", "-")
     answers = {
         (e["method"], str(e["uri"]).split("?")[0], e["route"], e["status"])
         for e in world.logged_since(since)
-        if "/referrers/" in str(e["uri"]) or fallback_tag in str(e["uri"])
+        if "/referrers/" in str(e["uri"]) or "/manifests/" in str(e["uri"])
     }
-    assert ("GET", f"/v2/team/app/referrers/{subject}", "private_read", 404) in answers, answers
-    assert ("PUT", f"/v2/team/app/manifests/{fallback_tag}", "private_write", 201) in answers, answers
+    assert ("PUT", f"/v2/team/app/manifests/{referrer}", "manifest_write", 201) in answers, answers
+    assert ("GET", f"/v2/team/app/referrers/{subject}", "referrers", 200) in answers, answers
+    assert not [a for a in answers if a[0] == "PUT" and fallback_tag in a[1]], answers
+    # What a client without the API reads (https://github.com/opencontainers/distribution-spec/blob/v1.1.0/
+    # spec.md#referrers-tag-schema): the same list, kept by the door under the fallback tag.
     index = world.crane.manifest(f"{world.registry}/team/app:{fallback_tag}")
     assert index["mediaType"] == INDEX_MEDIA_TYPE
-    assert [m["digest"] for m in index["manifests"]] == [referrer]
+    assert [(m["digest"], m["artifactType"]) for m in index["manifests"]] == [(referrer, SIGNATURE_TYPE)]
     assert fallback_tag in ok(world.crane("ls", f"{world.registry}/team/app")).stdout.split()
 
     pulled = ok(world.oras("pull", f"{world.registry}/team/app@{referrer}", "--output", "signature-out"))
     assert pushed_digest(pulled.stdout) == referrer
     assert (world.oras.dir / "signature-out" / name).read_bytes() == signature
+
+    # Deleting the referrer takes it off the list, for both kinds of client.
+    ok(world.oras("manifest", "delete", "--force", f"{world.registry}/team/app@{referrer}"))
+    discover = json.loads(
+        ok(world.oras("discover", f"{world.registry}/team/app:1.0", "--format", "json")).stdout
+    )
+    assert discover["referrers"] == []
+    assert world.crane.manifest(f"{world.registry}/team/app:{fallback_tag}")["manifests"] == []
+
+
+def api(
+    door: str, method: str, path: str, creds: str = ALICE, body: bytes | None = None, content_type: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    """One request to a door: status, headers (lower-case names), body; no redirects, no retries."""
+    conn = http.client.HTTPConnection(door, timeout=30)
+    headers = {"Authorization": "Basic " + base64.b64encode(creds.encode()).decode()}
+    if content_type:
+        headers["Content-Type"] = content_type
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        answer = conn.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        conn.close()
+
+
+def put_manifest(door: str, repository: str, manifest: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    body = json.dumps(manifest).encode()
+    status, headers, answer = api(
+        door,
+        "PUT",
+        f"/v2/{repository}/manifests/{sha256(body)}",
+        body=body,
+        content_type=manifest["mediaType"],
+    )
+    assert status == 201, answer
+    return headers["docker-content-digest"], headers
+
+
+def sha256(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def test_referrers_api_filters_by_artifact_type_and_lists_what_old_clients_wrote(world: World) -> None:
+    ok(world.crane("copy", f"{world.registry}/team/app:1.0", f"{world.registry}/team/filtered:1.0"))
+    subject = {"mediaType": world.app.manifest.media_type, "digest": world.app.manifest.digest,
+               "size": world.app.manifest.size}  # fmt: skip
+    empty = {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"), "size": 2}
+    ok(world.oras("blob", "push", f"{world.registry}/team/filtered", world.oras.write("empty.json", b"{}")))
+    pushed = {}
+    for kind in (NOTES_TYPE, SIGNATURE_TYPE):
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": kind,
+            "config": empty,
+            "layers": [empty],
+            "subject": subject,
+            "annotations": {"org.example.kind": kind},
+        }
+        digest, headers = put_manifest(world.registry, "team/filtered", manifest)
+        assert headers["oci-subject"] == subject["digest"]
+        pushed[kind] = digest
+
+    path = f"/v2/team/filtered/referrers/{subject['digest']}"
+    status, headers, body = api(world.registry, "GET", path)
+    assert (status, headers["content-type"]) == (200, INDEX_MEDIA_TYPE)
+    assert "oci-filters-applied" not in headers
+    listed = json.loads(body)
+    assert (listed["schemaVersion"], listed["mediaType"]) == (2, INDEX_MEDIA_TYPE)
+    assert {
+        (m["digest"], m["artifactType"], m["annotations"]["org.example.kind"]) for m in listed["manifests"]
+    } == {(pushed[k], k, k) for k in pushed}
+    status, headers, body = api(world.registry, "GET", f"{path}?artifactType={SIGNATURE_TYPE}")
+    assert (status, headers["oci-filters-applied"]) == (200, "artifactType")
+    assert [m["digest"] for m in json.loads(body)["manifests"]] == [pushed[SIGNATURE_TYPE]]
+    assert api(world.registry, "HEAD", path)[0] == 200
+
+    # A client without the API (or a registry before this one) writes the fallback tag itself: the API
+    # answers with what it wrote.
+    fallback = json.loads(
+        world.crane(
+            "manifest", f"{world.registry}/team/filtered:{subject['digest'].replace(':', '-')}"
+        ).stdout
+    )
+    old = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": world.app.manifest.digest,
+           "size": world.app.manifest.size, "artifactType": "application/vnd.owncr.test.old"}  # fmt: skip
+    fallback["manifests"].append(old)
+    body = json.dumps(fallback).encode()
+    tag = subject["digest"].replace(":", "-")
+    status, _, answer = api(world.registry, "PUT", f"/v2/team/filtered/manifests/{tag}", body=body,
+                            content_type=INDEX_MEDIA_TYPE)  # fmt: skip
+    assert status == 201, answer
+    listed = json.loads(api(world.registry, "GET", path)[2])
+    assert old["digest"] in [m["digest"] for m in listed["manifests"]]
+
+    # A subject nothing refers to has an empty list; what is not a digest is refused.
+    unknown = sha256(secrets.token_bytes(16))
+    status, _, body = api(world.registry, "GET", f"/v2/team/filtered/referrers/{unknown}")
+    assert (status, json.loads(body)["manifests"]) == (200, [])
+    status, _, body = api(world.registry, "GET", "/v2/team/filtered/referrers/sha256:abc")
+    assert (status, json.loads(body)["errors"][0]["code"]) == (400, "DIGEST_INVALID")
+
+
+def test_a_manifest_larger_than_distribution_accepts_is_refused_before_it_is_read(world: World) -> None:
+    body = b'{"schemaVersion":2,"annotations":{"x":"' + b"a" * (5 * 1024 * 1024) + b'"}}'
+    status, _, answer = api(world.registry, "PUT", "/v2/team/big/manifests/1.0", body=body,
+                            content_type="application/vnd.oci.image.manifest.v1+json")  # fmt: skip
+    assert (status, json.loads(answer)["errors"][0]["code"]) == (413, "MANIFEST_INVALID")
 
 
 def test_oras_push_to_the_mirror_door_is_refused(world: World) -> None:
@@ -225,6 +338,7 @@ def test_oras_push_without_push_rights_is_refused(world: World, launch: Launcher
         users=(
             User("alice", USERS["alice"], push=("team",)),
             User("reader", "reader-secret-3", pull=("team",)),
+            User("stranger", "stranger-secret-4"),
         ),
         upstreams=(Upstream("docker.io", world.dockerhub.url),),
         storage=FilesystemStorage(str(tmp_path / "storage")),
@@ -256,6 +370,13 @@ def test_oras_push_without_push_rights_is_refused(world: World, launch: Launcher
     ok(reader("pull", f"{door}/team/notes:v1", "--output", "out"))
     assert (reader.dir / "out" / "a.txt").read_bytes() == b"alice\n"
     assert ok(reader("repo", "tags", f"{door}/team/notes")).stdout.split() == ["v1"]
+    ok(reader("discover", f"{door}/team/notes:v1"))
+    # Referrers are private like the rest of the namespace.
+    notes = json.loads(ok(reader("manifest", "fetch", "--descriptor", f"{door}/team/notes:v1")).stdout)
+    status, _, body = api(
+        door, "GET", f"/v2/team/notes/referrers/{notes['digest']}", "stranger:stranger-secret-4"
+    )
+    assert (status, json.loads(body)["errors"][0]["code"]) == (403, "DENIED")
 
 
 # --- crane ------------------------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ def test_local_bundle_has_every_service_and_marks_secrets() -> None:
     nginx_files = {Path(f.path).name: f for f in bundle.services["nginx"].files}
     secret = {n for n, f in nginx_files.items() if f.secret}
     assert (set(nginx_files), secret) == (
-        {"nginx.conf", "router.js", "egress.js", "routes.json", "htpasswd", "auth-salt.conf"},
+        {"nginx.conf", "router.js", "egress.js", "referrers.js", "routes.json", "htpasswd", "auth-salt.conf"},
         {"htpasswd", "auth-salt.conf"},
     )
 

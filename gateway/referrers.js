@@ -1,0 +1,218 @@
+// owncr referrers (njs >= 0.8, both engines): the OCI 1.1 referrers API on the registry door's private
+// namespaces, which Distribution 3.1.1 lacks (GET /v2/<name>/referrers/<digest> answers 404 there).
+//
+// The list of a subject's referrers is the one the OCI spec's fallback scheme already defines: an image
+// index tagged <alg>-<hex> in the same repository (distribution-spec "referrers tag schema"). Every
+// manifest pushed through the door with a `subject` is added to that index before the push is answered
+// with OCI-Subject, and removed from it when the manifest is deleted; the API reads the index back. So
+// old clients that read or write the tag themselves and new clients that use the API see one list,
+// stored in the registry like any manifest (replicated, backed up, collected with the repository).
+//
+// The router (router.js) sends a private namespace's manifest writes here (js_content: the body, at most
+// 4 MiB, is read first) and its referrers reads; the rights were checked there, the login by nginx.
+
+var INDEX = 'application/vnd.oci.image.index.v1+json';
+var DIGEST = /^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
+var ROUTE = /^\/_owncr\/\w+(\/v2\/(.+)\/(manifests|referrers)\/([^/]+))$/;
+// Writers of one subject's index on this node take turns (read, add, write back); see LOCK_*.
+var LOCKS = 'owncr_referrers';
+var LOCK_WAIT_MS = 20;
+var LOCK_TRIES = 250;
+
+function errorBody(code, message, detail) {
+    return JSON.stringify({errors: [{code: code, message: message, detail: detail || null}]}) + '\n';
+}
+
+function answer(r, status, body, type) {
+    r.headersOut['Content-Type'] = type || 'application/json';
+    r.return(status, body);
+}
+
+function route(r) {
+    var m = ROUTE.exec(r.uri);
+    return m === null ? null : {path: m[1], name: m[2], ref: m[4]};
+}
+
+// The fallback tag of a subject: <alg>-<hex>, truncated to 32 and 64 characters (the spec's tag schema).
+function fallbackTag(digest) {
+    var parts = digest.split(':');
+    return parts[0].slice(0, 32) + '-' + parts[1].slice(0, 64);
+}
+
+function sleep(ms) {
+    return new Promise(function (resolve) { setTimeout(resolve, ms); });
+}
+
+// The referrers index as stored ({manifests: []} when there is none yet); null when the registry failed.
+async function readIndex(r, name, subject) {
+    var reply = await r.subrequest('/_owncr/referrers_index/v2/' + name + '/manifests/' + fallbackTag(subject));
+    if (reply.status === 404) {
+        return {schemaVersion: 2, mediaType: INDEX, manifests: []};
+    }
+    if (reply.status !== 200) {
+        return null;
+    }
+    try {
+        var index = JSON.parse(reply.responseText);
+        if (!Array.isArray(index.manifests)) {
+            index.manifests = [];
+        }
+        return index;
+    } catch (e) {
+        // Something else under that tag (not an index): the API shows no referrers rather than failing.
+        return {schemaVersion: 2, mediaType: INDEX, manifests: []};
+    }
+}
+
+// Read, change and write back the subject's index; true once stored. One writer at a time per subject on
+// this node (a shared lock that expires with the zone's timeout if a worker dies holding it).
+async function updateIndex(r, name, subject, change) {
+    var lock = name + '@' + subject;
+    var held = false;
+    for (var i = 0; i < LOCK_TRIES && !held; i++) {
+        held = ngx.shared[LOCKS].add(lock, '1');
+        if (!held) {
+            await sleep(LOCK_WAIT_MS);
+        }
+    }
+    if (!held) {
+        return false;
+    }
+    try {
+        var index = await readIndex(r, name, subject);
+        if (index === null) {
+            return false;
+        }
+        index.schemaVersion = 2;
+        index.mediaType = INDEX;
+        index.manifests = change(index.manifests);
+        var put = await r.subrequest('/_owncr/referrers_put/v2/' + name + '/manifests/' + fallbackTag(subject),
+            {method: 'PUT', body: JSON.stringify(index)});
+        return put.status === 201;
+    } finally {
+        ngx.shared[LOCKS].delete(lock);
+    }
+}
+
+// The manifest's subject digest, or null (not JSON, no subject, or not a digest).
+function subjectOf(manifest) {
+    var s = manifest && manifest.subject;
+    return s && typeof s.digest === 'string' && DIGEST.test(s.digest) ? s.digest : null;
+}
+
+function parsed(text) {
+    try {
+        return JSON.parse(text);
+    } catch (e) {
+        return null;
+    }
+}
+
+// A referrer's descriptor as the spec lists it: artifactType falls back to the config's media type.
+function descriptor(manifest, digest, size, contentType) {
+    var d = {mediaType: manifest.mediaType || contentType, digest: digest, size: size};
+    var type = manifest.artifactType || (manifest.config && manifest.config.mediaType);
+    if (type) {
+        d.artifactType = type;
+    }
+    if (manifest.annotations && typeof manifest.annotations === 'object') {
+        d.annotations = manifest.annotations;
+    }
+    return d;
+}
+
+// The private registry's answer, passed on (its error bodies are Distribution's own OCI errors).
+function relay(r, reply) {
+    ['Location', 'Docker-Content-Digest', 'Retry-After'].forEach(function (h) {
+        if (reply.headersOut[h] !== undefined) {
+            r.headersOut[h] = reply.headersOut[h];
+        }
+    });
+    var type = reply.headersOut['Content-Type'];
+    if (reply.responseText) {
+        answer(r, reply.status, reply.responseText, type);
+    } else {
+        r.return(reply.status);
+    }
+}
+
+async function put(r, where) {
+    var body = r.requestText || '';
+    var reply = await r.subrequest('/_owncr/private_write' + where.path, {method: 'PUT'});
+    var manifest = reply.status === 201 ? parsed(body) : null;
+    var subject = subjectOf(manifest);
+    var digest = reply.headersOut['Docker-Content-Digest'];
+    if (subject !== null && digest) {
+        var entry = descriptor(manifest, digest, r.requestBuffer.length, r.headersIn['Content-Type']);
+        var stored = await updateIndex(r, where.name, subject, function (list) {
+            return list.filter(function (d) { return d.digest !== digest; }).concat([entry]);
+        });
+        // Without the header a client keeps the fallback index itself (as with any registry without the
+        // API), so a failed update still leaves the referrer listed.
+        if (stored) {
+            r.headersOut['OCI-Subject'] = subject;
+        } else {
+            r.error('referrers: could not add ' + digest + ' to the index of ' + where.name + '@' + subject);
+        }
+    }
+    relay(r, reply);
+}
+
+async function remove(r, where) {
+    // The subject is in the manifest being deleted: read it first (only a digest names one manifest).
+    var subject = null;
+    if (DIGEST.test(where.ref)) {
+        var current = await r.subrequest('/_owncr/referrers_manifest' + where.path);
+        subject = current.status === 200 ? subjectOf(parsed(current.responseText)) : null;
+    }
+    var reply = await r.subrequest('/_owncr/private_write' + where.path, {method: 'DELETE'});
+    if (reply.status === 202 && subject !== null) {
+        var removed = await updateIndex(r, where.name, subject, function (list) {
+            return list.filter(function (d) { return d.digest !== where.ref; });
+        });
+        if (!removed) {
+            r.error('referrers: could not remove ' + where.ref + ' from the index of ' + where.name + '@' + subject);
+        }
+    }
+    relay(r, reply);
+}
+
+// js_content of a private manifest write (PUT or DELETE): the registry stores it, the index follows.
+async function write(r) {
+    var where = route(r);
+    if (where === null) {
+        return answer(r, 404, errorBody('NAME_INVALID', 'not a registry API path'));
+    }
+    try {
+        if (r.method === 'PUT') {
+            await put(r, where);
+        } else {
+            await remove(r, where);
+        }
+    } catch (e) {
+        r.error('referrers: ' + e);
+        answer(r, 500, errorBody('UNKNOWN', 'the registry failed; see its log'));
+    }
+}
+
+// js_content of GET/HEAD /v2/<name>/referrers/<digest>: the subject's index, filtered by artifactType.
+async function list(r) {
+    var where = route(r);
+    if (where === null || !DIGEST.test(where.ref)) {
+        return answer(r, 400, errorBody('DIGEST_INVALID', 'provided digest did not match uploaded content'));
+    }
+    var index = await readIndex(r, where.name, where.ref);
+    if (index === null) {
+        return answer(r, 503, errorBody('UNAVAILABLE', 'the registry is unavailable; retry later'));
+    }
+    var manifests = index.manifests;
+    var wanted = r.args.artifactType;
+    if (wanted !== undefined) {
+        var types = Array.isArray(wanted) ? wanted : [wanted];
+        manifests = manifests.filter(function (d) { return types.indexOf(d.artifactType) >= 0; });
+        r.headersOut['OCI-Filters-Applied'] = 'artifactType';
+    }
+    answer(r, 200, JSON.stringify({schemaVersion: 2, mediaType: INDEX, manifests: manifests}) + '\n', INDEX);
+}
+
+export default {write, list};
