@@ -71,7 +71,17 @@ import yaml
 from gateway.ports import free_port
 from gateway.registry_api import Manifest, RegistryApi
 from gateway.registry_config import READ_ONLY_HEADER
-from gateway.retention import Deletion, RetentionRule, Tag, from_record, kept, orphans, plan
+from gateway.retention import (
+    Deletion,
+    RetentionRule,
+    Tag,
+    from_record,
+    kept,
+    orphans,
+    plan,
+    referrers_subject,
+    unreferred,
+)
 from gateway.store_readers import REPOSITORIES, FilesReader, S3Reader, reader_for
 
 STATE_FILE = "maintenance.json"  # below DIR/state: what `gateway run` tells `gateway maintenance`
@@ -129,14 +139,16 @@ def human(size: float) -> str:
 
 
 def image_size(api: RegistryApi, repository: str, manifest: Manifest) -> tuple[int, set[str]]:
-    """Bytes the image references (every platform of an index) and its platform manifests' digests."""
+    """Bytes the image references (every platform of an index) and its platform manifests' digests.
+    A listed manifest that is gone counts nothing: an untagged referrers index lists referrers that
+    retention deleted with their subject."""
     if not manifest.is_index:
         return sum(int(d["size"]) for d in manifest.references()), set()  # type: ignore[arg-type]
     children = {str(d["digest"]) for d in manifest.references()}
     total = 0
     for child in sorted(children):
-        sub = api.manifest(repository, child)
-        total += sum(int(d["size"]) for d in sub.references())  # type: ignore[arg-type]
+        sub = api.stored_manifest(repository, child)
+        total += sum(int(d["size"]) for d in sub.references()) if sub else 0  # type: ignore[arg-type]
     return total, children
 
 
@@ -146,16 +158,18 @@ def apply_retention(
     repositories = api.repositories()
     for rule in store.rules:
         for repository in (r for r in repositories if rule.covers(r)):
-            tags, lists = [], {}
+            tags, fallbacks, lists = [], [], {}
             for name in api.tags(repository):
                 manifest = api.manifest(repository, name)
                 size, lists[name] = image_size(api, repository, manifest)
-                tags.append(Tag(repository, name, manifest.digest, store.tag_pushed(repository, name), size))
+                tag = Tag(repository, name, manifest.digest, store.tag_pushed(repository, name), size)
+                (fallbacks if referrers_subject(name) else tags).append(tag)
             keep = kept(rule, tags, now)
             # What kept indexes list is still wanted, whatever tags name it.
             needed = set().union(*(lists[t.name] for t in tags if t.name in keep))
             deletions = plan(rule, tags, now, needed)
-            deletions += untagged(store, api, repository, tags, keep, needed)
+            deletions += unreferred(fallbacks, {t.digest for t in tags if t.name in keep} | needed)
+            deletions += untagged(store, api, repository, tags + fallbacks, keep, needed)
             for deletion in deletions:
                 how = ("manifest" if deletion.tags else "untagged") if deletion.by_digest else "tag only"
                 verb = "would delete" if dry_run else "deleting"

@@ -121,13 +121,26 @@ function descriptor(manifest, digest, size, contentType) {
     return d;
 }
 
+// How long a refused write should wait: nginx applies add_header to main requests only, so the
+// read-only window's Retry-After (routes.conf.j2) reaches a subrequest in its body's detail alone.
+function retryAfter(reply) {
+    var body = reply.status === 503 ? parsed(reply.responseText) : null;
+    var error = body && Array.isArray(body.errors) ? body.errors[0] : null;
+    var seconds = error && error.detail ? error.detail.retry_after_seconds : undefined;
+    return typeof seconds === 'number' ? String(seconds) : reply.headersOut['Retry-After'];
+}
+
 // The private registry's answer, passed on (its error bodies are Distribution's own OCI errors).
 function relay(r, reply) {
-    ['Location', 'Docker-Content-Digest', 'Retry-After'].forEach(function (h) {
+    ['Location', 'Docker-Content-Digest'].forEach(function (h) {
         if (reply.headersOut[h] !== undefined) {
             r.headersOut[h] = reply.headersOut[h];
         }
     });
+    var wait = retryAfter(reply);
+    if (wait !== undefined) {
+        r.headersOut['Retry-After'] = wait;
+    }
     var type = reply.headersOut['Content-Type'];
     if (reply.responseText) {
         answer(r, reply.status, reply.responseText, type);

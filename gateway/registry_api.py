@@ -135,9 +135,19 @@ class RegistryApi:
         return self._paged(f"/v2/{repository}/tags/list", "tags")
 
     def manifest(self, repository: str, reference: str) -> Manifest:
-        headers, body = self._expect(
-            "GET", f"/v2/{repository}/manifests/{reference}", 200, {"Accept": ", ".join(MANIFEST_TYPES)}
-        )
+        found = self.stored_manifest(repository, reference)
+        if found is None:
+            raise RegistryApiError(f"GET /v2/{repository}/manifests/{reference}: 404 manifest unknown")
+        return found
+
+    def stored_manifest(self, repository: str, reference: str) -> Manifest | None:
+        """The manifest, or None if the registry no longer has it (404)."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        status, headers, body = self._call("GET", path, {"Accept": ", ".join(MANIFEST_TYPES)})
+        if status == 404:
+            return None
+        if status != 200:
+            raise RegistryApiError(f"GET {path}: {status} {body[:300].decode(errors='replace')}")
         return Manifest(
             digest=headers["docker-content-digest"],
             media_type=headers.get("content-type", "").split(";")[0],

@@ -17,6 +17,10 @@ platform manifest of an index that is gone), except those a kept index lists and
 signature, an SBOM) whose `subject` is a kept manifest: `orphans`. Unreferenced blobs are then removed
 by the garbage collection (gateway/maintenance.py); namespaces without a rule are never touched.
 
+Referrers indexes (the tags `<alg>-<hex>` the registry door keeps for the OCI referrers API,
+gateway/referrers.js) are not images: no rule counts or keeps them. Each one stays while its subject is
+kept and is deleted with its subject (by digest), like the referrers whose subject is gone.
+
 Config: `retention` in the stack config (settings.py) and `--retention NAMESPACE=keep:N[,days:D]
 [,protect:GLOB]...` on `python -m gateway run`; both end up as `RetentionRule`s checked here.
 """
@@ -141,6 +145,28 @@ class Tag:
     digest: str
     pushed: datetime  # when the tag last moved (its link in storage)
     size: int  # bytes the image references (config + layers, every platform of an index)
+
+
+_FALLBACK_TAG = re.compile(r"^([a-z0-9]{1,32})-([0-9a-f]{64})$")  # the spec's referrers tag schema (sha256)
+
+
+def referrers_subject(tag: str) -> str | None:
+    """The subject digest a referrers index tag names (`sha256-<hex>` -> `sha256:<hex>`), else None."""
+    match = _FALLBACK_TAG.match(tag)
+    return f"{match[1]}:{match[2]}" if match else None
+
+
+def unreferred(fallbacks: Iterable[Tag], live: set[str]) -> list[Deletion]:
+    """Delete (by digest) the referrers indexes whose subject is not `live` (kept manifests and what
+    they list). Only an empty index can be another subject's too, and an empty index lists nothing."""
+    by_digest: dict[str, list[Tag]] = {}
+    for tag in fallbacks:
+        if referrers_subject(tag.name) not in live:
+            by_digest.setdefault(tag.digest, []).append(tag)
+    return [
+        Deletion(group[0].repository, digest, tuple(sorted(t.name for t in group)), group[0].size)
+        for digest, group in by_digest.items()
+    ]
 
 
 def kept(rule: RetentionRule, tags: Iterable[Tag], now: datetime) -> set[str]:

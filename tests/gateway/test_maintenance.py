@@ -113,6 +113,11 @@ def push_index(gateway: GatewayProcess, name: str, tag: str, platforms: list[Tin
     return index
 
 
+def fallback_tag(digest: str) -> str:
+    """The tag of a subject's referrers index (the OCI referrers tag schema)."""
+    return digest.replace(":", "-")
+
+
 def put_referrer(gateway: GatewayProcess, name: str, image: TinyImage, subject: TinyImage) -> bytes:
     """`image` as a referrer of `subject` (as cosign and `oras attach` push them): untagged, by digest."""
     for blob in (image.layer, image.config):
@@ -155,6 +160,9 @@ def test_retention_rules_dry_run_and_protected_tags(launch: Launcher) -> None:
     signature = put_referrer(
         gateway, "team/multi", TinyImage.make("signature of m1"), world.images[("team/multi", "m1")]
     )
+    # A referrer of an image that goes: its referrers index (the door's fallback tag) loses its tag.
+    doomed = world.images[("team/app", "a")]
+    doomed_signature = put_referrer(gateway, "team/app", TinyImage.make("signature of a"), doomed)
     loose = TinyImage.make("ops untagged")
     loose.push(base(gateway), "ops/tool", loose.digest, ALICE)
     before = {name: tags_of(gateway, name) for name in ("team/app", "acme/web", "ops/tool", "team/multi")}
@@ -167,7 +175,10 @@ def test_retention_rules_dry_run_and_protected_tags(launch: Launcher) -> None:
         rf"retention: would delete team/app:b {size}",
         r"retention: would delete team/app:old \(tag only, 64.2 KiB\)",
         rf"retention: would delete acme/web:o1 {size}",
-        r"retention: team/app: would delete 3 tags: a, b, old",
+        rf"retention: would delete team/app:{fallback_tag(doomed.digest)} \(manifest, ",
+        rf"retention: would delete team/app:{digest_of(doomed_signature)} \(untagged, ",
+        r"retention: team/app: 6 tags, 3 kept; 1 untagged manifests go",
+        rf"retention: team/app: would delete 4 tags: a, b, old, {fallback_tag(doomed.digest)}",
         r"retention: would delete team/multi:old-amd64 \(tag only, 64.2 KiB\)",
         rf"retention: would delete team/multi:{moved.digest} \(untagged, 64.2 KiB\)",
         r"retention: team/multi: 4 tags, 3 kept; 1 untagged manifests go",
@@ -184,7 +195,13 @@ def test_retention_rules_dry_run_and_protected_tags(launch: Launcher) -> None:
     assert tags_of(gateway, "team/app") == ["c", "d", "v1"]  # 2 newest + protected v*
     assert tags_of(gateway, "acme/web") == ["latest", "n1", "n2"]  # 10 days + protected latest
     assert tags_of(gateway, "ops/tool") == ["x"]  # no rule: untouched, however old
-    assert tags_of(gateway, "team/multi") == ["m1", "m2", "v2"]  # v2 protected by v*
+    m1 = world.images[("team/multi", "m1")]
+    # v2 protected by v*; the referrers index of the kept m1 stays, and the API still lists its signature.
+    assert tags_of(gateway, "team/multi") == ["m1", "m2", fallback_tag(m1.digest), "v2"]
+    listed = request(f"{base(gateway)}/v2/team/multi/referrers/{m1.digest}", auth=ALICE).json()
+    assert [d["digest"] for d in listed["manifests"]] == [digest_of(signature)]  # type: ignore[index]
+    gone_index = request(f"{base(gateway)}/v2/team/app/referrers/{doomed.digest}", auth=ALICE).json()
+    assert gone_index["manifests"] == []
     got = request(f"{base(gateway)}/v2/team/multi/manifests/v2", auth=ALICE, headers={"Accept": INDEX})
     assert got.status == 200 and got.body == index
     for image in (amd64, arm64):  # untagged now, listed by the kept index: still complete
@@ -390,7 +407,8 @@ def test_gc_under_concurrent_pushes_and_pulls_loses_no_acknowledged_image(launch
         t for a, t in zip(load.refused, load.refused_at, strict=True) if b"pushes are paused" in a.body
     ]
     assert paused_refusals, "no push met the read-only window: the test proves nothing about it"
-    assert all(a.headers["Retry-After"] == "30" for a in paused_refusals)
+    wrong = [(a.headers.items(), a.body[:200]) for a in paused_refusals if a.headers["Retry-After"] != "30"]
+    assert wrong == [], wrong
     assert load.failed_pulls == [] and load.pulls > 0, (load.failed_pulls[:5], load.pulls)
     # Every acknowledged image pulls completely, whether acknowledged before, during (before and after
     # the window itself) or after the maintenance run; the refused ones were acknowledged when retried.
