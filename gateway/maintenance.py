@@ -168,8 +168,9 @@ def apply_retention(
             # What kept indexes list is still wanted, whatever tags name it.
             needed = set().union(*(lists[t.name] for t in tags if t.name in keep))
             deletions = plan(rule, tags, now, needed)
-            deletions += unreferred(fallbacks, {t.digest for t in tags if t.name in keep} | needed)
-            deletions += untagged(store, api, repository, tags + fallbacks, keep, needed)
+            live = {t.digest for t in tags if t.name in keep} | needed
+            deletions += unreferred(fallbacks, live)
+            deletions += untagged(store, api, repository, tags + fallbacks, live)
             for deletion in deletions:
                 how = ("manifest" if deletion.tags else "untagged") if deletion.by_digest else "tag only"
                 verb = "would delete" if dry_run else "deleting"
@@ -189,10 +190,10 @@ def apply_retention(
 
 
 def untagged(
-    store: Store, api: RegistryApi, repository: str, tags: list[Tag], keep: set[str], needed: set[str]
+    store: Store, api: RegistryApi, repository: str, tags: list[Tag], live: set[str]
 ) -> list[Deletion]:
-    """Deletions (by digest, no tags) of the repository's untagged manifests that nothing kept wants."""
-    live = {t.digest for t in tags if t.name in keep} | needed
+    """Deletions (by digest, no tags) of the repository's untagged manifests that nothing kept wants
+    (`live`: the kept manifests and what they list)."""
     revisions, tagged = store.manifest_revisions(repository), {t.digest for t in tags}
     documents = {d: api.manifest(repository, d) for d in sorted(revisions - tagged - live)}
     subjects = {d: m.subject for d, m in documents.items()}

@@ -43,25 +43,25 @@ function sleep(ms) {
     return new Promise(function (resolve) { setTimeout(resolve, ms); });
 }
 
-// The referrers index as stored ({manifests: []} when there is none yet); null when the registry failed.
+function newIndex(manifests) {
+    return {schemaVersion: 2, mediaType: INDEX, manifests: manifests};
+}
+
+// The referrers index as stored (an empty one when there is none yet); null when the registry failed.
 async function readIndex(r, name, subject) {
     var reply = await r.subrequest('/_owncr/referrers_index/v2/' + name + '/manifests/' + fallbackTag(subject));
-    if (reply.status === 404) {
-        return {schemaVersion: 2, mediaType: INDEX, manifests: []};
-    }
     if (reply.status !== 200) {
-        return null;
+        return reply.status === 404 ? newIndex([]) : null;
     }
-    try {
-        var index = JSON.parse(reply.responseText);
-        if (!Array.isArray(index.manifests)) {
-            index.manifests = [];
-        }
-        return index;
-    } catch (e) {
-        // Something else under that tag (not an index): the API shows no referrers rather than failing.
-        return {schemaVersion: 2, mediaType: INDEX, manifests: []};
+    var index = parsed(reply.responseText);
+    // Something else under that tag (not an index): the API shows no referrers rather than failing.
+    if (index === null || typeof index !== 'object') {
+        return newIndex([]);
     }
+    if (!Array.isArray(index.manifests)) {
+        index.manifests = [];
+    }
+    return index;
 }
 
 // Read, change and write back the subject's index; true once stored. One writer at a time per subject on
@@ -225,7 +225,7 @@ async function list(r) {
         manifests = manifests.filter(function (d) { return types.indexOf(d.artifactType) >= 0; });
         r.headersOut['OCI-Filters-Applied'] = 'artifactType';
     }
-    answer(r, 200, JSON.stringify({schemaVersion: 2, mediaType: INDEX, manifests: manifests}) + '\n', INDEX);
+    answer(r, 200, JSON.stringify(newIndex(manifests)) + '\n', INDEX);
 }
 
 export default {write, list};

@@ -52,6 +52,10 @@ class RegistryApiError(RuntimeError):
     """The registry answered something other than what the call expects."""
 
 
+def _failure(method: str, path: str, status: int, body: bytes) -> RegistryApiError:
+    return RegistryApiError(f"{method} {path}: {status} {body[:300].decode(errors='replace')}")
+
+
 @dataclass(frozen=True)
 class Manifest:
     digest: str
@@ -102,7 +106,7 @@ class RegistryApi:
     def _expect(self, method: str, path: str, status: int, headers: dict[str, str] | None = None):
         got, answer_headers, body = self._call(method, path, headers)
         if got != status:
-            raise RegistryApiError(f"{method} {path}: {got} {body[:300].decode(errors='replace')}")
+            raise _failure(method, path, got, body)
         return answer_headers, body
 
     def _paged(self, path: str, key: str) -> list[str]:
@@ -115,7 +119,7 @@ class RegistryApi:
             if status == 404 and not items:
                 return []
             if status != 200:
-                raise RegistryApiError(f"GET {next_path}: {status} {body[:300].decode(errors='replace')}")
+                raise _failure("GET", next_path, status, body)
             items += json.loads(body).get(key) or []
             link = headers.get("link", "")
             next_path = link[1 : link.index(">")] if link.startswith("<") and 'rel="next"' in link else None
@@ -147,7 +151,7 @@ class RegistryApi:
         if status == 404:
             return None
         if status != 200:
-            raise RegistryApiError(f"GET {path}: {status} {body[:300].decode(errors='replace')}")
+            raise _failure("GET", path, status, body)
         return Manifest(
             digest=headers["docker-content-digest"],
             media_type=headers.get("content-type", "").split(";")[0],

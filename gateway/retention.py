@@ -159,13 +159,17 @@ def referrers_subject(tag: str) -> str | None:
 def unreferred(fallbacks: Iterable[Tag], live: set[str]) -> list[Deletion]:
     """Delete (by digest) the referrers indexes whose subject is not `live` (kept manifests and what
     they list). Only an empty index can be another subject's too, and an empty index lists nothing."""
-    by_digest: dict[str, list[Tag]] = {}
-    for tag in fallbacks:
-        if referrers_subject(tag.name) not in live:
-            by_digest.setdefault(tag.digest, []).append(tag)
+    return by_digest(t for t in fallbacks if referrers_subject(t.name) not in live)
+
+
+def by_digest(tags: Iterable[Tag]) -> list[Deletion]:
+    """One deletion by digest per manifest the `tags` name, with all of those tags."""
+    groups: dict[str, list[Tag]] = {}
+    for tag in tags:
+        groups.setdefault(tag.digest, []).append(tag)
     return [
         Deletion(group[0].repository, digest, tuple(sorted(t.name for t in group)), group[0].size)
-        for digest, group in by_digest.items()
+        for digest, group in groups.items()
     ]
 
 
@@ -204,16 +208,8 @@ def plan(
     keep = kept(rule, tags, now)
     needed = {t.digest for t in tags if t.name in keep} | (still_needed or set())
     doomed = [t for t in tags if t.name not in keep]
-    deletions: list[Deletion] = []
-    by_digest: dict[str, list[Tag]] = {}
-    for tag in doomed:
-        if tag.digest in needed:
-            deletions.append(Deletion(tag.repository, tag.name, (tag.name,), tag.size))
-        else:
-            by_digest.setdefault(tag.digest, []).append(tag)
-    for digest, group in by_digest.items():
-        names = tuple(sorted(t.name for t in group))
-        deletions.append(Deletion(group[0].repository, digest, names, group[0].size))
+    untags = [Deletion(t.repository, t.name, (t.name,), t.size) for t in doomed if t.digest in needed]
+    deletions = untags + by_digest(t for t in doomed if t.digest not in needed)
     return sorted(deletions, key=lambda d: d.tags)
 
 
