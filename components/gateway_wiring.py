@@ -183,15 +183,19 @@ def local_build(registry: Registry) -> Build:
 def cloud_plan(
     stack: str, registry: Registry, *, node_count: int, nfs_mount_point: str | None
 ) -> ServicePlan:
-    """nginx on every manager's host port 8080 (the load balancer's target); storage R2, or the NFS
-    share every node mounts at `nfs_mount_point` (bind-mounted into each registry)."""
+    """nginx on every manager's host port 8080 (the load balancer's target) and 9145 (its metrics); storage
+    R2, or the NFS share every node mounts at `nfs_mount_point` (bind-mounted into each registry)."""
     return ServicePlan(
         stack=stack,
         nginx_image=registry.images.nginx,
         registry_image=registry.images.registry,
         node_count=node_count,
         private_replicas=registry.private_replicas,
-        nginx_ports=(Port(published=gateway_layout.GATEWAY_PORT, target=gateway_layout.GATEWAY_PORT),),
+        # The doors (the load balancer's target) and the metrics, which the firewall opens to the admins.
+        nginx_ports=tuple(
+            Port(published=port, target=port)
+            for port in (gateway_layout.GATEWAY_PORT, gateway_layout.METRICS_PORT)
+        ),
         nginx_proxy_protocol=True,
         storage_mount=StorageMount(type="bind", source=nfs_mount_point, target=STORAGE_ROOT)
         if nfs_mount_point is not None

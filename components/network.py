@@ -7,7 +7,8 @@ to this stack, by which the firewall and the load balancer pick the nodes: `drop
 `NodeFirewall` (`owncr:network:NodeFirewall`) is separate because it needs the load balancer's id, which
 the edge creates after the VPC. Inbound, nothing but:
 - 8080/tcp (nginx) from the load balancer only;
-- 22/tcp (SSH, key-only) and 2376/tcp (Docker API, mutual TLS) from `admin_cidrs`;
+- 22/tcp (SSH, key-only), 2376/tcp (Docker API, mutual TLS) and 9145/tcp (the gateway's Prometheus metrics)
+  from `admin_cidrs`;
 - 2377/tcp (swarm management), 7946/tcp+udp (gossip), 4789/udp (VXLAN overlay) from the nodes' tag;
 outbound is open (apt, Docker Hub and other upstreams, R2). Swarm ports:
 https://docs.docker.com/engine/swarm/swarm-tutorial/#open-protocols-and-ports-between-the-hosts
@@ -27,6 +28,7 @@ import pulumi_digitalocean as digitalocean
 from components import physical_name
 from components.cloud_init import DOCKER_API_PORT
 from gateway.layout import GATEWAY_PORT as NGINX_PORT
+from gateway.layout import METRICS_PORT
 
 SSH_PORT = 22
 SWARM_PORTS = (("tcp", "2377"), ("tcp", "7946"), ("udp", "7946"), ("udp", "4789"))
@@ -136,6 +138,8 @@ class NodeFirewall(pulumi.ComponentResource):
             _inbound("tcp", NGINX_PORT, load_balancers=[args.load_balancer_id]),
             _inbound("tcp", SSH_PORT, addresses=admin),
             _inbound("tcp", DOCKER_API_PORT, addresses=admin),
+            # Read-only counters, no secrets; where the operators' Prometheus scrapes from.
+            _inbound("tcp", METRICS_PORT, addresses=admin),
             *(_inbound(protocol, port, tags=nodes) for protocol, port in SWARM_PORTS),
         ]
         outbound = [

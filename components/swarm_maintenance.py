@@ -63,7 +63,7 @@ def helper_name(private_service: str) -> str:
     return private_service[: SERVICE_NAME_MAX - len(HELPER_SUFFIX)] + HELPER_SUFFIX
 
 
-def _filters(**values: list[str]) -> str:
+def filters(**values: list[str]) -> str:
     return "filters=" + urllib.parse.quote(json.dumps(values))
 
 
@@ -172,7 +172,7 @@ class SwarmStore(m.StorageFacts):
 
     def _remove_helpers(self) -> None:
         helpers = self.docker.call(
-            "GET", "/services?" + _filters(label=[f"{HELPER_LABEL}={self.private_service}"])
+            "GET", "/services?" + filters(label=[f"{HELPER_LABEL}={self.private_service}"])
         )
         for helper in helpers:
             self.docker.call("DELETE", f"/services/{helper['ID']}", ok=(200, 404))
@@ -180,7 +180,7 @@ class SwarmStore(m.StorageFacts):
     def _wait_for_container(self) -> str:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            tasks = self.docker.call("GET", "/tasks?" + _filters(service=[self.helper_id]))
+            tasks = self.docker.call("GET", "/tasks?" + filters(service=[self.helper_id]))
             for task in tasks:
                 state = task.get("Status", {})
                 if state.get("State") == "running":
@@ -267,9 +267,9 @@ class SwarmStore(m.StorageFacts):
                 f"{self.private_service}: the switch did not hold (update {state}: {message})"
             )
         want = int(service["Spec"]["Mode"]["Replicated"]["Replicas"])
-        tasks = self.docker.call("GET", "/tasks?" + _filters(service=[self.private_service]))
+        tasks = self.docker.call("GET", "/tasks?" + filters(service=[self.private_service]))
         current = self.docker.call(
-            "GET", "/tasks?" + _filters(service=[self.private_service], **{"_up-to-date": ["true"]})
+            "GET", "/tasks?" + filters(service=[self.private_service], **{"_up-to-date": ["true"]})
         )
         fresh = {t["ID"] for t in current if t["Status"]["State"] == "running"}
         stale = [t["ID"][:12] for t in tasks if t["Status"]["State"] == "running" and t["ID"] not in fresh]
@@ -368,17 +368,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list what would be deleted; change nothing")
     args = parser.parse_args(argv)
 
-    def log(message: str) -> None:
-        print(f"maintenance: {message}", flush=True)
-
-    try:
-        env = environment(stack_output(args.stack)) if args.stack else os.environ
+    def work(env: Mapping[str, str], log: Log) -> None:
         service, rules = settings_from(env)
         docker = swarm_rollout.api_from(env)
         with SwarmStore(docker, service, rules, dry_run=args.dry_run, log=log) as store:
             m.run(store, dry_run=args.dry_run)
+
+    return run_on_stack("maintenance", args.stack, work, log_to=sys.stdout)
+
+
+def run_on_stack(
+    name: str, stack: str | None, work: Callable[[Mapping[str, str], Log], None], *, log_to: Any
+) -> int:
+    """A command on a deployed stack: its access from the stack output (`stack`) or the environment;
+    `work` logs through the given function; a failure is one line on stderr and exit code 1."""
+
+    def log(message: str) -> None:
+        print(f"{name}: {message}", file=log_to, flush=True)
+
+    try:
+        work(environment(stack_output(stack)) if stack else dict(os.environ), log)
     except (m.MaintenanceError, swarm_rollout.RolloutError, sb.BootstrapError, OSError) as err:
-        print(f"maintenance: FAILED: {err}", file=sys.stderr)
+        print(f"{name}: FAILED: {err}", file=sys.stderr)
         return 1
     return 0
 

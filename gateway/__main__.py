@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway import binaries, maintenance
+from gateway import binaries, maintenance, status
 from gateway.config import (
     DOCKER_HUB,
     JS_ENGINES,
@@ -40,6 +40,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--data", required=True, type=Path, help="directory for configs, logs and storage")
     run.add_argument("--registry-port", required=True, type=int)
     run.add_argument("--mirror-port", required=True, type=int)
+    run.add_argument(
+        "--metrics-port", type=int, help="nginx's Prometheus metrics on 127.0.0.1 (default: a free port)"
+    )
     run.add_argument(
         "--upstream",
         action="append",
@@ -101,6 +104,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     tend.add_argument(
         "--dry-run", action="store_true", help="list what would be deleted (with sizes); change nothing"
     )
+    show = sub.add_parser(
+        "status", help="what a running `run --data DIR` did: requests, cache hits, upstreams, storage used"
+    )
+    show.add_argument("--data", required=True, type=Path, help="the --data directory of `run`")
     return parser.parse_args(argv)
 
 
@@ -177,6 +184,7 @@ def _write_maintenance_state(gateway: LocalGateway, rules: tuple[RetentionRule, 
         "private_config": first.files[0].path,
         "private_replicas": gateway.settings.private_replicas,
         "registry_bin": gateway.registry_bin,
+        "metrics_url": gateway.metrics_url,
         "retention": [record(rule) for rule in rules],
     }
     path.write_text(json.dumps(info, indent=2))
@@ -208,10 +216,27 @@ def run_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_status(args: argparse.Namespace) -> int:
+    try:
+        store = maintenance.LocalStore(args.data)
+        url = f"{store.metrics_url}/metrics"
+        try:
+            figures = status.Figures(status.scrape(url))
+        except OSError as err:
+            raise maintenance.MaintenanceError(f"metrics at {url}: {err}") from err
+        print(status.report(figures, status.storage_used(store.private_bytes(), store.cache_bytes())), end="")
+    except maintenance.MaintenanceError as err:
+        print(f"status: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "maintenance":
         return run_maintenance(args)
+    if args.command == "status":
+        return run_status(args)
     try:
         settings = settings_from(args)
         rules = retention_from(args, settings)
@@ -227,13 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data,
         registry_port=args.registry_port,
         mirror_port=args.mirror_port,
+        metrics_port=args.metrics_port,
         nginx_bin=args.nginx,
         registry_bin=args.registry,
     )
     try:
         gateway.start()
         _write_maintenance_state(gateway, rules)
-        ready = f"ready registry={gateway.registry_url} mirror={gateway.mirror_url} {gateway.versions}"
+        urls = f"registry={gateway.registry_url} mirror={gateway.mirror_url} metrics={gateway.metrics_url}"
+        ready = f"ready {urls} {gateway.versions}"
         print(ready, flush=True)
         while not (dead := gateway.dead()):
             while _requested:

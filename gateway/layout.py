@@ -21,6 +21,12 @@ REGISTRY_PORT = 5000  # every registry container, overlay network only
 # by its cache over the overlay network only (not published).
 EGRESS_PORT = 8100
 AUTH_PORT = 8099  # nginx's internal Basic-auth checker, bound to the container's loopback
+# nginx's metrics server (templates/metrics.conf.j2): published on each node, never behind the load
+# balancer; the firewall opens it to the admin addresses only (components/network.py).
+METRICS_PORT = 9145
+# Each registry's debug server (Distribution's Prometheus metrics), overlay network only: nginx's metrics
+# server relays it.
+DEBUG_PORT = 5001
 CONFIG_DIR = "/etc/owncr"  # Swarm configs (not secret)
 # Swarm secrets keep their default place, one flat file name each (a secret target without a directory).
 SECRET_DIR = "/run/secrets"  # noqa: S105 (a directory, not a secret)
@@ -68,6 +74,10 @@ class Layout:
     egress_urls: dict[str, str]  # upstream host -> the URL its cache calls the upstream by (remoteurl)
     # DNS server the egress resolves upstream, token and CDN hosts with; None: only IP literals resolve.
     egress_resolver: str | None
+    metrics_listen: str  # nginx `listen` of the metrics server
+    # Bundle key (private, private-2, cache-<slug>) -> (its registry's http.debug.addr, the host:port
+    # nginx reaches it by).
+    debug: dict[str, tuple[str, str]]
     # DNS server nginx re-resolves upstream names with while it runs (`server ... resolve`); None:
     # addresses resolved once at start (loopback ports locally).
     resolver: str | None = None
@@ -105,6 +115,15 @@ def production_layout(settings: GatewaySettings, door_ports: tuple[int, int] | N
             u.host: f"http://{NGINX_SERVICE}:{EGRESS_PORT + i}" for i, u in enumerate(settings.upstreams)
         },
         egress_resolver=SWARM_DNS,
+        metrics_listen=str(METRICS_PORT),
+        # The private service's address is its VIP: with several replicas each scrape reads one of them.
+        debug={
+            key: (f":{DEBUG_PORT}", f"{service}:{DEBUG_PORT}")
+            for key, service in (
+                (private_key(0), PRIVATE_SERVICE),
+                *((cache_key(u), cache_service(u)) for u in settings.upstreams),
+            )
+        },
         resolver=SWARM_DNS,
     )
 

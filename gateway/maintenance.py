@@ -84,7 +84,8 @@ from gateway.retention import (
 )
 from gateway.store_readers import REPOSITORIES, FilesReader, S3Reader, reader_for
 
-STATE_FILE = "maintenance.json"  # below DIR/state: what `gateway run` tells `gateway maintenance`
+# below DIR/state: what `gateway run` tells `gateway maintenance` and `gateway status`
+STATE_FILE = "maintenance.json"
 MODE_FILE = "private-mode"  # below DIR/state: the mode the private registries now run in
 READ_ONLY_SIGNAL = signal.SIGUSR1
 WRITABLE_SIGNAL = signal.SIGUSR2
@@ -304,6 +305,7 @@ class LocalStore(StorageFacts):
         self.registry_bin: str = info["registry_bin"]
         self.config: str = info["private_config"]
         self.replicas: int = info["private_replicas"]
+        self.metrics_url: str = info["metrics_url"]  # nginx's metrics server (`gateway status`)
         self.reader = reader_for(yaml.safe_load(Path(self.config).read_text())["storage"], _run_here)
         self.timeout = timeout
 
@@ -329,6 +331,7 @@ class LocalStore(StorageFacts):
         config = yaml.safe_load(Path(self.config).read_text())
         port = free_port()
         config["http"]["addr"] = f"127.0.0.1:{port}"
+        config["http"].pop("debug", None)  # the running replica's debug server holds that port
         config["http"]["headers"].pop(READ_ONLY_HEADER, None)
         config["storage"]["maintenance"]["readonly"] = {"enabled": False}
         path = self.state / "maintenance-writer.yml"

@@ -21,6 +21,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 ROUTER_JS = Path(__file__).parent / "router.js"
 EGRESS_JS = Path(__file__).parent / "egress.js"
 REFERRERS_JS = Path(__file__).parent / "referrers.js"
+METRICS_JS = Path(__file__).parent / "metrics.js"
 # The CA bundle the egress verifies https upstreams with: the same path in the official nginx image
 # (Alpine's ca-certificates) and on Debian.
 UPSTREAM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
@@ -77,6 +78,7 @@ def render_nginx_conf(
     router_file: str,
     egress_file: str,
     referrers_file: str,
+    metrics_file: str,
     routes_file: str,
     htpasswd_file: str,
     salt_file: str,
@@ -95,6 +97,11 @@ def render_nginx_conf(
         router_file=router_file,
         egress_file=egress_file,
         referrers_file=referrers_file,
+        metrics_file=metrics_file,
+        # metrics.js labels an upstream by its host: "<nginx id>=<host> ..."
+        upstream_hosts=" ".join(f"{nginx_id(u.host)}={u.host}" for u in settings.upstreams),
+        metrics_listen=layout.metrics_listen,
+        debug_servers=[{"key": key, "server": server} for key, (_, server) in sorted(layout.debug.items())],
         manifest_types=", ".join(MANIFEST_TYPES),
         routes_file=routes_file,
         htpasswd_file=htpasswd_file,

@@ -55,7 +55,7 @@ def storage_section(storage: FilesystemStorage | S3Storage, root: str) -> dict[s
 BASE_HEADERS = {"X-Content-Type-Options": ("nosniff",)}
 
 
-def _base(settings: GatewaySettings, addr: str, root: str) -> dict[str, Any]:
+def _base(settings: GatewaySettings, addr: str, debug_addr: str, root: str) -> dict[str, Any]:
     return {
         "version": 0.1,
         # nginx logs every request with door, route and user; the registries log errors only.
@@ -71,6 +71,10 @@ def _base(settings: GatewaySettings, addr: str, root: str) -> dict[str, Any]:
             "relativeurls": True,
             "headers": {k: list(v) for k, v in BASE_HEADERS.items()},
             "draintimeout": "30s",
+            # Distribution's own Prometheus metrics (requests, storage actions, a cache's hits and misses
+            # against its upstream), relayed by nginx's metrics server. The debug server also serves
+            # /debug/vars and pprof: it listens on the overlay network (loopback locally), never published.
+            "debug": {"addr": debug_addr, "prometheus": {"enabled": True, "path": "/metrics"}},
         },
         # No storage health check: Distribution wraps its liveness answer `/` in it (registry.go:
         # `health.Handler(alive("/", ...))`), so a storage hiccup would turn `/` into 503 and Swarm's
@@ -95,9 +99,11 @@ READ_ONLY_ENV = {
 }
 
 
-def private_config(settings: GatewaySettings, addr: str, *, read_only: bool = False) -> dict[str, Any]:
+def private_config(
+    settings: GatewaySettings, addr: str, *, debug_addr: str, read_only: bool = False
+) -> dict[str, Any]:
     """`read_only`: the maintenance window of the garbage collection (gateway/maintenance.py)."""
-    config = _base(settings, addr, PRIVATE_ROOT)
+    config = _base(settings, addr, debug_addr, PRIVATE_ROOT)
     config["storage"]["maintenance"] = {
         "uploadpurging": {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False},
         "readonly": {"enabled": read_only},
@@ -111,10 +117,12 @@ def private_config(settings: GatewaySettings, addr: str, *, read_only: bool = Fa
     return config
 
 
-def cache_config(settings: GatewaySettings, upstream: Upstream, addr: str, remote_url: str) -> dict[str, Any]:
+def cache_config(
+    settings: GatewaySettings, upstream: Upstream, addr: str, remote_url: str, *, debug_addr: str
+) -> dict[str, Any]:
     """`remote_url`: the gateway's egress server for this upstream (gateway/egress.js), never the upstream
     itself: Distribution 3.1.1 waits on an upstream with no timeout (Go's default transport)."""
-    config = _base(settings, addr, cache_root(upstream))
+    config = _base(settings, addr, debug_addr, cache_root(upstream))
     proxy: dict[str, Any] = {"remoteurl": remote_url, "ttl": settings.cache_ttl}
     if upstream.username is not None:
         proxy |= {"username": upstream.username, "password": upstream.password}

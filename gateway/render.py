@@ -18,6 +18,7 @@ from gateway.htpasswd import render_htpasswd
 from gateway.nginx import (
     DRAIN_SH,
     EGRESS_JS,
+    METRICS_JS,
     REFERRERS_JS,
     ROUTER_JS,
     render_nginx_conf,
@@ -39,6 +40,7 @@ class ServiceFiles:
     command: tuple[str, ...]
     files: tuple[RenderedFile, ...]
     port: int
+    debug_addr: str = ""  # a registry's http.debug.addr (its Prometheus metrics); nginx: none
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,17 @@ def _port(listen: str) -> int:
     return int(listen.split()[0].rsplit(":", 1)[-1])
 
 
+def _debug_addr(lay: L.Layout, key: str) -> str:
+    """A registry's debug server; in production every private replica shares the first one's."""
+    return lay.debug[key if key in lay.debug else L.private_key(0)][0]
+
+
 def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, nginx_bin: str) -> Bundle:
     conf = f"{lay.config_dir}/nginx/nginx.conf"
     router = f"{lay.config_dir}/nginx/router.js"
     egress = f"{lay.config_dir}/nginx/egress.js"
     referrers = f"{lay.config_dir}/nginx/referrers.js"
+    metrics = f"{lay.config_dir}/nginx/metrics.js"
     routes = f"{lay.config_dir}/nginx/routes.json"
     htpasswd = f"{lay.secret_dir}/htpasswd"
     salt = f"{lay.secret_dir}/auth-salt.conf"
@@ -68,6 +76,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
         router_file=router,
         egress_file=egress,
         referrers_file=referrers,
+        metrics_file=metrics,
         routes_file=routes,
         htpasswd_file=htpasswd,
         salt_file=salt,
@@ -95,6 +104,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
                 RenderedFile(router, ROUTER_JS.read_text(), secret=False),
                 RenderedFile(egress, EGRESS_JS.read_text(), secret=False),
                 RenderedFile(referrers, REFERRERS_JS.read_text(), secret=False),
+                RenderedFile(metrics, METRICS_JS.read_text(), secret=False),
                 RenderedFile(routes, render_routes(settings), secret=False),
                 RenderedFile(htpasswd, render_htpasswd(settings.users, settings.htpasswd_key), secret=True),
                 RenderedFile(salt, render_salt_conf(settings), secret=True),
@@ -112,24 +122,32 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
             command=(*registry_stop, registry_bin, "serve", path),
             files=(
                 RenderedFile(
-                    path, registry_config.dump(registry_config.private_config(settings, addr)), True
+                    path,
+                    registry_config.dump(
+                        registry_config.private_config(settings, addr, debug_addr=_debug_addr(lay, key))
+                    ),
+                    True,
                 ),
                 *drain_files,
             ),
             port=_port(addr),
+            debug_addr=_debug_addr(lay, key),
         )
     for upstream in settings.upstreams:
         key = L.cache_key(upstream)
         addr = lay.cache_addrs[upstream.host]
         path = f"{lay.secret_dir}/{key}.yml"
         content = registry_config.dump(
-            registry_config.cache_config(settings, upstream, addr, lay.egress_urls[upstream.host])
+            registry_config.cache_config(
+                settings, upstream, addr, lay.egress_urls[upstream.host], debug_addr=_debug_addr(lay, key)
+            )
         )
         services[key] = ServiceFiles(
             name=L.cache_service(upstream) if lay.production else key,
             command=(*registry_stop, registry_bin, "serve", path),
             files=(RenderedFile(path, content, secret=True), *drain_files),
             port=_port(addr),
+            debug_addr=_debug_addr(lay, key),
         )
     return Bundle(services)
 
@@ -158,6 +176,8 @@ def render_local(
     private_ports: tuple[int, ...],
     cache_ports: dict[str, int],
     egress_ports: dict[str, int],
+    metrics_port: int,
+    debug_ports: dict[str, int],
     egress_resolver: str | None = None,
     nginx_user: str | None = None,
     registry_bin: str,
@@ -171,6 +191,10 @@ def render_local(
         missing = {u.host for u in settings.upstreams} - set(ports)
         if missing:
             raise ValueError(f"no {what} port for upstreams {sorted(missing)}")
+    registries = {L.private_key(i) for i in range(settings.private_replicas)}
+    registries |= {L.cache_key(u) for u in settings.upstreams}
+    if set(debug_ports) != registries:
+        raise ValueError(f"need debug ports for exactly {sorted(registries)}, got {sorted(debug_ports)}")
     proxy = " proxy_protocol" if settings.trusted_proxy_cidrs else ""
     lay = L.Layout(
         production=False,
@@ -188,5 +212,7 @@ def render_local(
         egress_listens={h: f"127.0.0.1:{p}" for h, p in egress_ports.items()},
         egress_urls={h: f"http://127.0.0.1:{p}" for h, p in egress_ports.items()},
         egress_resolver=egress_resolver,
+        metrics_listen=f"127.0.0.1:{metrics_port}",
+        debug={key: (f"127.0.0.1:{p}", f"127.0.0.1:{p}") for key, p in debug_ports.items()},
     )
     return _render(settings, lay, registry_bin=registry_bin, nginx_bin=nginx_bin)

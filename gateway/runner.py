@@ -20,7 +20,7 @@ from types import TracebackType
 
 from gateway import binaries, registry_config
 from gateway.config import FilesystemStorage, GatewaySettings
-from gateway.layout import private_key, system_resolver
+from gateway.layout import cache_key, private_key, system_resolver
 from gateway.ports import free_ports
 from gateway.render import Bundle, ServiceFiles, render_local
 
@@ -76,6 +76,7 @@ class LocalGateway:
         data_dir: str | os.PathLike[str],
         registry_port: int,
         mirror_port: int,
+        metrics_port: int | None = None,
         nginx_bin: str | None = None,
         registry_bin: str | None = None,
         startup_timeout: float = 30.0,
@@ -90,6 +91,7 @@ class LocalGateway:
         self.startup_timeout = startup_timeout
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.bundle: Bundle | None = None
+        self.metrics_port = metrics_port  # None: a free port, picked at start
 
     @property
     def registry_url(self) -> str:
@@ -100,6 +102,12 @@ class LocalGateway:
         return f"http://127.0.0.1:{self.mirror_port}"
 
     @property
+    def metrics_url(self) -> str:
+        """nginx's metrics server (templates/metrics.conf.j2); known once started."""
+        assert self.metrics_port is not None, "not started"
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    @property
     def access_log(self) -> Path:
         return self.data_dir / "state" / "access.log"
 
@@ -107,25 +115,23 @@ class LocalGateway:
         return self.data_dir / "logs" / f"{key}.log"
 
     def render(self) -> Bundle:
-        n_private = self.settings.private_replicas
-        n_up = len(self.settings.upstreams)
-        ports = free_ports(1 + n_private + 2 * n_up)
+        upstreams = self.settings.upstreams
+        registries = [*self.private_keys(), *(cache_key(u) for u in upstreams)]
+        ports = iter(free_ports(2 + len(upstreams) + 2 * len(registries)))
+        auth, metrics = next(ports), next(ports)
+        if self.metrics_port is None:
+            self.metrics_port = metrics
         return render_local(
             self.settings,
             data_dir=str(self.data_dir),
             registry_port=self.registry_port,
             mirror_port=self.mirror_port,
-            auth_port=ports[0],
-            private_ports=ports[1 : 1 + n_private],
-            cache_ports={
-                u.host: p
-                for u, p in zip(
-                    self.settings.upstreams, ports[1 + n_private : 1 + n_private + n_up], strict=True
-                )
-            },
-            egress_ports={
-                u.host: p for u, p in zip(self.settings.upstreams, ports[1 + n_private + n_up :], strict=True)
-            },
+            auth_port=auth,
+            private_ports=tuple(next(ports) for _ in self.private_keys()),
+            cache_ports={u.host: next(ports) for u in upstreams},
+            egress_ports={u.host: next(ports) for u in upstreams},
+            metrics_port=self.metrics_port,
+            debug_ports={key: next(ports) for key in registries},
             egress_resolver=system_resolver(self.settings.upstreams),
             # Run as root, nginx would switch its workers to `nobody`, which cannot read the 0600
             # secrets written below; a local run keeps the invoking user (production: `nginx`).
@@ -226,7 +232,7 @@ class LocalGateway:
         for key in self.private_keys():
             service = self.bundle.services[key]
             config = registry_config.private_config(
-                self.settings, f"127.0.0.1:{service.port}", read_only=read_only
+                self.settings, f"127.0.0.1:{service.port}", debug_addr=service.debug_addr, read_only=read_only
             )
             Path(service.files[0].path).write_text(registry_config.dump(config))
             proc = self.processes.pop(key)

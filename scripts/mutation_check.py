@@ -115,8 +115,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "cache-shares-private-root",
         "cache expiry deletes blobs of private images",
         "gateway/registry_config.py",
-        "    config = _base(settings, addr, cache_root(upstream))",
-        '    config = _base(settings, addr, "/private")',
+        "    config = _base(settings, addr, debug_addr, cache_root(upstream))",
+        '    config = _base(settings, addr, debug_addr, "/private")',
         (
             "tests/gateway/test_render.py",
             "tests/gateway/test_clients_mirror.py::test_cache_eviction_spares_private_image_sharing_a_layer",

@@ -394,6 +394,7 @@ class GatewayProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.doors = Doors(f"127.0.0.1:{self.registry_port}", f"127.0.0.1:{self.mirror_port}")
         self.versions: Versions | None = None
+        self.metrics_url = ""  # from the ready line
 
     def start(self, timeout: float = 60.0) -> GatewayProcess:
         """Start and wait for the one `ready ...` line (stdout is drained by a thread into self.stdout)."""
@@ -423,6 +424,7 @@ class GatewayProcess:
                 raise RuntimeError(f"gateway exited ({code}) before ready:\n{self.log_tail()}")
             if line.startswith("ready "):
                 urls, self.versions = parse_ready(line)
+                self.metrics_url = urls.pop("metrics")
                 assert urls == {
                     "registry": f"http://{self.doors.registry}",
                     "mirror": f"http://{self.doors.mirror}",

@@ -35,11 +35,11 @@ def assert_production(versions: Versions | None) -> None:
 
 
 def parse_ready(line: str) -> tuple[dict[str, str], Versions]:
-    """`ready registry=URL mirror=URL nginx=V njs=V distribution=V` -> (URLs, versions)."""
+    """`ready registry=URL mirror=URL metrics=URL nginx=V njs=V distribution=V` -> (URLs, versions)."""
     assert line.startswith("ready ") and line.endswith("\n"), line
     fields = dict(item.split("=", 1) for item in line.split()[1:])
-    assert list(fields) == ["registry", "mirror", "nginx", "njs", "distribution"], line
+    assert list(fields) == ["registry", "mirror", "metrics", "nginx", "njs", "distribution"], line
     return (
-        {"registry": fields["registry"], "mirror": fields["mirror"]},
+        {door: fields[door] for door in ("registry", "mirror", "metrics")},
         Versions(nginx=fields["nginx"], njs=fields["njs"], distribution=fields["distribution"]),
     )

@@ -100,14 +100,15 @@ def test_every_rendered_key_is_read_by_the_distribution_that_runs(
 ) -> None:
     settings = replace(SETTINGS, storage=storage)
     configs = [
-        private_config(settings, ":5000"),
-        private_config(settings, ":5000", read_only=True),  # the garbage collection's window
-        cache_config(settings, settings.docker_hub, ":5000", "http://127.0.0.1:8100"),
+        private_config(settings, ":5000", debug_addr=":5001"),
+        # the garbage collection's window
+        private_config(settings, ":5000", debug_addr=":5001", read_only=True),
+        cache_config(settings, settings.docker_hub, ":5000", "http://127.0.0.1:8100", debug_addr=":5001"),
     ]
     for config in configs:
         assert unread_keys(config) == []
     # The check can fail: a misspelt key at each level is reported.
-    broken = private_config(settings, ":5000")
+    broken = private_config(settings, ":5000", debug_addr=":5001")
     broken["http"]["relativeurl"] = True
     broken["storage"]["redirect"]["disabled"] = True
     broken["storage"][next(iter(broken["storage"]))]["rootdir"] = "/x"
@@ -158,7 +159,9 @@ def test_liveness_survives_a_storage_outage_with_the_health_check_off(
     registry answers 503 within seconds: the rendered key is what makes the difference."""
     dead = replace(S3, endpoint=f"http://127.0.0.1:{free_port()}")
     port = free_port()
-    config = private_config(replace(SETTINGS, storage=dead), f"127.0.0.1:{port}")
+    config = private_config(
+        replace(SETTINGS, storage=dead), f"127.0.0.1:{port}", debug_addr=f"127.0.0.1:{free_port()}"
+    )
     if health_check:
         config["health"]["storagedriver"] = {"enabled": True, "interval": "1s", "threshold": 1}
     proc = _start_registry(tmp_path, config, port)

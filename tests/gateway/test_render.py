@@ -24,6 +24,7 @@ from gateway import binaries, layout
 from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, SettingsError, Upstream, User
 from gateway.htpasswd import bcrypt_base64 as htpasswd_base64
 from gateway.htpasswd import hash_password, render_htpasswd
+from gateway.layout import cache_key, private_key
 from gateway.render import Bundle, render_local, render_production
 
 HUB_TOKEN = "dckr_pat_hub-token-value"  # noqa: S105 (test value)
@@ -60,6 +61,11 @@ def local(settings: GatewaySettings = SETTINGS, data_dir: str = "/srv/owncr") ->
         private_ports=tuple(range(6000, 6000 + settings.private_replicas)),
         cache_ports={u.host: 7000 + i for i, u in enumerate(settings.upstreams)},
         egress_ports={u.host: 7100 + i for i, u in enumerate(settings.upstreams)},
+        metrics_port=7200,
+        debug_ports={
+            **{private_key(i): 7300 + i for i in range(settings.private_replicas)},
+            **{cache_key(u): 7400 + i for i, u in enumerate(settings.upstreams)},
+        },
         registry_bin=binaries.default_registry(),
         nginx_bin=binaries.default_nginx(),
     )
@@ -182,7 +188,16 @@ def test_local_bundle_has_every_service_and_marks_secrets() -> None:
     nginx_files = {Path(f.path).name: f for f in bundle.services["nginx"].files}
     secret = {n for n, f in nginx_files.items() if f.secret}
     assert (set(nginx_files), secret) == (
-        {"nginx.conf", "router.js", "egress.js", "referrers.js", "routes.json", "htpasswd", "auth-salt.conf"},
+        {
+            "nginx.conf",
+            "router.js",
+            "egress.js",
+            "referrers.js",
+            "metrics.js",
+            "routes.json",
+            "htpasswd",
+            "auth-salt.conf",
+        },
         {"htpasswd", "auth-salt.conf"},
     )
 
@@ -459,3 +474,30 @@ def test_production_render_passes_nginx_t_as_rendered(
     conf.write_text("".join(line for line in conf.read_text().splitlines(True) if "resolver " not in line))
     failed = nginx_t_in_namespace(tmp_path, command, names)
     assert failed.returncode != 0 and "no resolver defined to resolve" in failed.stderr, failed.stderr
+
+
+def test_metrics_server_listens_apart_and_relays_only_each_registrys_metrics() -> None:
+    """Production: its own port, without PROXY protocol (the load balancer never forwards it); each
+    registry's debug server on the overlay, relayed by name for /metrics only (never pprof)."""
+    bundle = render_production(SETTINGS)
+    conf = bundle.services["nginx"].files[0].content
+    assert conf.count(f"listen {layout.METRICS_PORT};") == 1
+    assert f"listen {layout.METRICS_PORT} proxy_protocol" not in conf
+    relays = re.findall(r"location = /metrics/(\S+) \{\s+#[^\n]*\n\s+set \$owncr_debug_server (\S+);", conf)
+    assert relays == [
+        ("cache-docker-io", f"owncr-registry-cache-docker-io:{layout.DEBUG_PORT}"),
+        ("cache-ghcr-io", f"owncr-registry-cache-ghcr-io:{layout.DEBUG_PORT}"),
+        ("private", f"owncr-registry-private:{layout.DEBUG_PORT}"),
+    ]
+    assert conf.count("proxy_pass http://$owncr_debug_server/metrics;") == len(relays)
+    assert "/debug/" not in conf
+    for key, cfg in configs(bundle).items():
+        assert cfg["http"]["debug"] == {
+            "addr": f":{layout.DEBUG_PORT}",
+            "prometheus": {"enabled": True, "path": "/metrics"},
+        }, key
+    # Locally every registry process gets its own debug port, and the metrics server its own.
+    local_bundle = local()
+    assert "listen 127.0.0.1:7200;" in local_bundle.services["nginx"].files[0].content
+    debug = {k: c["http"]["debug"]["addr"] for k, c in configs(local_bundle).items()}
+    assert len(set(debug.values())) == len(debug) == SETTINGS.private_replicas + len(SETTINGS.upstreams)

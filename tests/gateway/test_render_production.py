@@ -59,7 +59,7 @@ def _inside_namespace(work: Path) -> None:
     from gateway import binaries
     from gateway.bench import PlainRegistry
     from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
-    from gateway.layout import GATEWAY_PORT, NGINX_SERVICE
+    from gateway.layout import DEBUG_PORT, GATEWAY_PORT, METRICS_PORT, NGINX_SERVICE
     from gateway.render import render_production
 
     upstream = PlainRegistry(work, "upstream").start()
@@ -99,7 +99,12 @@ def _inside_namespace(work: Path) -> None:
         procs.append(_start(nginx_argv, work / "nginx.log", None))
         _wait(lambda: _accepts(GATEWAY_PORT), "nginx")
         for service in registries:
-            env = {**os.environ, "REGISTRY_HTTP_ADDR": f"{addrs[service.name]}:{service.port}"}
+            # Each registry is alone in its container in production: here each gets its own address.
+            env = {
+                **os.environ,
+                "REGISTRY_HTTP_ADDR": f"{addrs[service.name]}:{service.port}",
+                "REGISTRY_HTTP_DEBUG_ADDR": f"{addrs[service.name]}:{DEBUG_PORT}",
+            }
             argv = [binaries.default_registry() if c == "registry" else c for c in service.command]
             procs.append(_start(argv, work / f"{service.name}.log", env))
         for service in registries:
@@ -130,6 +135,13 @@ def _inside_namespace(work: Path) -> None:
         assert_oci_error(via(MIRROR_HOST, CLIENT_INSIDE, "/v2/acme/app/manifests/1"), 404, "MANIFEST_UNKNOWN")
         assert_oci_error(via(MIRROR_HOST, CLIENT_OUTSIDE, "/v2/"), 403, "DENIED")
         assert upstream.requests_for("acme") == []
+        # The metrics port (never behind the load balancer: no PROXY header) counts what just happened,
+        # and relays each registry's own metrics from its debug server by its service name.
+        metrics = request(f"http://127.0.0.1:{METRICS_PORT}/metrics").body.decode()
+        assert 'owncr_requests_total{door="mirror",status="200"}' in metrics, metrics
+        for key in ("private", "cache-docker-io"):
+            relayed = request(f"http://127.0.0.1:{METRICS_PORT}/metrics/{key}")
+            assert relayed.status == 200 and b"registry_http_requests_total" in relayed.body, key
         print("production run: all checks passed")
     finally:
         for proc in procs:

@@ -83,12 +83,14 @@ def test_cli_prints_ready_and_stops_everything(
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the runner's own startup timeout bounds this read
         urls, versions = parse_ready(line)
+        metrics = urls.pop("metrics")
         assert urls == {"registry": f"http://127.0.0.1:{reg_port}", "mirror": f"http://127.0.0.1:{mir_port}"}
         assert_production(versions)  # the runner's defaults are the versions production runs
         # nginx, 2 private replicas, 2 caches, all children of this run.
         assert len(processes_mentioning(str(data))) >= 5
         assert request(f"http://127.0.0.1:{reg_port}/v2/", auth=("bob", "bob-password")).status == 200
         assert request(f"http://127.0.0.1:{mir_port}/v2/").status == 200
+        assert request(f"{metrics}/metrics").status == 200  # on its own port, free when the doors' are
         proc.send_signal(sig)
         assert proc.wait(timeout=20) == 0
         assert proc.stdout.read() == ""  # exactly one line on stdout

@@ -45,7 +45,10 @@ LIVE = 200  # pushes at most, one a second
 
 
 def maintenance(
-    engine: swarm_engine.Engine, private_service: str, *args: str
+    engine: swarm_engine.Engine,
+    private_service: str,
+    *args: str,
+    module: str = "components.swarm_maintenance",
 ) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ["PATH"],
@@ -53,7 +56,7 @@ def maintenance(
         "OWNCR_MAINTENANCE": json.dumps({"private_service": private_service, "retention": [RULE]}),
     }
     return subprocess.run(
-        [sys.executable, "-m", "components.swarm_maintenance", *args],
+        [sys.executable, "-m", module, *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
 
@@ -115,6 +118,17 @@ def test_maintenance_workflow_entry_point_on_a_live_swarm(
     # Something in the Docker Hub cache, whose size the run reports.
     mirrored = f"docker://127.0.0.1:{mirror_port}/library/hello:1"
     skopeo("copy", "--src-tls-verify=false", mirrored, f"oci:{tmp_path / 'mirrored'}:x")
+
+    # The stack's status (components/swarm_status.py): that pull counted by the gateway, its blobs fetched
+    # from the upstream, the pushes in the private store and the pull in the cache's storage.
+    shown = maintenance(engine, private, module="components.swarm_status")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "the metrics of 1 gateway task(s)" in shown.stdout, shown.stdout
+    assert re.search(r"blobs asked / fetched\s+[1-9]\d* / [1-9]", shown.stdout), shown.stdout
+    assert re.search(r"upstream docker\.io\s+answering", shown.stdout), shown.stdout
+    assert re.search(r"private\s+[\d.]+ MiB", shown.stdout), shown.stdout
+    assert re.search(r"cache docker\.io\s+[\d.]+ (B|KiB|MiB)", shown.stdout), shown.stdout
+    assert not maintenance_registries(engine)
 
     # Dry run: lists the two deletions with sizes, deletes nothing, never touches the private service.
     dry = maintenance(engine, private, "--dry-run")

@@ -1,7 +1,8 @@
 """Every command the README and docs/ show (their ```sh blocks) is either checked here against the code
 it drives, or named with the test that runs it, so the docs cannot drift from the product.
 
-Checked here: `python -m gateway run` and `python -m gateway.bench*` command lines parse with the real
+Checked here: `python -m gateway run|maintenance|status`, `python -m components.swarm_status` and
+`python -m gateway.bench*` command lines parse with the real
 argument parsers; `pulumi config set` keys exist in Pulumi.yaml (or are provider keys); `pulumi stack
 output` names are exports; `scripts/...` and `.ci/run` exist and are executable. Other programs are
 clients or tools whose use the named tests exercise.
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components import swarm_status
 from gateway.__main__ import parse_args as gateway_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,8 +70,10 @@ def _exports() -> set[str]:
 
 def check(argv: list[str]) -> None:
     program = argv[0]
-    if argv[:3] == ["python", "-m", "gateway"] and argv[3:4] in (["run"], ["maintenance"]):
-        gateway_args(argv[3:])  # the run itself: tests/gateway/test_maintenance.py
+    if argv[:3] == ["python", "-m", "gateway"] and argv[3:4] in (["run"], ["maintenance"], ["status"]):
+        gateway_args(argv[3:])  # the runs themselves: tests/gateway/test_maintenance.py, test_metrics.py
+    elif argv[:3] == ["python", "-m", "components.swarm_status"]:
+        swarm_status.parse_args(argv[3:])  # run on a live swarm: tests/services/test_swarm_maintenance.py
     elif argv[:2] == ["python", "-m"] and argv[2] in BENCHMARKS:
         importlib.import_module(argv[2]).parse_args(argv[3:])
     elif argv[:3] == ["python", "-m", "moto.server"]:
@@ -112,6 +116,9 @@ def test_the_check_can_fail() -> None:
     assert refused.value.code == 2  # argparse's usage error, not a clean exit
     with pytest.raises(SystemExit) as refused:
         gateway_args(["maintenance", "--data", "data", "--dryrun"])
+    assert refused.value.code == 2
+    with pytest.raises(SystemExit) as refused:
+        swarm_status.parse_args(["--stak", "prod"])
     assert refused.value.code == 2
     with pytest.raises(AssertionError, match="no config key owncr:nope"):
         check(["pulumi", "config", "set", "nope", "1"])

@@ -69,7 +69,7 @@ def cfg(run, key: str) -> Any:
 # Firewall
 
 
-def test_firewall_allows_exactly_lb_admin_and_swarm_traffic(cloud_run):
+def test_firewall_allows_exactly_lb_admin_metrics_and_swarm_traffic(cloud_run):
     firewall = cloud_run.one(FIREWALL)
     lb_id = cloud_run.id_of(cloud_run.one(LOAD_BALANCER))
     admin = cfg(cloud_run, "adminCidrs")
@@ -78,6 +78,7 @@ def test_firewall_allows_exactly_lb_admin_and_swarm_traffic(cloud_run):
         {"protocol": "tcp", "portRange": "8080", "action": "allow", "sourceLoadBalancerUids": [lb_id]},
         {"protocol": "tcp", "portRange": "22", "action": "allow", "sourceAddresses": admin},
         {"protocol": "tcp", "portRange": "2376", "action": "allow", "sourceAddresses": admin},
+        {"protocol": "tcp", "portRange": "9145", "action": "allow", "sourceAddresses": admin},
         {"protocol": "tcp", "portRange": "2377", "action": "allow", "sourceTags": [SELECTOR]},
         {"protocol": "tcp", "portRange": "7946", "action": "allow", "sourceTags": [SELECTOR]},
         {"protocol": "udp", "portRange": "7946", "action": "allow", "sourceTags": [SELECTOR]},

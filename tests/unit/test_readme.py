@@ -18,7 +18,7 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 README_MAX_LINES = 200
 PAGES = ("configuration", "deploy", "operations", "architecture", "local", "benchmarks", "testing", "ci",
-         "security", "troubleshooting", "blob-redirects", "oci")  # fmt: skip
+         "security", "troubleshooting", "blob-redirects", "oci", "metrics")  # fmt: skip
 
 
 def page(name: str) -> str:

@@ -196,12 +196,12 @@ def test_only_nginx_publishes_and_all_share_one_overlay(stack):
             assert ports == []
 
 
-def test_cloud_nginx_listens_on_8080_local_on_both_configured_ports(stack):
+def test_cloud_nginx_listens_on_8080_and_metrics_local_on_both_configured_ports(stack):
     ports = [
         (p["publishedPort"], p["targetPort"]) for p in stack.service("nginx").inputs["endpointSpec"]["ports"]
     ]
     if stack.cloud:
-        assert ports == [(8080.0, 8080.0)]
+        assert ports == [(8080.0, 8080.0), (9145.0, 9145.0)]
     else:
         local_ports = int(stack.config["owncr:localRegistryPort"]), int(stack.config["owncr:localMirrorPort"])
         doors = gateway_wiring.LOCAL_REGISTRY_DOOR, gateway_wiring.LOCAL_MIRROR_DOOR

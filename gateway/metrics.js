@@ -1,0 +1,166 @@
+// owncr metrics (njs >= 0.8, both engines: shared dictionaries of numbers). Every request the doors and the
+// egress servers log is counted once, as its access log line is written: the log format references
+// $owncr_counted (js_set metrics.count), and at that point the status, the cache status and the byte counts
+// are final. The metrics server (templates/metrics.conf.j2) serves the totals in Prometheus text format on
+// an address the load balancer never forwards.
+//
+// Each counter is kept under its own sample text (`name{label="value",...}`), so serving is a listing.
+// Label values come only from the gateway's own vocabulary (doors, route ids, nginx's cache statuses, the
+// three digits of a status), never from a request's path or headers: a client cannot grow the series.
+
+var COUNTERS = 'owncr_metrics';
+var MEMORY = 'owncr_upstreams'; // egress.js's memory of an upstream that is down or rate limiting
+var MAX_SERIES = 100000; // more than the zone can hold: every series is listed
+
+var HELP = [
+    ['owncr_requests_total', 'counter', 'Requests answered, by door (registry, mirror, egress; none: no door, '
+        + 'e.g. a port probe) and status.'],
+    ['owncr_received_bytes_total', 'counter', 'Bytes received from clients (request line, headers, body), by door.'],
+    ['owncr_sent_bytes_total', 'counter', 'Bytes sent to clients, by door (egress: sent to the caches).'],
+    ['owncr_mirror_requests_total', 'counter', 'Requests for upstream content on either door, by upstream, kind '
+        + '(blob, manifest, tags) and nginx cache result (hit, miss, updating, stale, expired, bypass; none: '
+        + 'not an nginx-cached route, answered by the pull-through cache).'],
+    ['owncr_upstream_requests_total', 'counter', 'Requests that reached an upstream, by upstream, kind '
+        + '(blob, download: a blob redirected to a CDN, manifest, tags, token, ping), method and status '
+        + '(429: rate limited; 502: unreachable; 504: timed out).'],
+    ['owncr_upstream_received_bytes_total', 'counter', 'Bytes received from an upstream, by upstream.'],
+    ['owncr_upstream_spared_total', 'counter', 'Requests of a cache answered by the egress without asking the '
+        + 'upstream, because it is remembered as rate limiting or down.'],
+    ['owncr_upstream_unavailable', 'gauge', '1 while the egress remembers the upstream as rate limiting or '
+        + 'down (reason), else 0.'],
+    ['owncr_upstream_retry_after_seconds', 'gauge', 'Seconds until the egress asks the upstream again (0: '
+        + 'it asks now).'],
+];
+
+function add(name, labels, value) {
+    if (!(value > 0)) {
+        return;
+    }
+    var text = Object.keys(labels).map(function (k) { return k + '="' + labels[k] + '"'; }).join(',');
+    ngx.shared[COUNTERS].incr(name + '{' + text + '}', value, 0);
+}
+
+// "docker_io=docker.io ghcr_io=ghcr.io" (nginx.py) -> {docker_io: 'docker.io', ...}
+function upstreamHosts(r) {
+    var hosts = {};
+    (r.variables.owncr_upstream_hosts || '').split(' ').forEach(function (pair) {
+        var eq = pair.indexOf('=');
+        if (eq > 0) {
+            hosts[pair.slice(0, eq)] = pair.slice(eq + 1);
+        }
+    });
+    return hosts;
+}
+
+function sum(list) {
+    // $upstream_bytes_received lists each attempt ("512, 1024"; "-" for none).
+    return (list || '').split(/[,:]/).reduce(function (total, n) {
+        var v = Number(n);
+        return isNaN(v) ? total : total + v;
+    }, 0);
+}
+
+var CACHE_ROUTE = /^cache_(\w+?)(_tag|_blob)?$/;
+var STATUS = /^[1-5][0-9][0-9]$/;
+
+function doorKind(route, uri) {
+    if (route === '_blob') {
+        return 'blob';
+    }
+    return route === '_tag' || uri.indexOf('/manifests/') >= 0 ? 'manifest' : 'tags';
+}
+
+// What a cache asked its upstream for (egress.js's routes: its own paths, the token realm, redirects).
+function upstreamKind(uri) {
+    if (uri.indexOf('/_owncr/via/realm/') === 0) {
+        return 'token';
+    }
+    if (uri.indexOf('/_owncr/via/redirect/') === 0) {
+        return 'download';
+    }
+    if (uri.indexOf('/blobs/') >= 0) {
+        return 'blob';
+    }
+    if (uri.indexOf('/manifests/') >= 0) {
+        return 'manifest';
+    }
+    return uri.indexOf('/tags/') >= 0 ? 'tags' : 'ping';
+}
+
+function record(r) {
+    var v = r.variables;
+    // Neither door's name nor /healthz (a port probe, a request no server_name matched): "none".
+    var door = v.owncr_door || 'none';
+    var status = STATUS.test(v.status) ? v.status : 'other';
+    add('owncr_requests_total', {door: door, status: status}, 1);
+    add('owncr_received_bytes_total', {door: door}, Number(v.request_length));
+    add('owncr_sent_bytes_total', {door: door}, Number(v.bytes_sent));
+    var hosts = upstreamHosts(r);
+    if (door === 'egress') {
+        var upstream = hosts[v.owncr_egress_id];
+        if (r.uri.indexOf('/_owncr/egress/remembered_') === 0) {
+            var reason = r.uri.slice(-3) === '429' ? 'rate_limited' : 'down';
+            add('owncr_upstream_spared_total', {upstream: upstream, reason: reason}, 1);
+        } else if (r.uri === '/_owncr/egress/answer' || r.uri === '/_owncr/egress/stream') {
+            var method = v.request_method === 'GET' || v.request_method === 'HEAD' ? v.request_method : 'other';
+            add('owncr_upstream_requests_total',
+                {upstream: upstream, kind: upstreamKind(v.request_uri), method: method, status: status}, 1);
+            add('owncr_upstream_received_bytes_total', {upstream: upstream}, sum(v.upstream_bytes_received));
+        }
+        return;
+    }
+    var m = CACHE_ROUTE.exec(v.owncr_route || '');
+    if (m !== null && hosts[m[1]] !== undefined) {
+        var cache = (v.upstream_cache_status || 'none').toLowerCase();
+        add('owncr_mirror_requests_total',
+            {upstream: hosts[m[1]], kind: doorKind(m[2] || '', v.uri), cache: cache}, 1);
+    }
+}
+
+// js_set $owncr_counted, referenced by the access log format only: evaluated once per logged request.
+function count(r) {
+    try {
+        record(r);
+    } catch (e) {
+        // The zone is full (it is sized for many times the label combinations there are): the request is
+        // served and logged all the same; nginx's error log says why a count is missing.
+        r.error('owncr metrics: ' + e.message);
+    }
+    return '';
+}
+
+// The gauges, read from egress.js's memory at scrape time: name -> sample lines.
+function gauges(r) {
+    var hosts = upstreamHosts(r);
+    var out = {owncr_upstream_unavailable: [], owncr_upstream_retry_after_seconds: []};
+    Object.keys(hosts).sort().forEach(function (id) {
+        var value = ngx.shared[MEMORY].get(id);
+        var parts = value ? String(value).split(',') : ['0', ''];
+        var left = Math.max(0, Math.ceil((Number(parts[0]) - Date.now()) / 1000));
+        var host = 'upstream="' + hosts[id] + '"';
+        ['rate_limited', 'down'].forEach(function (reason) {
+            var now = left > 0 && (parts[1] === '429') === (reason === 'rate_limited') ? 1 : 0;
+            out.owncr_upstream_unavailable.push('owncr_upstream_unavailable{' + host + ',reason="' + reason
+                + '"} ' + now);
+        });
+        out.owncr_upstream_retry_after_seconds.push('owncr_upstream_retry_after_seconds{' + host + '} ' + left);
+    });
+    return out;
+}
+
+// js_content of GET /metrics on the metrics server: each family's HELP and TYPE, then its samples.
+function serve(r) {
+    var samples = ngx.shared[COUNTERS].items(MAX_SERIES).map(function (s) { return s[0] + ' ' + s[1]; }).sort();
+    var current = gauges(r);
+    var lines = [];
+    HELP.forEach(function (h) {
+        lines.push('# HELP ' + h[0] + ' ' + h[2]);
+        lines.push('# TYPE ' + h[0] + ' ' + h[1]);
+        var family = current[h[0]] || samples.filter(function (s) { return s.indexOf(h[0] + '{') === 0; });
+        Array.prototype.push.apply(lines, family);
+    });
+    r.headersOut['Content-Type'] = 'text/plain; version=0.0.4; charset=utf-8';
+    r.return(200, lines.join('\n') + '\n');
+}
+
+export default {count, serve};
