@@ -147,15 +147,16 @@ def test_owncr_exprs_filter_instance(dashboard: dict[str, Any]) -> None:
 
 
 def test_panels_do_not_overlap(dashboard: dict[str, Any]) -> None:
-    cells: dict[tuple[int, int], str] = {}
-    for panel in all_panels(dashboard["panels"]):
+    cells: dict[tuple[int, int], int] = {}
+    panels = list(all_panels(dashboard["panels"]))
+    for index, panel in enumerate(panels):
         grid = panel["gridPos"]
         assert grid["w"] > 0 and grid["h"] > 0, panel["title"]
         assert grid["x"] >= 0 and grid["x"] + grid["w"] <= GRID_WIDTH, panel["title"]
         for x in range(grid["x"], grid["x"] + grid["w"]):
             for y in range(grid["y"], grid["y"] + grid["h"]):
-                other = cells.setdefault((x, y), panel["title"])
-                assert other == panel["title"], f"{panel['title']!r} overlaps {other!r} at {(x, y)}"
+                other = cells.setdefault((x, y), index)
+                assert other == index, f"{panel['title']!r} overlaps {panels[other]['title']!r} at {(x, y)}"
 
 
 def test_panel_ids_unique(dashboard: dict[str, Any]) -> None:
