@@ -49,7 +49,7 @@ def test_runner_prints_one_ready_line_and_stops_everything(launch: Launcher) -> 
     # One line: the doors and the versions that run (GatewayProcess.start checked they are production's).
     assert gateway.stdout == [
         f"ready registry=http://{gateway.doors.registry} mirror=http://{gateway.doors.mirror} "
-        f"{gateway.versions}\n"
+        f"metrics={gateway.metrics_url} {gateway.versions}\n"
     ]
     running = {p.comm for p in gateway.children()}
     assert {"nginx", "registry"} <= running, running
