@@ -127,4 +127,17 @@ function upstreamDown(r) {
     return '1';
 }
 
-export default {next, answered, upstreamDown};
+// js_set $owncr_upstream_states (the metrics server): JSON {<nginx id>: {seconds, status}} of every upstream
+// remembered as down or rate limiting now.
+function upstreamStates(r) {
+    var states = {};
+    ngx.shared[MEMORY].keys(1000).forEach(function (id) {
+        var down = remembered(id);
+        if (down !== null) {
+            states[id] = down;
+        }
+    });
+    return JSON.stringify(states);
+}
+
+export default {next, answered, upstreamDown, upstreamStates};

@@ -9,7 +9,6 @@
 // three digits of a status), never from a request's path or headers: a client cannot grow the series.
 
 var COUNTERS = 'owncr_metrics';
-var MEMORY = 'owncr_upstreams'; // egress.js's memory of an upstream that is down or rate limiting
 var MAX_SERIES = 100000; // more than the zone can hold: every series is listed
 
 var HELP = [
@@ -95,9 +94,8 @@ function record(r) {
     add('owncr_requests_total', {door: door, status: status}, 1);
     add('owncr_received_bytes_total', {door: door}, Number(v.request_length));
     add('owncr_sent_bytes_total', {door: door}, Number(v.bytes_sent));
-    var hosts = upstreamHosts(r);
     if (door === 'egress') {
-        var upstream = hosts[v.owncr_egress_id];
+        var upstream = upstreamHosts(r)[v.owncr_egress_id];
         if (r.uri.indexOf('/_owncr/egress/remembered_') === 0) {
             var reason = r.uri.slice(-3) === '429' ? 'rate_limited' : 'down';
             add('owncr_upstream_spared_total', {upstream: upstream, reason: reason}, 1);
@@ -110,10 +108,10 @@ function record(r) {
         return;
     }
     var m = CACHE_ROUTE.exec(v.owncr_route || '');
-    if (m !== null && hosts[m[1]] !== undefined) {
+    var host = m === null ? undefined : upstreamHosts(r)[m[1]];
+    if (host !== undefined) {
         var cache = (v.upstream_cache_status || 'none').toLowerCase();
-        add('owncr_mirror_requests_total',
-            {upstream: hosts[m[1]], kind: doorKind(m[2] || '', v.uri), cache: cache}, 1);
+        add('owncr_mirror_requests_total', {upstream: host, kind: doorKind(m[2] || '', v.uri), cache: cache}, 1);
     }
 }
 
@@ -122,28 +120,28 @@ function count(r) {
     try {
         record(r);
     } catch (e) {
-        // The zone is full (it is sized for many times the label combinations there are): the request is
-        // served and logged all the same; nginx's error log says why a count is missing.
+        // The zone is full (nginx.conf.j2 gives its size): the request is served and logged all the same;
+        // nginx's error log says why a count is missing.
         r.error('owncr metrics: ' + e.message);
     }
     return '';
 }
 
-// The gauges, read from egress.js's memory at scrape time: name -> sample lines.
+// The gauges, from egress.js's memory at scrape time ($owncr_upstream_states): name -> sample lines.
 function gauges(r) {
     var hosts = upstreamHosts(r);
+    var states = JSON.parse(r.variables.owncr_upstream_states || '{}');
     var out = {owncr_upstream_unavailable: [], owncr_upstream_retry_after_seconds: []};
     Object.keys(hosts).sort().forEach(function (id) {
-        var value = ngx.shared[MEMORY].get(id);
-        var parts = value ? String(value).split(',') : ['0', ''];
-        var left = Math.max(0, Math.ceil((Number(parts[0]) - Date.now()) / 1000));
+        var state = states[id] || {seconds: 0, status: ''};
         var host = 'upstream="' + hosts[id] + '"';
         ['rate_limited', 'down'].forEach(function (reason) {
-            var now = left > 0 && (parts[1] === '429') === (reason === 'rate_limited') ? 1 : 0;
+            var now = state.seconds > 0 && (state.status === '429') === (reason === 'rate_limited') ? 1 : 0;
             out.owncr_upstream_unavailable.push('owncr_upstream_unavailable{' + host + ',reason="' + reason
                 + '"} ' + now);
         });
-        out.owncr_upstream_retry_after_seconds.push('owncr_upstream_retry_after_seconds{' + host + '} ' + left);
+        out.owncr_upstream_retry_after_seconds.push('owncr_upstream_retry_after_seconds{' + host + '} '
+            + state.seconds);
     });
     return out;
 }

@@ -57,8 +57,8 @@ def _port(listen: str) -> int:
 
 
 def _debug_addr(lay: L.Layout, key: str) -> str:
-    """A registry's debug server; in production every private replica shares the first one's."""
-    return lay.debug[key if key in lay.debug else L.private_key(0)][0]
+    """A registry's http.debug.addr (in production one private service stands for every replica)."""
+    return lay.debug[key][0]
 
 
 def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, nginx_bin: str) -> Bundle:
