@@ -13,13 +13,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def free_ports(count: int) -> tuple[int, ...]:
-    """`count` distinct free ports (sockets held open together so the kernel cannot repeat one)."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+def free_ports(count: int, avoid: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """`count` distinct free ports (sockets held open together so the kernel cannot repeat one), none of
+    them in `avoid` (ports picked earlier but not bound yet, such as a local run's doors)."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
     try:
-        for sock in socks:
+        while len(ports) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
             sock.bind(("127.0.0.1", 0))
-        return tuple(sock.getsockname()[1] for sock in socks)
+            if (port := sock.getsockname()[1]) not in avoid:
+                ports.append(port)
+        return tuple(ports)
     finally:
         for sock in socks:
             sock.close()

@@ -117,7 +117,13 @@ class LocalGateway:
     def render(self) -> Bundle:
         upstreams = self.settings.upstreams
         registries = [*self.private_keys(), *(cache_key(u) for u in upstreams)]
-        ports = iter(free_ports(2 + len(upstreams) + 2 * len(registries)))
+        # The doors' (and a chosen metrics) port are not bound yet: the kernel could hand them out again.
+        chosen = (
+            self.registry_port,
+            self.mirror_port,
+            *(() if self.metrics_port is None else (self.metrics_port,)),
+        )
+        ports = iter(free_ports(2 + len(upstreams) + 2 * len(registries), avoid=chosen))
         auth, metrics = next(ports), next(ports)
         if self.metrics_port is None:
             self.metrics_port = metrics
