@@ -16,11 +16,12 @@ import pulumi_digitalocean as digitalocean
 import pulumi_random as random
 
 import settings as owncr_settings
-from components import gateway_wiring, swarm_maintenance
+from components import gateway_wiring
 from components.edge import Edge, EdgeArgs, containerd_hosts, daemon_json
 from components.local_swarm import LocalSwarm
 from components.monitoring import NodeAlerts, NodeAlertsArgs
 from components.network import Network, NetworkArgs, NodeFirewall, NodeFirewallArgs
+from components.plan import maintenance_access
 from components.registry_services import (
     LOCAL_DOCKER_HOST,
     DockerEngine,
@@ -52,7 +53,7 @@ def export_client_settings(
 def export_maintenance(settings: owncr_settings.Settings, engine: DockerEngine) -> None:
     """What `scripts/maintenance` needs (the deployer's Docker API access and the retention rules), one
     secret output: it holds the deployer's client key."""
-    access = swarm_maintenance.access(
+    access = maintenance_access.access(
         settings.stack,
         settings.registry.retention,
         engine.host,

@@ -28,7 +28,7 @@ import yaml
 from pulumi.runtime import config as runtime_config
 
 from gateway.config import SettingsError
-from gateway.retention import RetentionRule, check_rules, rule_from_mapping
+from gateway.upkeep.retention import RetentionRule, check_rules, rule_from_mapping
 
 PROJECT = "owncr"
 PROJECT_FILE = Path(__file__).resolve().parent / "Pulumi.yaml"
@@ -507,7 +507,7 @@ def _node_image(image: str, docker_version: str) -> None:
 
 
 def _retention(raw: dict[str, Any], namespaces: tuple[str, ...]) -> tuple[RetentionRule, ...]:
-    """The rules are checked by gateway/retention.py (the code maintenance runs); its message names
+    """The rules are checked by gateway/upkeep/retention.py (the code maintenance runs); its message names
     `retention.<namespace>[.<key>]` and what to set."""
     try:
         return check_rules((rule_from_mapping(ns, value) for ns, value in raw.items()), namespaces)

@@ -29,8 +29,9 @@ import pulumi
 import pulumi_cloudflare as cloudflare
 import pulumi_digitalocean as digitalocean
 
-from components import lb_health, physical_name
-from gateway.layout import GATEWAY_PORT as NGINX_PORT
+from components import physical_name
+from components.plan import lb_health
+from gateway.render.layout import GATEWAY_PORT as NGINX_PORT
 
 DO_NAME_SERVERS = ("ns1.digitalocean.com", "ns2.digitalocean.com", "ns3.digitalocean.com")
 # DigitalOcean's maximum (https://docs.digitalocean.com/products/networking/load-balancers/details/limits/):

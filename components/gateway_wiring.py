@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping
 import pulumi
 
 from components import physical_name
-from components.swarm_specs import Port, ServicePlan, StorageMount
-from gateway import layout as gateway_layout
-from gateway import render as gateway_render
+from components.plan.swarm_specs import Port, ServicePlan, StorageMount
 from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, Upstream, User
-from gateway.render import Bundle
+from gateway.render import bundle as gateway_render
+from gateway.render import layout as gateway_layout
+from gateway.render.bundle import Bundle
 from settings import Local, Registry, Secrets
 
 HTTP_SECRET = "http_secret"  # noqa: S105 (a key name, not a secret)
@@ -32,7 +32,7 @@ S3_SECRET_KEY = "s3_secret_key"  # noqa: S105 (a key name)
 LOCAL_CLIENT_CIDRS = "local_client_cidrs"  # plain: the local engine's docker_gwbridge subnet(s)
 
 # Where filesystem storage is mounted in every registry container (a Docker volume locally, the node's
-# NFS mount in the cloud); each registry uses its own directory below it (gateway.registry_config).
+# NFS mount in the cloud); each registry uses its own directory below it (gateway.render.registry_config).
 STORAGE_ROOT = "/var/lib/registry"
 # Container ports of the two doors on the local platform (published on the configured localhost ports).
 LOCAL_REGISTRY_DOOR = gateway_layout.GATEWAY_PORT

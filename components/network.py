@@ -26,9 +26,9 @@ import pulumi
 import pulumi_digitalocean as digitalocean
 
 from components import physical_name
-from components.cloud_init import DOCKER_API_PORT
-from gateway.layout import GATEWAY_PORT as NGINX_PORT
-from gateway.layout import METRICS_PORT
+from components.plan.cloud_init import DOCKER_API_PORT
+from gateway.render.layout import GATEWAY_PORT as NGINX_PORT
+from gateway.render.layout import METRICS_PORT
 
 SSH_PORT = 22
 SWARM_PORTS = (("tcp", "2377"), ("tcp", "7946"), ("udp", "7946"), ("udp", "4789"))

@@ -10,7 +10,7 @@ Creates, under one component (type `owncr:registry:RegistryServices`):
 - one `docker.Service` per Bundle entry, built from `swarm_specs.service_specs` (the same plain specs
   `tests/services/` applies to a real swarm);
 - for filesystem storage in a Docker volume (the `local` stack), that volume;
-- a `command.local.Command` running `components/swarm_rollout.py` after the services, so that `up` ends
+- a `command.local.Command` running `components/engine/rollout.py` after the services, so that `up` ends
   only once Swarm has rolled every changed service out (and only then deletes replaced objects).
 
 Exposes `docker_login_command`, `service_names` (Bundle key -> Swarm service name) and `network_name`.
@@ -23,26 +23,25 @@ from the real secrets, supplies the file contents only.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
 import pulumi_random as random
 from pulumi_command import local
 
-from components import physical_name, swarm_rollout, swarm_specs
+from components import engine, physical_name
 from components.gateway_wiring import HTPASSWD_SALT_KEY, HTTP_SECRET
+from components.plan import swarm_specs
+from components.plan.swarm_specs import ServicePlan, ServiceSpec, SwarmFile
 from components.service_args import service_args
-from components.swarm_specs import ServicePlan, ServiceSpec, SwarmFile
-from gateway.render import Bundle
+from gateway.render.bundle import Bundle
 
 TYPE = "owncr:registry:RegistryServices"
-ROLLOUT_COMMAND = "python3 components/swarm_rollout.py"
-ROLLOUT_SHA256 = hashlib.sha256(Path(swarm_rollout.__file__).read_bytes()).hexdigest()
+ROLLOUT_COMMAND = "python3 -m components.engine.rollout"
+ROLLOUT_SHA256 = engine.program_sha256("rollout")
 LOCAL_DOCKER_HOST = "unix:///var/run/docker.sock"
 
 
@@ -162,7 +161,7 @@ class RegistryServices(pulumi.ComponentResource):
         name_key = random.RandomPassword(
             f"{name}-object-name-key", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
         )
-        # Keys the htpasswd salts (gateway/htpasswd.py); never deployed, so the htpasswd secret alone
+        # Keys the htpasswd salts (gateway/render/htpasswd.py); never deployed, so the htpasswd secret alone
         # lets nobody test password guesses cheaply.
         salt_key = random.RandomPassword(
             f"{name}-htpasswd-salt-key", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
@@ -205,7 +204,7 @@ class RegistryServices(pulumi.ComponentResource):
         # each service to converge before creating what depends on it): the private registries, then
         # nginx (it re-resolves the registries' names while it runs, so it starts without the caches),
         # then the caches, which ask their upstream for its login challenge through nginx's egress as
-        # they start (gateway/egress.js) and exit if nothing answers.
+        # they start (gateway/render/njs/egress.js) and exit if nothing answers.
         by_key = {spec["key"]: spec for spec in specs}
 
         def created(keys: Sequence[str], after_these: Sequence[pulumi.Resource]) -> list[docker.Service]:
@@ -237,7 +236,7 @@ class RegistryServices(pulumi.ComponentResource):
         objects: Mapping[str, tuple[pulumi.Output[str], pulumi.Output[str]]],
         services: Sequence[docker.Service],
     ) -> local.Command:
-        """Wait (components/swarm_rollout.py) until Swarm has rolled every service out: the provider's
+        """Wait (components/engine/rollout.py) until Swarm has rolled every service out: the provider's
         own wait returns too early, and Pulumi deletes the replaced configs and secrets right after."""
         environment: dict[str, pulumi.Input[str]] = {
             "OWNCR_DOCKER_HOST": engine.host,

@@ -14,7 +14,7 @@ from typing import TypedDict
 import pulumi
 import pulumi_docker as docker
 
-from components.swarm_specs import MountSpec, ServiceSpec, UpdateSpec
+from components.plan.swarm_specs import MountSpec, ServiceSpec, UpdateSpec
 
 # How long `pulumi up` waits for a service to converge (or roll back) before it reports a failure.
 CONVERGE_TIMEOUT = "15m"  # a rolling update: per node up to nginx's stop grace (drain + transfers) + delay

@@ -6,9 +6,9 @@ Creates, under one component (`owncr:compute:SwarmCluster`):
 - per manager i: a `ReservedIp` created BEFORE its droplet (so the server certificate can name it), the
   droplet `owncr-<stack>-manager-<i>` in the VPC with monitoring, the given tags, the SSH key and the
   secret cloud-init user data (cloud_init.py), and a `ReservedIpAssignment` binding the IP to it;
-- ONE `pulumi_command.local.Command` that runs `components/swarm_bootstrap.py` on the deployer.
+- ONE `pulumi_command.local.Command` that runs `components/engine/bootstrap.py` on the deployer.
 
-Why the Docker API over mutual TLS from the deployer (see swarm_bootstrap.py for the full argument): a
+Why the Docker API over mutual TLS from the deployer (see bootstrap.py for the full argument): a
 CI runner's IP is unknown, so whatever it talks to may be open to the world and must be strongly
 authenticated; mutual TLS against our own CA authenticates both ends without trusting a fresh droplet's
 SSH host key on first use, the reserved IPs keep the server certificates valid across droplet
@@ -23,17 +23,16 @@ is removed; the other members are untouched.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import pulumi
 import pulumi_digitalocean as digitalocean
 import pulumi_tls as tls
 from pulumi_command import local
 
-from components import physical_name, swarm_bootstrap, tls_pki
-from components.cloud_init import (
+from components import engine, physical_name, tls_pki
+from components.engine import bootstrap
+from components.plan.cloud_init import (
     DOCKER_API_PORT,
     CloudInitSettings,
     NfsShare,
@@ -46,8 +45,8 @@ NODE_COUNTS = (1, 3, 5)
 # Relative to the project directory, where Pulumi runs the program and its providers; a fixed string
 # so that no machine-specific path makes the Command differ between deployers. System `python3` on
 # purpose: the module is stdlib-only and must not depend on the program's virtualenv.
-BOOTSTRAP_COMMAND = "python3 components/swarm_bootstrap.py"
-BOOTSTRAP_SHA256 = hashlib.sha256(Path(swarm_bootstrap.__file__).read_bytes()).hexdigest()
+BOOTSTRAP_COMMAND = "python3 -m components.engine.bootstrap"
+BOOTSTRAP_SHA256 = engine.program_sha256("bootstrap")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,7 +180,7 @@ class SwarmCluster(pulumi.ComponentResource):
             lambda ips: list(zip(ips[: args.node_count], ips[args.node_count :], strict=True))
         )
         environment = pulumi.Output.all(nodes, ca.cert_pem, client.cert_pem, client.key_pem).apply(
-            lambda v: swarm_bootstrap.environment(
+            lambda v: bootstrap.environment(
                 nodes=v[0], ca_cert_pem=v[1], client_cert_pem=v[2], client_key_pem=v[3]
             )
         )

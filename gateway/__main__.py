@@ -1,6 +1,6 @@
 """`python -m gateway run ...`: the local runner's command line (docs/local.md, docs/architecture.md);
 `python -m gateway maintenance ...`: retention and garbage collection of that running data plane
-(gateway/maintenance.py, docs/operations.md)."""
+(gateway/upkeep/maintenance.py, docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-from gateway import binaries, maintenance, status
 from gateway.config import (
     DOCKER_HUB,
     JS_ENGINES,
@@ -24,8 +23,10 @@ from gateway.config import (
     Upstream,
     User,
 )
-from gateway.retention import RetentionRule, check_rules, record, rule_from_cli
-from gateway.runner import GatewayError, LocalGateway
+from gateway.local import binaries
+from gateway.local.runner import GatewayError, LocalGateway
+from gateway.upkeep import maintenance, status
+from gateway.upkeep.retention import RetentionRule, check_rules, record, rule_from_cli
 
 
 def _upstream(value: str) -> Upstream:

@@ -168,11 +168,12 @@ class GatewaySettings:
     # Verified logins are cached, so in practice this counts failed logins.
     login_rate: int = 5
     login_burst: int = 20
-    # Keys the htpasswd salts (gateway/htpasswd.py): a deployment secret kept out of every rendered file.
+    # Keys the htpasswd salts (gateway/render/htpasswd.py): a deployment secret kept out of every
+    # rendered file.
     # Empty: derived from http_secret, which is fine for a local run (a fresh one per run).
     htpasswd_salt_key: str = field(default="", repr=False)
-    # The caches' egress (gateway/egress.js): an upstream that answers nothing costs a tag read this
-    # long (then the cache serves what it has); a blob stream may stall this long between two reads;
+    # The caches' egress (gateway/render/njs/egress.js): an upstream that answers nothing costs a tag
+    # read this long (then the cache serves what it has); a blob stream may stall this long between two reads;
     # after a timeout or a 502/503/504 the upstream is left alone this long (a 429: its Retry-After).
     upstream_timeout_seconds: int = 5
     upstream_stream_timeout_seconds: int = 30

@@ -45,7 +45,8 @@ DOCKER_SERVICE = "docker:index/service:Service"
 # Ports whose exposure to the whole Internet needs the explicit acknowledgement in stack config.
 ADMIN_PORTS = {22: "SSH", 2376: "the Docker Engine API (mutual TLS)"}
 WORLD_ACK_KEY = "allowWorldAdminAccess"
-# nginx's host port on the nodes (gateway/layout.py GATEWAY_PORT; the pack does not import the project):
+# nginx's host port on the nodes (gateway/render/layout.py GATEWAY_PORT; the pack does not import the
+# project):
 # only the load balancer may reach it, never an address range (it trusts their PROXY protocol header).
 GATEWAY_PORT = 8080
 # The DO tag SwarmCluster puts on every manager droplet (STYLE.md: `role:<role>`).

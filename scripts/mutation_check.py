@@ -10,7 +10,7 @@ run on the unmutated copy: they must pass, or a "catch" would mean nothing.
     scripts/mutation-check --list       # names and what each breaks
     scripts/mutation-check --only NAME  # one mutation (repeatable)
 
-tests/unit/test_mutations.py checks in every CI run that each mutation still applies to the code (its
+tests/project/test_mutations.py checks in every CI run that each mutation still applies to the code (its
 text occurs exactly once) and names tests that exist, so the list cannot rot silently.
 """
 
@@ -51,7 +51,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation.one(
         "mirror-reads-private",
         "private names readable anonymously on the mirror door",
-        "gateway/router.js",
+        "gateway/render/njs/router.js",
         "        var byDigest = p.rest.indexOf('manifests/') === 0 && !p.tag;\n"
         "        return byDigest ? '/_owncr/answer/failed' : '/_owncr/answer/404';",
         "        return go(r, 'private_read', uri);",
@@ -63,7 +63,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation.one(
         "mirror-private-to-cache",
         "private names looked up upstream through the mirror door (a name squatter's image served)",
-        "gateway/router.js",
+        "gateway/render/njs/router.js",
         "    if (privateNamespace(cfg, p.name) !== null) {\n        // Private names do not exist",
         "    if (false) {\n        // Private names do not exist",
         ("tests/gateway/test_routing.py::test_mirror_door_hides_private_names",),
@@ -71,7 +71,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation.one(
         "pull-right-ignored",
         "any logged-in user reads every private namespace",
-        "gateway/router.js",
+        "gateway/render/njs/router.js",
         "        if (read && rights.pull.indexOf(ns) < 0) {",
         "        if (false) {",
         (
@@ -82,7 +82,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation.one(
         "mount-from-anywhere",
         "a pusher copies blobs out of a namespace it may not read (cross-repository mount)",
-        "gateway/router.js",
+        "gateway/render/njs/router.js",
         "        if (from !== null && rights.pull.indexOf(from) < 0) {",
         "        if (false) {",
         ("tests/gateway/test_routing.py::test_blob_mount_needs_a_pull_right_on_the_source",),
@@ -90,7 +90,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation.one(
         "form-body-unchecked",
         "a mount hidden in a form-encoded body slips past the router",
-        "gateway/router.js",
+        "gateway/render/njs/router.js",
         "        if (!read && formBody(r)) {",
         "        if (false) {",
         ("tests/gateway/test_security.py::test_a_mount_hidden_in_a_form_body_is_refused",),
@@ -98,7 +98,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation.one(
         "login-guessing-unlimited",
         "password guessing at the speed of bcrypt, no per-address limit",
-        "gateway/templates/auth.conf.j2",
+        "gateway/render/templates/auth.conf.j2",
         "            limit_req zone=owncr_logins burst={{ login_burst }} nodelay;",
         "",
         ("tests/gateway/test_routing.py::test_failed_logins_are_rate_limited_per_client_address",),
@@ -106,7 +106,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation.one(
         "no-shared-http-secret",
         "uploads fail when their chunks reach different registry replicas",
-        "gateway/registry_config.py",
+        "gateway/render/registry_config.py",
         '            "secret": settings.http_secret,',
         "",
         ("tests/gateway/test_clients_replicas.py",),
@@ -114,7 +114,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation.one(
         "cache-shares-private-root",
         "cache expiry deletes blobs of private images",
-        "gateway/registry_config.py",
+        "gateway/render/registry_config.py",
         "    config = _base(settings, addr, debug_addr, cache_root(upstream))",
         '    config = _base(settings, addr, debug_addr, "/private")',
         (
@@ -127,12 +127,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "every push spooled to a temp file first (here on a tmpfs: memory), slower and filling the node",
         (
             Edit(
-                "gateway/templates/proxy.conf.j2",
+                "gateway/render/templates/proxy.conf.j2",
                 "proxy_request_buffering off;",
                 "proxy_request_buffering on;",
             ),
             Edit(
-                "gateway/templates/nginx.conf.j2",
+                "gateway/render/templates/nginx.conf.j2",
                 "client_body_temp_path {{ state_dir }}/client_body;",
                 "client_body_temp_path /dev/shm;",
             ),
@@ -148,7 +148,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "components/network.py",
         '            _inbound("tcp", NGINX_PORT, load_balancers=[args.load_balancer_id]),',
         '            _inbound("tcp", NGINX_PORT, addresses=EVERYWHERE),',
-        ("tests/unit/test_program.py", "tests/policy/test_stack_policies.py"),
+        ("tests/components/test_program.py", "tests/policy/test_stack_policies.py"),
     ),
     Mutation.one(
         "docker-api-to-world",
@@ -156,7 +156,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "components/network.py",
         '            _inbound("tcp", DOCKER_API_PORT, addresses=admin),',
         '            _inbound("tcp", DOCKER_API_PORT, addresses=EVERYWHERE),',
-        ("tests/unit/test_program.py", "tests/policy/test_stack_policies.py"),
+        ("tests/components/test_program.py", "tests/policy/test_stack_policies.py"),
     ),
     Mutation.one(
         "r2-token-every-bucket",
@@ -164,7 +164,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "components/storage.py",
         '    return f"com.cloudflare.edge.r2.bucket.{account_id}_{jurisdiction}_{bucket}"',
         '    return f"com.cloudflare.edge.r2.bucket.{account_id}_{jurisdiction}_*"',
-        ("tests/unit/test_program.py",),
+        ("tests/components/test_program.py",),
     ),
     Mutation.one(
         "r2-secret-in-plain-text",
@@ -172,7 +172,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "components/storage.py",
         "        self.secret_access_key = pulumi.Output.secret(self.token.value.apply(s3_secret_key))",
         "        self.secret_access_key = self.token.value.apply(s3_secret_key)",
-        ("tests/unit/test_program.py",),
+        ("tests/components/test_program.py",),
     ),
     Mutation.one(
         "even-node-count",
@@ -180,39 +180,39 @@ MUTATIONS: tuple[Mutation, ...] = (
         "settings.py",
         "NODE_COUNTS = (1, 3, 5)",
         "NODE_COUNTS = (1, 2, 3, 5)",
-        ("tests/unit/test_settings.py",),
+        ("tests/components/test_settings.py",),
     ),
     Mutation.one(
         "docker-api-without-client-certs",
         "the Docker API accepts any client that reaches the port (no client certificate)",
-        "components/cloud_init.py",
+        "components/plan/cloud_init.py",
         '        "tlsverify": True,',
         '        "tlsverify": False,',
-        ("tests/unit/test_cloud_init.py",),
+        ("tests/components/test_cloud_init.py",),
     ),
     Mutation.one(
         "maintenance-registry-on-the-overlay",
         "the writable maintenance registry reachable by nginx while clients' replicas are read-only",
-        "components/swarm_maintenance.py",
+        "components/cli/maintenance.py",
         '    task.pop("Networks", None)',
         "    pass",
-        ("tests/unit/test_swarm_maintenance_units.py",),
+        ("tests/components/cli/test_maintenance_units.py",),
     ),
     Mutation.one(
         "gc-beside-draining-writers",
         "garbage collection while a replaced writable replica still takes pushes: acknowledged, then broken",
-        "components/swarm_maintenance.py",
+        "components/cli/maintenance.py",
         "        if stale or len(fresh) < want:",
         "        if len(fresh) < want:",
-        ("tests/unit/test_swarm_maintenance_units.py",),
+        ("tests/components/cli/test_maintenance_units.py",),
     ),
     Mutation.one(
         "gc-after-a-rollback",
         "garbage collection on a private service Swarm rolled back to writable",
-        "components/swarm_maintenance.py",
+        "components/cli/maintenance.py",
         '        held = is_read_only(service["Spec"]) == read_only and state not in ROLLED_BACK',
         "        held = True",
-        ("tests/unit/test_swarm_maintenance_units.py",),
+        ("tests/components/cli/test_maintenance_units.py",),
     ),
 )
 

@@ -2,7 +2,7 @@
 
 A test that calls a program CI does not install fails on a fresh machine (or, worse, skips). So:
 - each host program the tests run is listed here with the Debian package that provides it, and
-  tests/unit/test_host_tools.py checks that `.ci/run` installs each package (Essential packages
+  tests/project/test_host_tools.py checks that `.ci/run` installs each package (Essential packages
   excepted: every Debian has them), or with where else CI gets it (Go, which install-tools needs too);
 - tests/conftest.py records every program the test process actually starts (an audit hook on
   subprocess.Popen) and, in CI, fails the run when one is not listed here.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import ROOT
 
 # Debian packages with Priority: required / Essential: yes, present on every Debian system.
 ESSENTIAL = frozenset({"coreutils", "util-linux", "dash", "bash", "mount"})

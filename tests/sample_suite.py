@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import ROOT
 
 
 def run_sample(source: str, directory: Path, *, ci: bool) -> subprocess.CompletedProcess[str]:

@@ -23,18 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from production_versions import assert_production, parse_ready
-
-from gateway import procfs
-from gateway.bench import PlainRegistry
-from gateway.binaries import TOOLS_BIN, Versions, default_docker, default_dockerd
+from gateway.bench.images import Image, Layer, build_image
 from gateway.config import GatewaySettings
-from gateway.images import Image, Layer, build_image
-from gateway.ports import free_port
-from gateway.runner import LocalGateway
+from gateway.local import procfs
+from gateway.local.binaries import TOOLS_BIN, Versions, default_docker, default_dockerd
+from gateway.local.plain_registry import PlainRegistry
+from gateway.local.ports import free_port
+from gateway.local.runner import LocalGateway
+from tests import ROOT
+from tests.gateway.production_versions import assert_production, parse_ready
 
 if TYPE_CHECKING:
-    from s3_server import S3Server
+    from tests.gateway.s3_server import S3Server
 
 CLIENT_TIMEOUT = 180.0
 
@@ -352,8 +352,6 @@ class Dockerd:
 
 # --- the gateway under test, through its command line ---------------------------------------------------
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 @dataclass(frozen=True)
 class Doors:
@@ -405,7 +403,7 @@ class GatewayProcess:
                 stderr=err,
                 stdin=subprocess.DEVNULL,
                 text=True,
-                cwd=REPO_ROOT,
+                cwd=ROOT,
                 start_new_session=True,
                 env=self.env,
             )
@@ -444,7 +442,7 @@ class GatewayProcess:
         """`python -m gateway maintenance --data DIR [extra]` against this data plane, as a user runs it."""
         return subprocess.run(
             [sys.executable, "-m", "gateway", "maintenance", "--data", str(self.data), *extra],
-            capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, check=False,
+            capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False,
         )  # fmt: skip
 
     def children(self) -> list[Proc]:
@@ -561,7 +559,7 @@ class Launcher:
 
     def s3_server(self) -> S3Server:
         """moto's S3 server with one bucket, presigned URLs checked (s3_server.py)."""
-        from s3_server import S3Server  # moto and boto3 load only for the tests that use them
+        from tests.gateway.s3_server import S3Server  # moto and boto3 load only for the tests that use them
 
         server = S3Server()
         self._stops.append(server.stop)

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from client_harness import Images, Launcher
+
+from tests.gateway.client_harness import Images, Launcher
 
 
 @pytest.fixture(scope="session")

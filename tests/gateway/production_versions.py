@@ -4,13 +4,13 @@ ran exactly those (the runner's `ready` line and `LocalGateway.versions` say wha
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 
-from gateway.binaries import Versions
+from gateway.local.binaries import Versions
+from tests import ROOT
 
-PULUMI_YAML = Path(__file__).resolve().parents[2] / "Pulumi.yaml"
+PULUMI_YAML = ROOT / "Pulumi.yaml"
 # The njs series of the official nginx 1.30 alpine images (docker-nginx stable/alpine/Dockerfile:
 # NJS_VERSION 1.0.x); the image tag does not carry it.
 NJS_SERIES = "1.0."

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, unquote_plus
 
 from gateway.config import DOCKER_HUB, GatewaySettings
-from gateway.nginx import nginx_id
+from gateway.render.nginx import nginx_id
 
 ENDPOINT = re.compile(
     r"^/v2/(.+?)/(manifests/([\w.:+=-]+)|blobs/uploads/?[\w.=-]*|blobs/[\w.:+=-]+|tags/list|referrers/[\w.:+=-]+)$",

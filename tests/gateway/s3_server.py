@@ -30,7 +30,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from gateway.ports import free_port
+from gateway.local.ports import free_port
 
 ACCESS_KEY = "owncr-test-key"
 SECRET_KEY = "owncr-test-secret"  # noqa: S105 - the test bucket's key, known to the checker

@@ -16,7 +16,7 @@ import stat
 import threading
 from pathlib import Path
 
-from gateway import procfs
+from gateway.local import procfs
 
 MiB = 1 << 20
 

@@ -24,11 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_harness import USERS, GatewayProcess, Images, Launcher, PlainRegistry, installed, ok, run
-from production_versions import assert_production
 
+from gateway.bench.images import INDEX_MEDIA_TYPE, Image, Layer
 from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
-from gateway.images import INDEX_MEDIA_TYPE, Image, Layer
+from tests.gateway.client_harness import (
+    USERS,
+    GatewayProcess,
+    Images,
+    Launcher,
+    PlainRegistry,
+    installed,
+    ok,
+    run,
+)
+from tests.gateway.production_versions import assert_production
 
 NOTES_TYPE = "application/vnd.owncr.test.notes"
 SIGNATURE_TYPE = "application/vnd.owncr.test.signature"

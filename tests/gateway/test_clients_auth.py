@@ -14,11 +14,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from client_harness import USERS, Containerd, GatewayProcess, Images, Launcher, PlainRegistry, ok
 
+from gateway.bench.images import Image, Layer, write_oci_archive
 from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
-from gateway.images import Image, Layer, write_oci_archive
-from gateway.runner import LocalGateway
+from gateway.local.runner import LocalGateway
+from tests.gateway.client_harness import (
+    USERS,
+    Containerd,
+    GatewayProcess,
+    Images,
+    Launcher,
+    PlainRegistry,
+    ok,
+)
 
 ALICE = f"alice:{USERS['alice']}"
 READER = "reader:reader-secret-2"

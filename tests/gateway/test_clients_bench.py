@@ -1,4 +1,4 @@
-"""`python -m gateway.bench`, `gateway.bench_redirect` and `gateway.bench_fleet` run end to end at a tiny
+"""`python -m gateway.bench`, `gateway.bench.redirect` and `gateway.bench.fleet` run end to end at a tiny
 size (the full-size numbers are in docs/benchmarks.md), and their verdicts are computed the right way
 round."""
 
@@ -9,15 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from client_harness import REPO_ROOT
-
-from gateway.bench import Row, interleaved, percentile
+from gateway.bench.pull import Row, interleaved, percentile
+from tests import ROOT
 
 
 def test_bench_smoke(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "gateway.bench", "--layer-mib", "4", "--rounds", "1", "--requests", "20"]
     argv += ["--tag-seconds", "1", "--workdir", str(tmp_path)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, check=False)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     for what in ("blob push MiB/s", "blob pull MiB/s", "manifest HEAD p50 ms", "manifest GET p95 ms"):
@@ -30,9 +29,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
 def test_bench_fleet_smoke(tmp_path: Path) -> None:
     """Five clients at once: through the mirror door the upstream sends each blob once (1.0x the image),
     to Distribution alone once per client (5.0x)."""
-    argv = [sys.executable, "-m", "gateway.bench_fleet", "--clients", "1,5", "--layers-mib", "2,1"]
+    argv = [sys.executable, "-m", "gateway.bench.fleet", "--clients", "1,5", "--layers-mib", "2,1"]
     argv += ["--workdir", str(tmp_path)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, check=False)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {
         (m["side"], m["temp"], int(m["clients"])): m
@@ -55,9 +54,9 @@ def test_bench_fleet_smoke(tmp_path: Path) -> None:
 def test_bench_s3_redirect_smoke(tmp_path: Path) -> None:
     """The S3 mode prints its three figures for both sides; with redirects nginx carries a few KiB per
     GiB (the 307s), without it carries every byte."""
-    argv = [sys.executable, "-m", "gateway.bench_redirect", "--layer-mib", "8", "--rounds", "1"]
+    argv = [sys.executable, "-m", "gateway.bench.redirect", "--layer-mib", "8", "--rounds", "1"]
     argv += ["--workdir", str(tmp_path)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, check=False)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     for what in ("pull MiB/s through the registry door", "pull MiB/s straight from the S3 server"):

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from client_harness import USERS, Dockerd, GatewayProcess, Images, Launcher, ok
 
-from gateway.images import Layer, write_docker_archive
+from gateway.bench.images import Layer, write_docker_archive
+from tests.gateway.client_harness import USERS, Dockerd, GatewayProcess, Images, Launcher, ok
 
 pytestmark = pytest.mark.docker
 ALICE = f"alice:{USERS['alice']}"

@@ -20,15 +20,15 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from client_harness import Images, Launcher
-from fault_upstream import DOWNLOAD, TOKEN, FaultUpstream
-from production_versions import assert_production
-from routing_fixtures import HTTP_SECRET
 
+from gateway.bench.images import Image, Layer, MiB
 from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
-from gateway.images import Image, Layer, MiB
-from gateway.layout import cache_key
-from gateway.runner import LocalGateway
+from gateway.local.runner import LocalGateway
+from gateway.render.layout import cache_key
+from tests.gateway.client_harness import Images, Launcher
+from tests.gateway.fault_upstream import DOWNLOAD, TOKEN, FaultUpstream
+from tests.gateway.production_versions import assert_production
+from tests.gateway.routing_fixtures import HTTP_SECRET
 
 DEFAULTS = GatewaySettings.__dataclass_fields__
 UPSTREAM_TIMEOUT = DEFAULTS["upstream_timeout_seconds"].default

@@ -1,4 +1,4 @@
-"""gateway/images.py: the test images are deterministic, valid, share layers like real base images, and
+"""gateway/bench/images.py: the test images are deterministic, valid, share layers like real base images, and
 load into Docker and containerd (the formats are checked by the real clients in the other test files)."""
 
 from __future__ import annotations
@@ -8,7 +8,14 @@ import tarfile
 import tracemalloc
 from pathlib import Path
 
-from gateway.images import Layer, MiB, build_image, random_chunks, write_docker_archive, write_oci_archive
+from gateway.bench.images import (
+    Layer,
+    MiB,
+    build_image,
+    random_chunks,
+    write_docker_archive,
+    write_oci_archive,
+)
 
 
 def test_same_layers_same_digests_and_shared_layers(tmp_path: Path) -> None:

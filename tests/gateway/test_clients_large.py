@@ -10,10 +10,10 @@ import time
 import urllib.request
 
 import pytest
-from client_harness import USERS, GatewayProcess, Images, Launcher, ok
-from spool_watch import SpoolWatch
 
-from gateway.images import GiB, Image, Layer, MiB
+from gateway.bench.images import GiB, Image, Layer, MiB
+from tests.gateway.client_harness import USERS, GatewayProcess, Images, Launcher, ok
+from tests.gateway.spool_watch import SpoolWatch
 
 ALICE = f"alice:{USERS['alice']}"
 

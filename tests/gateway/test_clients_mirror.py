@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from client_harness import (
+
+from gateway.bench.images import Image, Layer, MiB
+from gateway.config import GatewaySettings
+from tests.gateway.client_harness import (
     USERS,
     Containerd,
     GatewayProcess,
@@ -22,9 +25,6 @@ from client_harness import (
     ok,
     write_hosts_toml,
 )
-
-from gateway.config import GatewaySettings
-from gateway.images import Image, Layer, MiB
 
 ALICE = f"alice:{USERS['alice']}"
 TAG_CACHE_SECONDS = GatewaySettings.__dataclass_fields__["tag_cache_seconds"].default  # what the CLI runs

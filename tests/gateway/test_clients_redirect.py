@@ -19,7 +19,11 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from client_harness import (
+
+from gateway.bench.images import Image, Layer, MiB, write_docker_archive
+from gateway.config import GatewaySettings, S3Storage, Upstream, User
+from gateway.render.nginx import REDIRECT_FILL_SECONDS
+from tests.gateway.client_harness import (
     USERS,
     Containerd,
     Dockerd,
@@ -30,11 +34,7 @@ from client_harness import (
     ok,
     write_hosts_toml,
 )
-from s3_server import S3_HOST, S3Server, Seen
-
-from gateway.config import GatewaySettings, S3Storage, Upstream, User
-from gateway.images import Image, Layer, MiB, write_docker_archive
-from gateway.nginx import REDIRECT_FILL_SECONDS
+from tests.gateway.s3_server import S3_HOST, S3Server, Seen
 
 pytestmark = pytest.mark.docker
 ALICE = f"alice:{USERS['alice']}"

@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from client_harness import (
+
+from gateway.bench.images import Image, Layer, MiB, write_oci_archive
+from tests.gateway.client_harness import (
     USERS,
     Containerd,
     GatewayProcess,
@@ -17,8 +19,6 @@ from client_harness import (
     PlainRegistry,
     ok,
 )
-
-from gateway.images import Image, Layer, MiB, write_oci_archive
 
 ALICE = f"alice:{USERS['alice']}"
 

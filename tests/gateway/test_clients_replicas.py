@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from client_harness import USERS, Images, Launcher
-
-from gateway.images import Layer
+from gateway.bench.images import Layer
+from tests.gateway.client_harness import USERS, Images, Launcher
 
 PUSHES = 20
 ALICE = f"alice:{USERS['alice']}"

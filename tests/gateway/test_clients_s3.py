@@ -11,14 +11,14 @@ from typing import Any
 
 import boto3
 import pytest
-from client_harness import USERS, Images, Launcher, ok
 from moto.server import ThreadedMotoServer
 
+from gateway.bench.images import Layer, MiB
 from gateway.config import GatewaySettings, S3Storage, Upstream, User
-from gateway.images import Layer, MiB
-from gateway.ports import free_port
-from gateway.registry_config import PRIVATE_ROOT
-from gateway.runner import GatewayError
+from gateway.local.ports import free_port
+from gateway.local.runner import GatewayError
+from gateway.render.registry_config import PRIVATE_ROOT
+from tests.gateway.client_harness import USERS, Images, Launcher, ok
 
 ALICE = f"alice:{USERS['alice']}"
 BUCKET = "owncr-test"

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from client_harness import USERS, Launcher, installed
+from tests.gateway.client_harness import USERS, Launcher, installed
 
 # A run takes about 5 s here; the bound only keeps a hung registry from hanging the test.
 RUN_TIMEOUT = 300.0

@@ -23,15 +23,18 @@ from typing import Any
 
 import pytest
 import yaml
-from routing_fixtures import HTTP_SECRET, TinyImage, digest_of, request
-from test_render import S3, SETTINGS  # production-shaped settings: R2 storage, an upstream token
 
-from gateway import binaries
-from gateway.bench import PlainRegistry
 from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, Upstream, User
-from gateway.ports import free_port, free_ports
-from gateway.registry_config import cache_config, private_config
-from gateway.runner import LocalGateway
+from gateway.local import binaries
+from gateway.local.plain_registry import PlainRegistry
+from gateway.local.ports import free_port, free_ports
+from gateway.local.runner import LocalGateway
+from gateway.render.registry_config import cache_config, private_config
+from tests.gateway.routing_fixtures import HTTP_SECRET, TinyImage, digest_of, request
+from tests.gateway.test_render import (  # production-shaped settings: R2 storage, an upstream token
+    S3,
+    SETTINGS,
+)
 
 DISTRIBUTION = "github.com/distribution/distribution/v3"
 GO = shutil.which("/usr/local/go/bin/go") or "go"  # as scripts/install-tools finds it

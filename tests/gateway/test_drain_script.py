@@ -1,4 +1,4 @@
-"""gateway/drain.sh, the production entrypoint of nginx and the registries, as a process: on the stop
+"""gateway/render/drain.sh, the production entrypoint of nginx and the registries, as a process: on the stop
 signal Swarm sends (SIGQUIT from the official nginx image, or SIGTERM) it creates the drain flag at once
 (nginx; a registry has none), keeps its child running for OWNCR_DRAIN_SECONDS, then sends it the given
 signal (QUIT for nginx, TERM for Distribution) and exits with the child's status. The child here records
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.nginx import DRAIN_SH
+from gateway.render.nginx import DRAIN_SH
 
 # A stand-in for nginx or Distribution: says it is ready, and on SIGQUIT or SIGTERM writes "quit" or
 # "term" and exits 0. Like them it installs its own handlers: sh starts a background command with

@@ -14,14 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
-from client_harness import REPO_ROOT, GatewayProcess, Images, Launcher
-from fault_upstream import RETRY_AFTER, FaultUpstream
 from prometheus_client.parser import text_string_to_metric_families
-from routing_fixtures import request
 
+from gateway.bench.images import Image, Layer, MiB
 from gateway.config import GatewaySettings
-from gateway.images import Image, Layer, MiB
-from gateway.status import FETCHED, Figures, parse
+from gateway.upkeep.status import FETCHED, Figures, parse
+from tests import ROOT
+from tests.gateway.client_harness import GatewayProcess, Images, Launcher
+from tests.gateway.fault_upstream import RETRY_AFTER, FaultUpstream
+from tests.gateway.routing_fixtures import request
 
 UPSTREAM_TIMEOUT = GatewaySettings.__dataclass_fields__["upstream_timeout_seconds"].default
 NEVER_PULLED = "/v2/library/never-pulled/manifests/1.0"
@@ -134,7 +135,7 @@ def test_the_doors_do_not_serve_metrics_and_requests_cannot_make_up_labels(node:
 def run_status(gateway: GatewayProcess) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "gateway", "status", "--data", str(gateway.data)],
-        cwd=REPO_ROOT,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
@@ -168,7 +169,7 @@ def test_status_prints_the_figures_as_a_table(node: Node) -> None:
 def test_status_of_a_data_directory_nothing_runs_in_fails_clearly(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "gateway", "status", "--data", str(tmp_path)],
-        cwd=REPO_ROOT,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,

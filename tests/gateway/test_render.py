@@ -17,15 +17,16 @@ from typing import Any
 import bcrypt
 import pytest
 import yaml
-from routing_fixtures import HTTP_SECRET
 
 from gateway import __main__ as gateway_main
-from gateway import binaries, layout
 from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, SettingsError, Upstream, User
-from gateway.htpasswd import bcrypt_base64 as htpasswd_base64
-from gateway.htpasswd import hash_password, render_htpasswd
-from gateway.layout import cache_key, private_key
-from gateway.render import Bundle, render_local, render_production
+from gateway.local import binaries
+from gateway.render import layout
+from gateway.render.bundle import Bundle, render_local, render_production
+from gateway.render.htpasswd import bcrypt_base64 as htpasswd_base64
+from gateway.render.htpasswd import hash_password, render_htpasswd
+from gateway.render.layout import cache_key, private_key
+from tests.gateway.routing_fixtures import HTTP_SECRET
 
 HUB_TOKEN = "dckr_pat_hub-token-value"  # noqa: S105 (test value)
 S3 = S3Storage(

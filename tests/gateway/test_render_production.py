@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import ROOT
+
 REGISTRY_HOST, MIRROR_HOST = "cr.example.org", "mirror.cr.example.org"
 CLIENT_INSIDE, CLIENT_OUTSIDE = "203.0.113.9", "198.51.100.7"
 
@@ -43,8 +44,8 @@ def test_production_render_serves_both_doors_behind_a_proxy_protocol_load_balanc
     for d in ("etc-up", "etc-work"):
         (tmp_path / d).mkdir()
     argv = ["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", NAMESPACE_SETUP, "sh",
-            sys.executable, __file__, str(tmp_path)]  # fmt: skip
-    done = subprocess.run(argv, cwd=REPO, env={**os.environ, "W": str(tmp_path)}, capture_output=True,
+            sys.executable, "-m", __name__, str(tmp_path)]  # fmt: skip
+    done = subprocess.run(argv, cwd=ROOT, env={**os.environ, "W": str(tmp_path)}, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.strip().endswith("production run: all checks passed")
@@ -52,15 +53,20 @@ def test_production_render_serves_both_doors_behind_a_proxy_protocol_load_balanc
 
 def _inside_namespace(work: Path) -> None:
     """Runs in the private namespaces (see the test); every process it starts is stopped at the end."""
-    sys.path[:0] = [str(REPO), str(REPO / "tests" / "gateway")]
-    import swarm_dns
-    from routing_fixtures import ACCEPT, HTTP_SECRET, Response, TinyImage, assert_oci_error, request
-
-    from gateway import binaries
-    from gateway.bench import PlainRegistry
     from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
-    from gateway.layout import DEBUG_PORT, GATEWAY_PORT, METRICS_PORT, NGINX_SERVICE
-    from gateway.render import render_production
+    from gateway.local import binaries
+    from gateway.local.plain_registry import PlainRegistry
+    from gateway.render.bundle import render_production
+    from gateway.render.layout import DEBUG_PORT, GATEWAY_PORT, METRICS_PORT, NGINX_SERVICE
+    from tests.gateway import swarm_dns
+    from tests.gateway.routing_fixtures import (
+        ACCEPT,
+        HTTP_SECRET,
+        Response,
+        TinyImage,
+        assert_oci_error,
+        request,
+    )
 
     upstream = PlainRegistry(work, "upstream").start()
     procs: list[subprocess.Popen[bytes]] = []
@@ -91,8 +97,8 @@ def _inside_namespace(work: Path) -> None:
             hosts.write(f"127.0.0.1 {NGINX_SERVICE}\n")
         # Swarm's DNS, through which nginx re-resolves the registries' names (never from /etc/hosts).
         dns = swarm_dns.SwarmDns(addrs).start()
-        # The whole production command: nginx under its drain wrapper (sh gateway/drain.sh ... nginx ...),
-        # before the caches, which ask their upstream (through the egress) as they start.
+        # The whole production command: nginx under its drain wrapper (sh gateway/render/drain.sh ...
+        # nginx ...), before the caches, which ask their upstream (through the egress) as they start.
         nginx_argv = [
             binaries.default_nginx() if c == "nginx" else c for c in bundle.services["nginx"].command
         ]

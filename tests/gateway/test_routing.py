@@ -1,5 +1,5 @@
 """The routing contract, end to end: real nginx + njs and real Distribution registries on loopback
-(started by gateway.runner.LocalGateway from the rendered files), an upstream stand-in, raw HTTP.
+(started by gateway.local.runner.LocalGateway from the rendered files), an upstream stand-in, raw HTTP.
 Every refusal is checked for its status, its OCI error body and the API-version header."""
 
 from __future__ import annotations
@@ -12,13 +12,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from routing_fixtures import ACCEPT, API_VERSION, HTTP_SECRET, TinyImage, assert_oci_error, digest_of, request
 
-from gateway import layout
-from gateway.bench import PlainRegistry
 from gateway.config import JS_ENGINES, FilesystemStorage, GatewaySettings, Upstream, User
-from gateway.ports import free_ports
-from gateway.runner import LocalGateway
+from gateway.local.plain_registry import PlainRegistry
+from gateway.local.ports import free_ports
+from gateway.local.runner import LocalGateway
+from gateway.render import layout
+from tests.gateway.routing_fixtures import (
+    ACCEPT,
+    API_VERSION,
+    HTTP_SECRET,
+    TinyImage,
+    assert_oci_error,
+    digest_of,
+    request,
+)
 
 ALICE = ("alice", "alice-password")  # pushes acme and team/ops
 BOB = ("bob", "bob-password")  # pulls acme
@@ -96,7 +104,7 @@ def test_healthz_answers_on_both_doors_without_login(env: Env) -> None:
 
 
 def test_healthz_answers_503_while_the_gateway_drains(env: Env) -> None:
-    """The drain flag (gateway/drain.sh creates it on a stop signal) fails the load balancer's
+    """The drain flag (gateway/render/drain.sh creates it on a stop signal) fails the load balancer's
     check on both doors while everything else is still served; without it /healthz is 200 again."""
     flag = env.gateway.data_dir / "state" / layout.DRAIN_FLAG
     flag.touch()

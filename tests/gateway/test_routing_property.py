@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import routing_model
-from routing_fixtures import HTTP_SECRET, TinyImage, basic, digest_of, request
 
-from gateway.bench import PlainRegistry
 from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
-from gateway.ports import free_ports
-from gateway.runner import LocalGateway
+from gateway.local.plain_registry import PlainRegistry
+from gateway.local.ports import free_ports
+from gateway.local.runner import LocalGateway
+from tests.gateway import routing_model
+from tests.gateway.routing_fixtures import HTTP_SECRET, TinyImage, basic, digest_of, request
 
 SEED = int(os.environ.get("OWNCR_PROPERTY_SEED", "20261129"))
 REQUESTS = int(os.environ.get("OWNCR_PROPERTY_REQUESTS", "3000"))

@@ -9,12 +9,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from routing_fixtures import HTTP_SECRET, assert_oci_error, request
 
-from gateway.bench import PlainRegistry
 from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
-from gateway.ports import free_ports
-from gateway.runner import LocalGateway
+from gateway.local.plain_registry import PlainRegistry
+from gateway.local.ports import free_ports
+from gateway.local.runner import LocalGateway
+from tests.gateway.routing_fixtures import HTTP_SECRET, assert_oci_error, request
 
 # The "load balancer" is 127.0.0.1; clients allowed on the mirror are 10.0.0.0/8, as a VPC would be.
 LB = "127.0.0.1"

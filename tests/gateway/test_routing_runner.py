@@ -14,17 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from production_versions import assert_production, parse_ready
-from routing_fixtures import HTTP_SECRET, TinyImage, request
 
-from gateway import binaries, procfs
-from gateway.bench import PlainRegistry
 from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
-from gateway.ports import free_ports
-from gateway.runner import GatewayError, LocalGateway
+from gateway.local import binaries, procfs
+from gateway.local.plain_registry import PlainRegistry
+from gateway.local.ports import free_ports
+from gateway.local.runner import GatewayError, LocalGateway
+from tests import ROOT
+from tests.gateway.production_versions import assert_production, parse_ready
+from tests.gateway.routing_fixtures import HTTP_SECRET, TinyImage, request
 
 ALICE = ("alice", "alice-password")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(data: Path, reg_port: int, mir_port: int, *args: str) -> list[str]:
@@ -77,7 +77,7 @@ def test_cli_prints_ready_and_stops_everything(
     argv = cli(data, reg_port, mir_port, "--upstream", upstream.url, "--upstream", f"ghcr.io={upstream.url}",
                "--namespace", "acme", "--namespace", "team", *users, "--private-replicas", "2")  # fmt: skip
     proc = subprocess.Popen(
-        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
         assert proc.stdout is not None
@@ -113,7 +113,7 @@ def test_cli_rejects_invalid_settings(tmp_path: Path) -> None:
         "--user",
         "alice:alice-password",
     )
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "namespace 'Bad'" in done.stderr and done.stdout == ""
 

@@ -13,7 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from routing_fixtures import (
+
+from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
+from gateway.local.plain_registry import PlainRegistry
+from gateway.local.ports import free_ports
+from gateway.local.runner import LocalGateway
+from tests.gateway.routing_fixtures import (
     ACCEPT,
     HTTP_SECRET,
     Response,
@@ -23,12 +28,7 @@ from routing_fixtures import (
     digest_of,
     request,
 )
-from spool_watch import SpoolWatch, nginx_processes
-
-from gateway.bench import PlainRegistry
-from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
-from gateway.ports import free_ports
-from gateway.runner import LocalGateway
+from tests.gateway.spool_watch import SpoolWatch, nginx_processes
 
 ALICE = ("alice", "alice-password")  # pushes acme and team
 BOB = ("bob", "bob-password")  # pulls acme only

@@ -1,7 +1,8 @@
 """The drill's three-node cluster: production's services on three dockerd in network namespaces.
 
-- nodes: tests/swarm/swarm_sandbox.py (three dockerd, each in its own network namespace, joined by a
-  bridge), formed into a swarm of three managers by the product's own bootstrap (swarm_bootstrap.py);
+- nodes: tests/components/engine/swarm_sandbox.py (three dockerd, each in its own network namespace,
+  joined by a bridge), formed into a swarm of three managers by the product's own bootstrap
+  (components/engine/bootstrap.py);
 - services: exactly what RegistryServices deploys for a cloud stack (gateway_wiring.cloud_build and
   cloud_plan: host-mode 8080 with PROXY protocol, filesystem storage bind-mounted from one host
   directory on every node, standing in for the NFS share or R2), turned into Engine API bodies the way
@@ -31,15 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import standin_images
-import swarm_apply
-import swarm_engine
-
-from components import gateway_wiring, swarm_specs
-from gateway.render import Bundle
+from components import gateway_wiring
+from components.plan import swarm_specs
+from gateway.render.bundle import Bundle
 from settings import Images, Registry, Upstream, User
-from tests.swarm.swarm_pki import TestCa
-from tests.swarm.swarm_sandbox import Sandbox, SandboxNode, bootstrap, free_prefix, run
+from tests.components.engine.swarm_pki import TestCa
+from tests.components.engine.swarm_sandbox import Sandbox, SandboxNode, bootstrap, free_prefix, run
+from tests.services import standin_images, swarm_apply, swarm_engine
 
 STACK = "hadrill"
 DOMAIN, MIRROR_DOMAIN = "cr.example.com", "mirror.cr.example.com"
@@ -110,7 +109,7 @@ class Cluster:
         self.engines = [swarm_engine.Engine(str(n.directory / "docker.sock")) for n in self.box.nodes]
         for engine in self.engines:
             engine.negotiate()
-        self.log("swarm of three managers formed by swarm_bootstrap")
+        self.log("swarm of three managers formed by the bootstrap")
         nginx_tar = standin_images.rootfs_tar(standin_images.nginx_rootfs())
         registry_tar = standin_images.rootfs_tar(standin_images.registry_rootfs())
         for engine in self.engines:

@@ -30,17 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-if __name__ == "__main__":  # run as a script: the project root and the helpers' directories
-    _ROOT = Path(__file__).resolve().parents[2]
-    sys.path[:0] = [str(_ROOT), str(_ROOT / "tests" / "services"), str(_ROOT / "tests" / "ha")]
-
-import ha_cluster
-import ha_lb
-import ha_load
-import swarm_engine
-
-from components import gateway_wiring, lb_health, swarm_specs
-from gateway import layout as gateway_layout
+from components import gateway_wiring
+from components.plan import lb_health, swarm_specs
+from gateway.render import layout as gateway_layout
+from tests.ha import ha_cluster, ha_lb, ha_load
+from tests.services import swarm_engine
 
 BASELINE_SECONDS = 10
 LOAD_MAX_SECONDS = 1800

@@ -1,6 +1,6 @@
 """HAProxy (Debian's) as the stand-in for DigitalOcean's load balancer in front of the three nodes.
 
-Configured from the same numbers `components/edge.py` gives DigitalOcean (components/lb_health.py):
+Configured from the same numbers `components/edge.py` gives DigitalOcean (components/plan/lb_health.py):
 - TCP mode, round robin, PROXY protocol v1 to the nodes (`send-proxy`), as `enable_proxy_protocol`;
 - health check `GET /healthz` on the node's 8080 through PROXY protocol (`check-send-proxy`), HTTP/1.1
   (what DigitalOcean's checks speak), success 200-399, every INTERVAL_SECONDS, RESPONSE_TIMEOUT_SECONDS
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components import lb_health
+from components.plan import lb_health
 
 HAPROXY = "haproxy"
 

@@ -2,7 +2,7 @@
 
 `test_ha_drill_meets_every_target` runs the drill as a subprocess (as root: network namespaces, dockerd,
 HAProxy), exactly as a user would, and asserts its exit status and its table: every target met. It takes
-about 8 minutes with the production load balancer timings (components/lb_health.py). The other tests
+about 8 minutes with the production load balancer timings (components/plan/lb_health.py). The other tests
 check, on made-up records, that the drill's verdicts can fail: a failure during a rolling update, a
 failure that starts after the node-loss detection window, a lost image.
 """
@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
-import ha_drill
 import pytest
-from ha_load import Record
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import ROOT
+from tests.ha import ha_drill
+from tests.ha.ha_load import Record
+
 DRILL_TIMEOUT = 25 * 60
 ROWS = (
     "steady state",

@@ -9,7 +9,6 @@ PULUMI_CONFIG (`@pulumi.runtime.test` runs the program in a copied context, so i
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -27,9 +26,9 @@ from policy.policies import (
     PROJECT,
     WORLD_ACK_KEY,
 )
+from tests import ROOT
 from tests.policy.policy_args import all_violations
 
-ROOT = Path(__file__).resolve().parents[2]
 COMMITTED_STACKS = sorted(
     p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in ROOT.glob("Pulumi.*.yaml")
 )

@@ -26,7 +26,7 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gateway.binaries import TOOLS_SID, default_registry
+from gateway.local.binaries import TOOLS_SID, default_registry
 
 # The image's /etc/passwd (no password in it).
 USERS = (
@@ -64,7 +64,7 @@ def nginx_rootfs() -> Rootfs:
             "/usr/lib/nginx/modules/ngx_http_js_module.so": "/usr/lib/nginx/modules/ngx_http_js_module.so",
             "/usr/bin/curl": "/usr/bin/curl",
             "/bin/cat": "/bin/cat",
-            # The drain wrapper production starts nginx under (gateway/drain.sh): the official
+            # The drain wrapper production starts nginx under (gateway/render/drain.sh): the official
             # image's busybox sh, sleep and rm.
             "/bin/sh": "/bin/dash",
             "/bin/sleep": "/bin/sleep",
@@ -92,13 +92,13 @@ def registry_rootfs() -> Rootfs:
         binaries={
             "/usr/bin/wget": "/usr/bin/wget",
             "/bin/cat": "/bin/cat",
-            # The drain wrapper (gateway/drain.sh): the official (Alpine) image's busybox sh and sleep.
+            # The drain wrapper (gateway/render/drain.sh): the official (Alpine) image's busybox sh and sleep.
             "/bin/sh": "/bin/dash",
             "/bin/sleep": "/bin/sleep",
         },
         files={},
         # What maintenance runs in the official (Alpine) image: busybox's nc, find, stat and ls
-        # (components/swarm_maintenance.py); here Debian's static busybox.
+        # (components/cli/maintenance.py); here Debian's static busybox.
         symlinks={f"/bin/{applet}": "busybox" for applet in BUSYBOX_APPLETS},
         directories=("/var/lib/registry", "/etc/distribution", "/etc/docker/registry", TMP),
         # Static (CGO_ENABLED=0), as in the official image: no libraries to follow.

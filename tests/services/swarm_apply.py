@@ -1,4 +1,4 @@
-"""Apply `components.swarm_specs` to a real swarm through the Engine API, the way pulumi-docker would.
+"""Apply `components.plan.swarm_specs` to a real swarm through the Engine API, the way pulumi-docker would.
 
 `create_objects` creates one Swarm config or secret per rendered file under the component's physical
 name; `engine_service_spec` is what the provider sends for a service: the component's `service_args`
@@ -12,13 +12,12 @@ import json
 import urllib.parse
 from typing import Any
 
-import provider_expand
-from swarm_engine import Engine
-
-from components import swarm_specs
+from components.plan import swarm_specs
+from components.plan.swarm_specs import ServiceSpec
 from components.service_args import service_args
-from components.swarm_specs import ServiceSpec
-from gateway.render import Bundle
+from gateway.render.bundle import Bundle
+from tests.services import provider_expand
+from tests.services.swarm_engine import Engine
 
 
 def create_objects(engine: Engine, stack: str, bundle: Bundle) -> dict[str, tuple[str, str]]:

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from components.swarm_rollout import UnixConnection
-from gateway.binaries import default_docker, default_dockerd
+from components.engine.rollout import UnixConnection
+from gateway.local.binaries import default_docker, default_dockerd
 
 
 class EngineError(RuntimeError):

@@ -1,8 +1,8 @@
-"""Maintenance of a deployed stack on a real swarm: `python -m components.swarm_maintenance` (what the
+"""Maintenance of a deployed stack on a real swarm: `python -m components.cli.maintenance` (what the
 maintenance workflow runs) against the local stack's services, while clients push and pull through the
 registry door. Same swarm, stand-in images and deviations as test_swarm_services.py.
 
-Proves for the cluster path what tests/gateway/test_maintenance.py proves for the local data plane:
+Proves for the cluster path what tests/gateway/upkeep/test_maintenance.py proves for the local data plane:
 the dry run changes nothing; retention deletes exactly what its rule says through the maintenance
 registry; pushes during the window get the gateway's retryable 503 and succeed when retried; every
 image whose manifest PUT was acknowledged, before, during and after, pulls completely; the store shrank;
@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import swarm_engine
-from test_swarm_services import PASSWORD, REPO, Swarm, deploy_local_stack, skopeo, swarm
 
-from components import swarm_specs
-from components.swarm_maintenance import HELPER_LABEL, helper_spec, with_read_only
-from gateway.images import Image, Layer, build_image
-from gateway.registry_config import READ_ONLY_ENV
+from components.cli.maintenance import HELPER_LABEL, helper_spec, with_read_only
+from components.plan import swarm_specs
+from gateway.bench.images import Image, Layer, build_image
+from gateway.render.registry_config import READ_ONLY_ENV
+from tests import ROOT
+from tests.services import swarm_engine
+from tests.services.test_swarm_services import PASSWORD, Swarm, deploy_local_stack, skopeo, swarm
 
 __all__ = ["swarm"]  # the module's swarm fixture, shared
 
@@ -48,7 +49,7 @@ def maintenance(
     engine: swarm_engine.Engine,
     private_service: str,
     *args: str,
-    module: str = "components.swarm_maintenance",
+    module: str = "components.cli.maintenance",
 ) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ["PATH"],
@@ -57,7 +58,7 @@ def maintenance(
     }
     return subprocess.run(
         [sys.executable, "-m", module, *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
 
 
@@ -119,9 +120,9 @@ def test_maintenance_workflow_entry_point_on_a_live_swarm(
     mirrored = f"docker://127.0.0.1:{mirror_port}/library/hello:1"
     skopeo("copy", "--src-tls-verify=false", mirrored, f"oci:{tmp_path / 'mirrored'}:x")
 
-    # The stack's status (components/swarm_status.py): that pull counted by the gateway, its blobs fetched
+    # The stack's status (components/cli/status.py): that pull counted by the gateway, its blobs fetched
     # from the upstream, the pushes in the private store and the pull in the cache's storage.
-    shown = maintenance(engine, private, module="components.swarm_status")
+    shown = maintenance(engine, private, module="components.cli.status")
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert "the metrics of 1 gateway task(s)" in shown.stdout, shown.stdout
     assert re.search(r"blobs asked / fetched\s+[1-9]\d* / [1-9]", shown.stdout), shown.stdout

@@ -2,7 +2,7 @@
 
 What runs is what `RegistryServices` deploys for the `local` stack: the Bundle comes from
 `gateway_wiring.local_build`, the plan from `gateway_wiring.local_plan`, configs/secrets and service
-specs from `components.swarm_specs`. Two deviations, both forced by this machine and nothing else:
+specs from `components.plan.swarm_specs`. Two deviations, both forced by this machine and nothing else:
 - images: stand-ins built from the versions the pinned images carry (nginx 1.30 + njs 1.0 from Debian sid,
   Distribution v3.1.1; scripts/install-tools), as there is no registry to pull the pinned digests from;
   the specs' images are asserted to be pinned before they are swapped;
@@ -29,16 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import standin_images
-import swarm_apply
-import swarm_engine
 
-from components import gateway_wiring, swarm_specs
+from components import gateway_wiring
 from components.local_swarm import INIT_SCRIPT
-from gateway.binaries import default_dockerd
-from gateway.images import Image, Layer, build_image
-from gateway.render import Bundle
+from components.plan import swarm_specs
+from gateway.bench.images import Image, Layer, build_image
+from gateway.local.binaries import default_dockerd
+from gateway.render.bundle import Bundle
 from settings import Images, Local, Registry, Upstream, User
+from tests import ROOT
+from tests.services import standin_images, swarm_apply, swarm_engine
 
 pytestmark = [
     pytest.mark.docker,
@@ -50,7 +50,6 @@ pytestmark = [
 
 PASSWORD = "alice-password-0123"  # noqa: S105 (test credential)
 UPSTREAM_ALIAS = "upstream-standin"
-REPO = Path(__file__).resolve().parents[2]
 PINNED = "example/{}@sha256:" + "0" * 64
 UPSTREAM_CONFIG = (
     "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n"
@@ -268,7 +267,7 @@ def roll(swarm: Swarm, dep: Deployment, bundle: Bundle, plan: swarm_specs.Servic
 def rollout_wait(
     engine: swarm_engine.Engine, specs: list[swarm_specs.ServiceSpec]
 ) -> subprocess.CompletedProcess[str]:
-    """components/swarm_rollout.py as RegistryServices runs it after `up` changed services."""
+    """components/engine/rollout.py as RegistryServices runs it after `up` changed services."""
     env = {
         "PATH": os.environ["PATH"],
         "OWNCR_DOCKER_HOST": f"unix://{engine.socket_path}",
@@ -276,8 +275,8 @@ def rollout_wait(
         "OWNCR_ROLLOUT_TIMEOUT": "150",
     }
     return subprocess.run(
-        ["python3", "components/swarm_rollout.py"],
-        cwd=REPO,
+        ["python3", "-m", "components.engine.rollout"],
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,

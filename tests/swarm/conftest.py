@@ -1,8 +1,0 @@
-"""tests/swarm imports `components` and `tests.swarm.*` from the project root, also under plain `pytest`."""
-
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
