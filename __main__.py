@@ -28,15 +28,15 @@ from components.registry_services import (
     RegistryServices,
     RegistryServicesArgs,
 )
-from components.storage import NfsStorage, NfsStorageArgs, R2Storage, R2StorageArgs
-from components.swarm_cluster import NfsMount, SwarmCluster, SwarmClusterArgs
+from components.storage import RegistryStorage, storage_for
+from components.swarm_cluster import SwarmCluster, SwarmClusterArgs
 from components.uptime import DoorChecks, DoorChecksArgs, SlackTarget
 
 
 @dataclass(frozen=True)
 class Deployment:
     services: RegistryServices
-    storage: R2Storage | NfsStorage | None  # None on the local platform
+    storage: RegistryStorage | None  # None on the local platform
     login_command: pulumi.Input[str] | None = None  # instead of the services' plain one
 
 
@@ -66,8 +66,6 @@ def export_maintenance(settings: owncr_settings.Settings, engine: DockerEngine) 
 
 def deploy_cloud(settings: owncr_settings.Settings, cloud: owncr_settings.Cloud) -> Deployment:
     registry = settings.registry
-    nfs_mount: NfsMount | None = None
-    storage: R2Storage | NfsStorage
     # Explicit providers; each token is the secret stack config, or (None) the provider's env variable.
     do_provider = digitalocean.Provider(
         "digitalocean", token=pulumi.Config("digitalocean").get_secret("token")
@@ -82,31 +80,14 @@ def deploy_cloud(settings: owncr_settings.Settings, cloud: owncr_settings.Cloud)
         NetworkArgs(stack=settings.stack, region=cloud.region, cidr=cloud.vpc_cidr),
         opts=cloud_opts,
     )
-    if isinstance(cloud.storage, owncr_settings.R2):
-        storage = R2Storage(
-            "storage",
-            R2StorageArgs(
-                stack=settings.stack,
-                account_id=cloud.storage.account_id,
-                jurisdiction=cloud.storage.jurisdiction,
-                location=cloud.storage.location,
-                s3_endpoint=cloud.storage.s3_endpoint,
-            ),
-            opts=cloud_opts,
-        )
-    else:
-        storage = NfsStorage(
-            "storage",
-            NfsStorageArgs(
-                stack=settings.stack,
-                region=cloud.region,
-                size_gib=cloud.storage.size_gib,
-                vpc_id=network.vpc_id,
-            ),
-            opts=cloud_opts,
-        )
-        nfs_mount = NfsMount(host=storage.host, export_path=storage.mount_path)
-
+    storage = storage_for(
+        "storage",
+        cloud.storage,
+        stack=settings.stack,
+        region=cloud.region,
+        vpc_id=network.vpc_id,
+        opts=cloud_opts,
+    )
     cluster = SwarmCluster(
         "swarm",
         SwarmClusterArgs(
@@ -122,7 +103,7 @@ def deploy_cloud(settings: owncr_settings.Settings, cloud: owncr_settings.Cloud)
             roll_nodes=cloud.roll_nodes,
             docker_version=cloud.docker_version,
             monitoring=True,
-            nfs=nfs_mount,
+            nfs=storage.nfs_mount,
         ),
         opts=cloud_opts,
     )
@@ -175,12 +156,7 @@ def deploy_cloud(settings: owncr_settings.Settings, cloud: owncr_settings.Cloud)
     pulumi.export("load_balancer_ip", edge.ip)
     pulumi.export("node_public_ips", cluster.public_ips)
     pulumi.export("node_vpc_ips", cluster.vpc_ips)
-    if isinstance(storage, R2Storage):
-        pulumi.export("bucket_name", storage.bucket_name)
-        pulumi.export("s3_endpoint", storage.s3_endpoint)
-    else:
-        pulumi.export("nfs_host", storage.host)
-        pulumi.export("nfs_mount_path", storage.mount_path)
+    storage.export()
     pulumi.export("ssh_command", pulumi.Output.concat("ssh root@", cluster.public_ips[0]))
     engine = DockerEngine(
         host=cluster.docker_host,
@@ -197,22 +173,17 @@ def deploy_cloud(settings: owncr_settings.Settings, cloud: owncr_settings.Cloud)
                 settings.stack,
                 registry,
                 node_count=cloud.node_count,
-                nfs_mount_point=None if nfs_mount is None else nfs_mount.mount_point,
+                nfs_mount_point=storage.nfs_mount_point,
             ),
             build=gateway_wiring.cloud_build(
                 registry,
                 domain=cloud.domain,
                 mirror_domain=cloud.mirror_domain,
                 vpc_cidr=cloud.vpc_cidr,
-                s3=(storage.bucket_name, storage.s3_endpoint) if isinstance(storage, R2Storage) else None,
-                blob_redirect=isinstance(cloud.storage, owncr_settings.R2) and cloud.storage.blob_redirect,
+                s3=storage.s3,
+                blob_redirect=storage.blob_redirect,
             ),
-            secrets=gateway_wiring.secret_inputs(
-                settings.secrets,
-                (storage.access_key_id, storage.secret_access_key)
-                if isinstance(storage, R2Storage)
-                else None,
-            ),
+            secrets=gateway_wiring.secret_inputs(settings.secrets, storage.s3_keys),
             engine=engine,
             registry_door=cloud.domain,
             # The Engine API has no swarm (and no TLS) until the bootstrap has run.

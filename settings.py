@@ -1,10 +1,11 @@
 """Stack configuration: read once from `pulumi.Config("owncr")`, validated, returned as frozen dataclasses.
 
 `load()` is the only entry point. Every bad value raises `ConfigError` at preview time, naming the key,
-the value and what is allowed. Defaults are not repeated here: they live only in Pulumi.yaml, which the
-Pulumi CLI merges into the stack config before the program runs (the unit tests' `stack_config` does
-the same merge). The list of known keys is read from Pulumi.yaml too, so a typo such as `owncr:nodecount`
-is rejected instead of silently ignored.
+the value and what is allowed. Rules the gateway must agree with (host and user names, namespaces, Go
+durations, bcrypt's limit) are gateway/config.py's, checked here with this module's messages. Defaults
+are not repeated here: they live only in Pulumi.yaml, which the Pulumi CLI merges into the stack config
+before the program runs (the unit tests' `stack_config` does the same merge). The list of known keys is
+read from Pulumi.yaml too, so a typo such as `owncr:nodecount` is rejected instead of silently ignored.
 
 Provider credentials never pass through here: `digitalocean:token` and `cloudflare:apiToken` (set with
 `pulumi config set --secret`) or the providers' environment variables. `load()` only checks that such a
@@ -27,7 +28,15 @@ import pulumi
 import yaml
 from pulumi.runtime import config as runtime_config
 
-from gateway.config import SettingsError
+from gateway.config import (
+    BCRYPT_MAX_BYTES,
+    DOCKER_HUB,
+    NAME_COMPONENT,
+    SettingsError,
+    is_go_duration,
+    is_host,
+    is_user_name,
+)
 from gateway.upkeep.retention import RetentionRule, check_rules, rule_from_mapping
 
 PROJECT = "owncr"
@@ -54,22 +63,15 @@ R2_JURISDICTIONS = ("default", "eu", "fedramp")
 NFS_MIN_GIB = 50  # digitalocean.Nfs.size minimum (pulumi_digitalocean 4.84.1 docstring)
 PLATFORMS = ("digitalocean", "local")
 STORAGE_KINDS = ("r2", "nfs")
-DOCKER_HUB = "docker.io"
 
-# OCI distribution spec, "path component" of a repository name:
-# https://github.com/opencontainers/distribution-spec/blob/main/spec.md#pulling-manifests
-NAME_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
 # `library` is Docker Hub's implicit namespace (`nginx` means `library/nginx`): owning it privately would
 # shadow every official image.
 RESERVED_NAMESPACES = ("library",)
-HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # no ':' (htpasswd separator), no spaces
 STACK_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,18}[a-z0-9])?$")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 PINNED_IMAGE = re.compile(
     r"^[a-z0-9][a-z0-9._/:-]*(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?@sha256:[0-9a-f]{64}$"
 )
-GO_DURATION = re.compile(r"^(?:\d+(?:ns|us|µs|ms|s|m|h))+$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 SSH_PUBLIC_KEY = re.compile(
     r"^(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) [A-Za-z0-9+/]+={0,3}(?: \S.*)?$"
@@ -79,7 +81,6 @@ DOCKER_CE_VERSION = re.compile(r"^\d+:\d+\.\d+\.\d+-\d+~ubuntu\.(\d\d\.\d\d)~[a-
 RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 WORLD = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 MIN_PASSWORD_LENGTH = 12
-BCRYPT_MAX_BYTES = 72  # bcrypt ignores everything after 72 bytes: a longer password would only look stronger
 PROVIDER_SECRETS = (
     "digitalocean:token",
     "cloudflare:apiToken",
@@ -322,12 +323,12 @@ def _one_of(key: str, value: Any, allowed: tuple[Any, ...], why: str = "") -> An
 
 
 def _hostname(key: str, value: str) -> str:
-    labels = value.split(".")
-    if len(value) > 253 or len(labels) < 2 or not all(HOST_LABEL.match(label) for label in labels):
+    if not is_host(value):
         raise ConfigError(
             key,
             value,
-            "a lowercase DNS hostname with at least two labels (e.g. cr.example.com), no trailing dot",
+            "a lowercase DNS hostname with at least two labels (e.g. cr.example.com), labels of at most 63 "
+            "characters, no port, no trailing dot",
         )
     return value
 
@@ -379,7 +380,7 @@ def _namespaces(values: tuple[str, ...], upstream_hosts: tuple[str, ...]) -> tup
     if not values:
         raise ConfigError("privateNamespaces", [], "at least one namespace")
     for ns in values:
-        if not NAME_COMPONENT.match(ns):
+        if not NAME_COMPONENT.fullmatch(ns):
             raise ConfigError(
                 "privateNamespaces",
                 ns,
@@ -419,9 +420,12 @@ def _upstreams(raw: dict[str, Any], platform: str) -> tuple[Upstream, ...]:
 def _users(raw: dict[str, Any], namespaces: tuple[str, ...]) -> tuple[User, ...]:
     users = []
     for name, rights in sorted(raw.items()):
-        if not USER_NAME.match(name):
+        if not is_user_name(name):
             raise ConfigError(
-                "users", name, "user names of lowercase letters, digits, '.', '_' or '-' (max 64)"
+                "users",
+                name,
+                "user names of letters (either case), digits, '.', '_' or '-', starting with a letter or "
+                "digit (max 64)",
             )
         if not isinstance(rights, dict) or not set(rights) <= {"pull", "push"}:
             raise ConfigError("users", {name: rights}, "{pull: [namespaces], push: [namespaces]}")
@@ -578,7 +582,7 @@ def load() -> Settings:
     if hub_token:
         _require_secret("dockerHubToken")
     cache_ttl = raw.string("cacheTtl")
-    if not GO_DURATION.match(cache_ttl) or not re.search(r"[1-9]", cache_ttl):
+    if not is_go_duration(cache_ttl) or not re.search(r"[1-9]", cache_ttl):
         raise ConfigError("cacheTtl", cache_ttl, "a positive Go duration such as 168h or 90m")
 
     registry = Registry(

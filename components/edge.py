@@ -31,6 +31,7 @@ import pulumi_digitalocean as digitalocean
 
 from components import physical_name
 from components.plan import lb_health
+from gateway.config import DOCKER_HUB
 from gateway.render.layout import GATEWAY_PORT as NGINX_PORT
 
 DO_NAME_SERVERS = ("ns1.digitalocean.com", "ns2.digitalocean.com", "ns3.digitalocean.com")
@@ -39,7 +40,6 @@ DO_NAME_SERVERS = ("ns1.digitalocean.com", "ns2.digitalocean.com", "ns3.digitalo
 IDLE_TIMEOUT_SECONDS = 600
 NS_TTL = 3600
 A_TTL = 300
-DOCKER_HUB = "docker.io"
 CERTIFICATE_CREATE_TIMEOUT = "45m"
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
 

@@ -18,7 +18,7 @@ import pulumi
 
 from components import physical_name
 from components.plan.swarm_specs import Port, ServicePlan, StorageMount
-from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, Upstream, User
+from gateway.config import DOCKER_HUB, FilesystemStorage, GatewaySettings, S3Storage, Upstream, User
 from gateway.render import bundle as gateway_render
 from gateway.render import layout as gateway_layout
 from gateway.render.bundle import Bundle
@@ -77,8 +77,8 @@ def _settings(
         Upstream(
             host=u.host,
             url=u.url,
-            username=registry.docker_hub_username if u.host == "docker.io" and HUB_TOKEN in values else None,
-            password=values.get(HUB_TOKEN) if u.host == "docker.io" else None,
+            username=registry.docker_hub_username if u.host == DOCKER_HUB and HUB_TOKEN in values else None,
+            password=values.get(HUB_TOKEN) if u.host == DOCKER_HUB else None,
         )
         for u in registry.upstreams
     )

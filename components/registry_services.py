@@ -37,6 +37,7 @@ from components.gateway_wiring import HTPASSWD_SALT_KEY, HTTP_SECRET
 from components.plan import swarm_specs
 from components.plan.swarm_specs import ServicePlan, ServiceSpec, SwarmFile
 from components.service_args import service_args
+from gateway import names
 from gateway.render.bundle import Bundle
 
 TYPE = "owncr:registry:RegistryServices"
@@ -213,9 +214,9 @@ class RegistryServices(pulumi.ComponentResource):
             )
             return [self._service(name, by_key[key], network, objects, opts) for key in keys]
 
-        private = created([k for k in by_key if k == swarm_specs.PRIVATE_KEY], [])
-        nginx = created([swarm_specs.NGINX_KEY], private)
-        caches = created([k for k in by_key if k.startswith(swarm_specs.CACHE_PREFIX)], nginx)
+        private = created([k for k in by_key if k == names.PRIVATE_KEY], [])
+        nginx = created([names.NGINX_KEY], private)
+        caches = created([k for k in by_key if k.startswith(names.CACHE_KEY_PREFIX)], nginx)
         services = [*private, *nginx, *caches]
         self.rollout = self._rollout(name, engine, specs, objects, services)
 

@@ -12,6 +12,10 @@ upload is no object, and R2 keeps and bills its parts until it is aborted).
 
 `NfsStorage` (`owncr:storage:NfsStorage`) creates a managed NFS share in the VPC and exposes `host` and
 `mount_path` for the nodes' mount (SwarmCluster's `NfsMount`).
+
+Both are a `RegistryStorage`: each hands the cluster and the gateway what they need (`nfs_mount`,
+`nfs_mount_point`, `s3`, `s3_keys`, `blob_redirect`) and exports its own stack outputs (`export()`), so the
+composition never asks which one it has. `storage_for` builds the one the stack config chose.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import pulumi_cloudflare as cloudflare
 import pulumi_digitalocean as digitalocean
 
 from components import physical_name
+from components.swarm_cluster import NfsMount
+from settings import R2, Nfs
 
 # Token permission groups, by the names Cloudflare lists (scope com.cloudflare.edge.r2.bucket).
 R2_OBJECT_GROUPS = ("Workers R2 Storage Bucket Item Read", "Workers R2 Storage Bucket Item Write")
@@ -67,6 +73,28 @@ def _field(result: Any, key: str) -> str:
     return result[key] if isinstance(result, Mapping) else getattr(result, key)
 
 
+class RegistryStorage(pulumi.ComponentResource):
+    """What a storage hands the cluster and the gateway. The defaults are those of a storage without the
+    thing: an object store gives the nodes nothing to mount, a share has no S3 API."""
+
+    # The share every node mounts (SwarmCluster's `nfs`).
+    nfs_mount: NfsMount | None = None
+    # (bucket, endpoint) and (access key id, secret access key) of an S3 API, for the registries' config.
+    s3: tuple[str, str] | None = None
+    s3_keys: tuple[pulumi.Output[str], pulumi.Output[str]] | None = None
+    # Registries answer blob GETs with a redirect to a presigned URL, which only an object store has.
+    blob_redirect: bool = False
+
+    @property
+    def nfs_mount_point(self) -> str | None:
+        """Where every node mounts the share, and the registries' storage is bind-mounted from."""
+        return None if self.nfs_mount is None else self.nfs_mount.mount_point
+
+    def export(self) -> None:
+        """The storage's stack outputs (docs/configuration.md, "Outputs")."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True, kw_only=True)
 class R2StorageArgs:
     stack: str
@@ -74,13 +102,14 @@ class R2StorageArgs:
     jurisdiction: str  # "default" | "eu" | "fedramp" (settings.py)
     location: str | None
     s3_endpoint: str  # settings.R2.s3_endpoint (depends on the jurisdiction)
+    blob_redirect: bool = False  # settings.R2.blob_redirect
 
     def __post_init__(self) -> None:
         if not self.account_id or not self.s3_endpoint.startswith("https://"):
             raise ValueError(f"account_id and an https S3 endpoint are required, got {self!r}")
 
 
-class R2Storage(pulumi.ComponentResource):
+class R2Storage(RegistryStorage):
     bucket: cloudflare.R2Bucket
     lifecycle: cloudflare.R2BucketLifecycle
     token: cloudflare.ApiToken
@@ -156,6 +185,9 @@ class R2Storage(pulumi.ComponentResource):
         self.access_key_id = self.token.id
         # The provider marks `value` secret, the mocks do not: wrap it so it is secret either way.
         self.secret_access_key = pulumi.Output.secret(self.token.value.apply(s3_secret_key))
+        self.s3 = (self.bucket_name, self.s3_endpoint)
+        self.s3_keys = (self.access_key_id, self.secret_access_key)
+        self.blob_redirect = args.blob_redirect
         self.register_outputs(
             {
                 "bucket_name": self.bucket_name,
@@ -164,6 +196,10 @@ class R2Storage(pulumi.ComponentResource):
                 "secret_access_key": self.secret_access_key,
             }
         )
+
+    def export(self) -> None:
+        pulumi.export("bucket_name", self.bucket_name)
+        pulumi.export("s3_endpoint", self.s3_endpoint)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,7 +214,7 @@ class NfsStorageArgs:
             raise ValueError(f"size_gib {self.size_gib} is below DigitalOcean's 50 GiB minimum")
 
 
-class NfsStorage(pulumi.ComponentResource):
+class NfsStorage(RegistryStorage):
     share: digitalocean.Nfs
     host: pulumi.Output[str]
     mount_path: pulumi.Output[str]
@@ -197,4 +233,39 @@ class NfsStorage(pulumi.ComponentResource):
         )
         self.host = self.share.host
         self.mount_path = self.share.mount_path
+        self.nfs_mount = NfsMount(host=self.host, export_path=self.mount_path)
         self.register_outputs({"host": self.host, "mount_path": self.mount_path})
+
+    def export(self) -> None:
+        pulumi.export("nfs_host", self.host)
+        pulumi.export("nfs_mount_path", self.mount_path)
+
+
+def storage_for(
+    name: str,
+    storage: R2 | Nfs,
+    *,
+    stack: str,
+    region: str,
+    vpc_id: pulumi.Input[str],
+    opts: pulumi.ResourceOptions | None = None,
+) -> RegistryStorage:
+    """The storage the stack config chose (settings.Cloud.storage); an NFS share lives in the VPC."""
+    if isinstance(storage, R2):
+        return R2Storage(
+            name,
+            R2StorageArgs(
+                stack=stack,
+                account_id=storage.account_id,
+                jurisdiction=storage.jurisdiction,
+                location=storage.location,
+                s3_endpoint=storage.s3_endpoint,
+                blob_redirect=storage.blob_redirect,
+            ),
+            opts=opts,
+        )
+    return NfsStorage(
+        name,
+        NfsStorageArgs(stack=stack, region=region, size_gib=storage.size_gib, vpc_id=vpc_id),
+        opts=opts,
+    )

@@ -3,6 +3,9 @@
 `GatewaySettings` is the contract between the control plane (which builds it from Pulumi config) and the
 data plane (which renders nginx, njs and Distribution files from it). Validation happens here, once, so
 the renderers can trust every field.
+
+The rules both sides must agree on live here once (`DOCKER_HUB`, `NAME_COMPONENT`, `HOST`, `USER_NAME`,
+`GO_DURATION`, `BCRYPT_MAX_BYTES` and their `is_*` checks); settings.py refuses stack config with them.
 """
 
 from __future__ import annotations
@@ -13,19 +16,53 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-DOCKER_HUB = "docker.io"
+from gateway.names import upstream_id
+
 # njs's JavaScript engines (https://nginx.org/en/docs/http/ngx_http_js_module.html#js_engine).
 JS_ENGINES = ("njs", "qjs")
+_MIN_SECRET = 16
 
+# ---------------------------------------------------------------------------------------------------------
+# The rules the stack config (settings.py) shares with the gateway, written once: settings.py checks its
+# values with these (and its own messages), so a value the stack accepts is one the gateway renders.
+# Check with the `is_*` functions or `fullmatch`: `match` with `$` lets a trailing newline through.
+
+# Docker Hub's host: its cache is served at the root of the mirror door, every other upstream's under
+# `/v2/<host>/`.
+DOCKER_HUB = "docker.io"
 # Distribution's repository-name grammar, one path component:
 # https://github.com/distribution/reference/blob/main/regexp.go
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$")
-_HOST = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+(:[0-9]{1,5})?$"
-)
-_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_DURATION = re.compile(r"^([0-9]+(ns|us|ms|s|m|h))+$")
-_MIN_SECRET = 16
+NAME_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$")
+# A lowercase DNS name of two or more labels (each at most 63 characters, RFC 1035), with no port and no
+# trailing dot. A door's host is an nginx `server_name`, which never holds a port; an upstream's host is
+# the first path component of `/v2/<host>/...`, which the router checks against NAME_COMPONENT (no ':').
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOST = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
+_HOST_RULE = "a lowercase DNS name (two or more labels of at most 63 characters, no port)"
+# A registry-door login as htpasswd holds it: never ':' (htpasswd's separator) nor a space.
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Go's time.ParseDuration, which Distribution reads `proxy.ttl` with (https://pkg.go.dev/time#ParseDuration):
+# whole numbers with units, `µs` (the micro sign) included; ASCII digits only.
+GO_DURATION = re.compile(r"^(?:[0-9]+(?:ns|us|µs|ms|s|m|h))+$")
+# bcrypt reads only the first 72 bytes: a longer password would accept anything that shares its prefix.
+BCRYPT_MAX_BYTES = 72
+
+
+def is_repository_path(value: str) -> bool:
+    """`acme` or `team/ops`: one or more NAME_COMPONENTs joined by '/'."""
+    return bool(value) and all(NAME_COMPONENT.fullmatch(part) for part in value.split("/"))
+
+
+def is_host(value: str) -> bool:
+    return HOST.fullmatch(value) is not None
+
+
+def is_user_name(value: str) -> bool:
+    return USER_NAME.fullmatch(value) is not None
+
+
+def is_go_duration(value: str) -> bool:
+    return GO_DURATION.fullmatch(value) is not None
 
 
 class SettingsError(ValueError):
@@ -38,9 +75,8 @@ def _require(ok: bool, message: str) -> None:
 
 
 def _check_namespace(ns: str) -> None:
-    parts = ns.split("/")
     _require(
-        bool(ns) and all(_COMPONENT.match(p) for p in parts),
+        is_repository_path(ns),
         f"namespace {ns!r} is not a valid repository path (lowercase letters, digits, '.', '_', '-', '/')",
     )
 
@@ -65,7 +101,7 @@ class Upstream:
     password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        _require(bool(_HOST.match(self.host)), f"upstream host {self.host!r} is not a lowercase DNS name")
+        _require(is_host(self.host), f"upstream host {self.host!r} is not {_HOST_RULE}")
         _require(
             re.match(r"^https?://[^/\s]+/?$", self.url) is not None,
             f"upstream {self.host}: url {self.url!r} must be http(s)://host[:port] without a path",
@@ -76,9 +112,9 @@ class Upstream:
         )
 
     @property
-    def slug(self) -> str:
-        """`ghcr.io` -> `ghcr-io`: usable in service names, nginx identifiers and paths."""
-        return re.sub(r"[^a-z0-9]+", "-", self.host)
+    def id(self) -> str:
+        """The upstream's one id in services, bundle keys, routes and metrics (gateway/names.py)."""
+        return upstream_id(self.host)
 
 
 @dataclass(frozen=True)
@@ -91,11 +127,12 @@ class User:
     push: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _require(bool(_USER.match(self.name)), f"user name {self.name!r} must match {_USER.pattern}")
-        _require(":" not in self.name, f"user name {self.name!r} must not contain ':'")
+        _require(is_user_name(self.name), f"user name {self.name!r} must match {USER_NAME.pattern}")
         _require(len(self.password) >= 8, f"user {self.name}: password must have at least 8 characters")
-        # bcrypt only looks at the first 72 bytes: a longer password would silently accept its prefix.
-        _require(len(self.password.encode()) <= 72, f"user {self.name}: password longer than 72 bytes")
+        _require(
+            len(self.password.encode()) <= BCRYPT_MAX_BYTES,
+            f"user {self.name}: password longer than {BCRYPT_MAX_BYTES} bytes",
+        )
         for label, spaces in (("pull", self.pull), ("push", self.push)):
             _require(isinstance(spaces, tuple), f"user {self.name}: {label} must be a tuple")
             for ns in spaces:
@@ -214,12 +251,12 @@ class GatewaySettings:
         _check_cidrs("mirror_client_cidrs", self.mirror_client_cidrs)
         _check_cidrs("trusted_proxy_cidrs", self.trusted_proxy_cidrs)
         _require(
-            bool(_DURATION.match(self.cache_ttl)),
+            is_go_duration(self.cache_ttl),
             f"cache_ttl {self.cache_ttl!r} is no Go duration (e.g. 168h)",
         )
         for host_field in ("registry_host", "mirror_host"):
             host = getattr(self, host_field)
-            _require(bool(_HOST.match(host)), f"{host_field} {host!r} is not a lowercase DNS name")
+            _require(is_host(host), f"{host_field} {host!r} is not {_HOST_RULE}")
         _require(self.registry_host != self.mirror_host, "registry_host and mirror_host must differ")
         for int_field in (
             "auth_cache_seconds",

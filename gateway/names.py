@@ -1,9 +1,109 @@
 """The data plane's vocabulary: every name that two layers (Python, nginx templates, njs, the Swarm specs,
-the tests) must agree on is decided here, once. The renderers hand these to nginx and njs (the njs
-modules read them from the generated `names.json`), so no layer spells one again.
+the tests) must agree on is decided here, once, as Distribution names its routes and errors once
+(registry/api/v2/routes.go, errors.go). The renderer hands these names to the templates and writes them
+into the njs modules' one generated module (`names.js`, `njs_names`), so no layer spells one again.
+
+- upstream ids: one per upstream, derived from its host; its service, bundle key and routes use it;
+- bundle keys and Swarm service names of the three kinds of services;
+- routes: the internal locations a door sends a request to (`/_owncr/<route>/...`) and their labels in
+  the access log; a cache's routes come from `cache_route`, never from gluing strings together;
+- the manifest media types, and the OCI error answers the gateway makes itself.
 """
 
 from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Literal
+
+# --- upstreams ---------------------------------------------------------------------------------------
+
+
+def upstream_id(host: str) -> str:
+    """`ghcr.io` -> `ghcr-io`, `registry:5000` -> `registry-5000`: the upstream's one id, valid in a
+    Swarm service name, a DNS label, an nginx upstream name and a URI segment (never a `_`, which
+    separates a cache route's parts)."""
+    return re.sub(r"[^a-z0-9]+", "-", host)
+
+
+# --- services ----------------------------------------------------------------------------------------
+
+# Bundle keys: which service a rendered file belongs to (locally each private replica is its own process).
+NGINX_KEY = "nginx"
+PRIVATE_KEY = "private"
+CACHE_KEY_PREFIX = "cache-"
+
+
+def cache_key(upstream: str) -> str:
+    """Bundle key of the cache of upstream id `upstream`."""
+    return CACHE_KEY_PREFIX + upstream
+
+
+def private_key(replica: int) -> str:
+    """Bundle key of a private registry replica (production has one service for every replica)."""
+    return PRIVATE_KEY if replica == 0 else f"{PRIVATE_KEY}-{replica + 1}"
+
+
+# Swarm service names, which are also the DNS names on the overlay network.
+NGINX_SERVICE = "owncr-gateway"
+PRIVATE_SERVICE = "owncr-registry-private"
+CACHE_SERVICE_PREFIX = "owncr-registry-cache-"
+
+
+def cache_service(upstream: str) -> str:
+    return CACHE_SERVICE_PREFIX + upstream
+
+
+# --- routes ------------------------------------------------------------------------------------------
+
+INTERNAL = "/_owncr/"  # prefix of every internal location; a door's router returns only URIs below it
+ANSWER = "answer"  # nginx answers itself: /_owncr/answer/<status>, /answer/ping, /answer/failed
+PING = "ping"
+FAILED = "failed"
+REFUSED = "refused"  # the access log's route of a refusal
+AUTH = "auth"  # the registry door's login check
+PRIVATE_READ = "private_read"
+PRIVATE_WRITE = "private_write"
+MANIFEST_WRITE = "manifest_write"  # referrers.js stores the manifest and keeps its subject's index
+REFERRERS = "referrers"  # GET /v2/<name>/referrers/<digest>, answered by referrers.js
+REFERRERS_INDEX = "referrers_index"  # referrers.js's own reads and writes through the private registry
+REFERRERS_MANIFEST = "referrers_manifest"
+REFERRERS_PUT = "referrers_put"
+EGRESS = "egress"  # an egress server's locations: /_owncr/egress/<outcome>
+VIA = "via"  # URLs an upstream handed out, kept on its egress: /_owncr/via/<kind>/<signature>/...
+
+# What of an upstream a door's request asks for (the metrics' `kind` label) and how it is cached: a tag
+# manifest is micro-cached, a blob coalesced, the rest (manifest by digest, tag list) goes straight on.
+UpstreamKind = Literal["blob", "manifest", "tags"]
+CacheVariant = Literal["plain", "tag", "blob"]
+CACHE_VARIANTS: tuple[CacheVariant, ...] = ("plain", "tag", "blob")
+
+
+def cache_route(upstream: str, variant: CacheVariant) -> str:
+    """`cache_docker-io`, `cache_docker-io_tag`, `cache_docker-io_blob`: unambiguous, since an upstream
+    id never holds a `_`."""
+    return f"cache_{upstream}" if variant == "plain" else f"cache_{upstream}_{variant}"
+
+
+def egress_route(upstream: str) -> str:
+    """The access log's route of a request through an upstream's egress server."""
+    return f"egress_{upstream}"
+
+
+def uri(route: str, rest: str = "/") -> str:
+    """The internal URI of a route: `/_owncr/private_read/` (a location prefix), `/_owncr/answer/404`,
+    `/_owncr/auth` (rest "")."""
+    return f"{INTERNAL}{route}{rest}"
+
+
+# The egress's outcomes (egress.js next()): asked and answered whole, asked and streamed, answered from
+# its memory of a rate limit (429) or an outage (503) without asking, or refused (a forged via URL).
+EGRESS_ANSWER, EGRESS_STREAM, EGRESS_FORGED = "answer", "stream", "forged"
+REMEMBERED = {429: "remembered_429", 503: "remembered_503"}
+VIA_REALM, VIA_REDIRECT = "realm", "redirect"
+
+# --- media types and errors --------------------------------------------------------------------------
 
 # The manifest media types a registry client asks for, most capable first (what `Accept` lists).
 MANIFEST_TYPES = (
@@ -13,3 +113,88 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 INDEX_TYPES = MANIFEST_TYPES[0], MANIFEST_TYPES[2]
+OCI_INDEX = MANIFEST_TYPES[0]
+
+# The answers the gateway makes itself, by name: (OCI error code, message). A message may name
+# `{fields}` the caller fills in. The router's refusals that name a user or a namespace build their
+# message where they are decided, with these codes.
+ERRORS: dict[str, tuple[str, str]] = {
+    "backend_failed": ("UNKNOWN", "the registry failed; see its log"),
+    "backend_unavailable": ("UNAVAILABLE", "the registry is unavailable; retry later"),
+    "read_only": (
+        "UNAVAILABLE",
+        "pushes are paused for a few minutes while the registry collects garbage; retry later",
+    ),
+    "unsupported": ("UNSUPPORTED", "the operation is unsupported"),
+    "manifest_too_big": ("MANIFEST_INVALID", "manifest larger than 4 MiB"),
+    "not_mirrored": (
+        "UNAVAILABLE",
+        "the upstream registry is not answering or is rate limiting, and this is not mirrored yet; "
+        "retry later",
+    ),
+    "upstream_rate_limited": ("TOOMANYREQUESTS", "{host} is rate limiting; retry later"),
+    "upstream_down": ("UNAVAILABLE", "{host} is not answering; retry later"),
+    "forged": ("DENIED", "not a URL this egress handed out"),
+    "not_api": ("NOT_FOUND", "not a registry API path"),
+    "name_invalid": ("NAME_INVALID", "not a registry API path"),
+    "unauthorized": ("UNAUTHORIZED", "authentication required"),
+    "too_many_logins": ("TOOMANYREQUESTS", "too many failed logins from this address; retry later"),
+    "manifest_unknown": ("MANIFEST_UNKNOWN", "manifest unknown"),
+    "blob_unknown": ("BLOB_UNKNOWN", "blob unknown to registry"),
+    "name_unknown": ("NAME_UNKNOWN", "repository name not known to registry"),
+    "digest_invalid": ("DIGEST_INVALID", "provided digest did not match uploaded content"),
+}
+
+
+def error_body(name: str, detail: object = None, **fields: str) -> str:
+    """An error answer's body, as Distribution writes one: compact JSON and a newline."""
+    code, message = ERRORS[name]
+    error = {"code": code, "message": message.format(**fields), "detail": detail}
+    return json.dumps({"errors": [error]}, separators=(",", ":")) + "\n"
+
+
+def njs_names(upstreams: Iterable[str], hub: str) -> str:
+    """names.js, the njs modules' view of this vocabulary (imported by owncr.js): the internal URIs,
+    the error table, and each upstream's id and cache routes (by host: a mirror path's first segment)."""
+    ids = {host: upstream_id(host) for host in upstreams}
+    names = {
+        "internal": INTERNAL,
+        "routes": {
+            name: route
+            for name, route in (
+                ("answer", ANSWER),
+                ("ping", PING),
+                ("failed", FAILED),
+                ("refused", REFUSED),
+                ("privateRead", PRIVATE_READ),
+                ("privateWrite", PRIVATE_WRITE),
+                ("manifestWrite", MANIFEST_WRITE),
+                ("referrers", REFERRERS),
+                ("referrersIndex", REFERRERS_INDEX),
+                ("referrersManifest", REFERRERS_MANIFEST),
+                ("referrersPut", REFERRERS_PUT),
+                ("egress", EGRESS),
+                ("via", VIA),
+            )
+        },
+        "egress": {
+            "answer": EGRESS_ANSWER,
+            "stream": EGRESS_STREAM,
+            "forged": EGRESS_FORGED,
+            "remembered": {str(status): outcome for status, outcome in REMEMBERED.items()},
+            "realm": VIA_REALM,
+            "redirect": VIA_REDIRECT,
+        },
+        "ociIndex": OCI_INDEX,
+        "errors": {name: {"code": code, "message": message} for name, (code, message) in ERRORS.items()},
+        "hub": ids[hub],
+        "upstreams": {
+            upstream: {"host": host, "routes": {v: cache_route(upstream, v) for v in CACHE_VARIANTS}}
+            for host, upstream in sorted(ids.items())
+        },
+        "upstreamIds": {host: upstream for host, upstream in sorted(ids.items())},
+    }
+    return (
+        "// Generated by gateway/render/nginx.py from gateway/names.py: do not edit.\n"
+        f"export default {json.dumps(names, indent=1, sort_keys=True)};\n"
+    )

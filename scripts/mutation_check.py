@@ -53,8 +53,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "private names readable anonymously on the mirror door",
         "gateway/render/njs/router.js",
         "        var byDigest = p.rest.indexOf('manifests/') === 0 && !p.tag;\n"
-        "        return byDigest ? '/_owncr/answer/failed' : '/_owncr/answer/404';",
-        "        return go(r, 'private_read', uri);",
+        "        return owncr.answer(byDigest ? N.routes.failed : 404);",
+        "        return go(r, N.routes.privateRead, uri);",
         (
             "tests/gateway/test_routing.py::test_mirror_door_hides_private_names",
             "tests/gateway/test_clients_docker.py::test_private_name_is_not_on_the_mirror",

@@ -21,7 +21,7 @@ from components.cli import maintenance
 from components.engine import api as engine_api
 from components.engine import container_exec, rollout
 from components.plan import maintenance_access
-from components.plan.swarm_specs import NGINX_KEY, PRIVATE_KEY
+from gateway.names import NGINX_KEY, PRIVATE_KEY
 from gateway.render.layout import METRICS_PORT
 from gateway.upkeep import maintenance as m
 from gateway.upkeep import status

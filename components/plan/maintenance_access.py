@@ -10,7 +10,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from components.plan.swarm_specs import PRIVATE_KEY, service_name
+from components.plan.swarm_specs import service_name
+from gateway.names import PRIVATE_KEY
 from gateway.upkeep.maintenance import MaintenanceError
 from gateway.upkeep.retention import RetentionRule, from_record, record
 

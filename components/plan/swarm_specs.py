@@ -24,6 +24,7 @@ from typing import Literal, TypedDict
 
 from components import physical_name
 from components.plan import lb_health
+from gateway.names import CACHE_KEY_PREFIX, NGINX_KEY, PRIVATE_KEY
 from gateway.render.bundle import Bundle
 from gateway.render.layout import STATE_DIR, blob_cache_dir
 
@@ -32,9 +33,6 @@ from gateway.render.layout import STATE_DIR, blob_cache_dir
 OBJECT_NAME_MAX = 64
 SERVICE_NAME_MAX = 63
 HASH_LEN = 12
-NGINX_KEY = "nginx"
-PRIVATE_KEY = "private"
-CACHE_PREFIX = "cache-"
 # Named volume (local driver, one per node, created by the first task) for nginx's blob copy.
 BLOB_CACHE_VOLUME = "owncr-blob-cache"
 NS = 1_000_000_000  # Engine API durations are nanoseconds
@@ -346,7 +344,7 @@ def service_specs(bundle: Bundle, plan: ServicePlan) -> list[ServiceSpec]:
         sf = bundle.services[key]
         refs = [f for f in files if f.service == key]
         is_nginx = key == NGINX_KEY
-        if not is_nginx and key != PRIVATE_KEY and not key.startswith(CACHE_PREFIX):
+        if not is_nginx and key != PRIVATE_KEY and not key.startswith(CACHE_KEY_PREFIX):
             raise ValueError(f"unknown service key {key!r} in the gateway bundle")
         order = _order(key)
         spec: ServiceSpec = {

@@ -21,9 +21,10 @@ from types import TracebackType
 from gateway.config import FilesystemStorage, GatewaySettings
 from gateway.local import binaries
 from gateway.local.ports import free_ports
+from gateway.names import NGINX_KEY, cache_key, private_key
 from gateway.render import registry_config
 from gateway.render.bundle import Bundle, ServiceFiles, render_local
-from gateway.render.layout import cache_key, private_key, system_resolver
+from gateway.render.layout import system_resolver
 
 
 class GatewayError(RuntimeError):
@@ -117,7 +118,7 @@ class LocalGateway:
 
     def render(self) -> Bundle:
         upstreams = self.settings.upstreams
-        registries = [*self.private_keys(), *(cache_key(u) for u in upstreams)]
+        registries = [*self.private_keys(), *(cache_key(u.id) for u in upstreams)]
         # The doors' (and a chosen metrics) port are not bound yet: the kernel could hand them out again.
         chosen = (
             self.registry_port,
@@ -202,7 +203,7 @@ class LocalGateway:
         try:
             # nginx first: a cache asks its upstream (through nginx's egress) for its login challenge as
             # it starts, and exits if nothing answers.
-            self._spawn("nginx", bundle.services["nginx"])
+            self._spawn(NGINX_KEY, bundle.services[NGINX_KEY])
             if not self.settings.trusted_proxy_cidrs:
                 self._wait_healthy("nginx", self.registry_port, "/healthz", deadline)
                 self._wait_healthy("nginx", self.mirror_port, "/healthz", deadline)

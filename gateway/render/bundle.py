@@ -3,14 +3,15 @@ paths, Distribution 3.x) and for a local run (loopback ports, a data directory, 
 gateway/local/binaries.py picks).
 
 `Bundle.services` is keyed "nginx", "private" (locally also "private-2", ... one per replica) and
-"cache-<host-slug>"; each `ServiceFiles` lists the files to place at their absolute paths, and the
-command that runs with them.
+"cache-<upstream id>" (the bundle keys of gateway/names.py); each `ServiceFiles` lists the files to
+place at their absolute paths, and the command that runs with them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway import names
 from gateway.config import GatewaySettings
 from gateway.render import layout as L
 from gateway.render import registry_config
@@ -19,9 +20,11 @@ from gateway.render.nginx import (
     DRAIN_SH,
     EGRESS_JS,
     METRICS_JS,
+    OWNCR_JS,
     REFERRERS_JS,
     ROUTER_JS,
     render_nginx_conf,
+    render_njs_names,
     render_routes,
     render_salt_conf,
 )
@@ -68,6 +71,9 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
     referrers = f"{lay.config_dir}/nginx/referrers.js"
     metrics = f"{lay.config_dir}/nginx/metrics.js"
     routes = f"{lay.config_dir}/nginx/routes.json"
+    # Imported by the other modules from their directory (js_path): names as they import them.
+    owncr = f"{lay.config_dir}/nginx/owncr.js"
+    njs_names = f"{lay.config_dir}/nginx/names.js"
     htpasswd = f"{lay.secret_dir}/htpasswd"
     salt = f"{lay.secret_dir}/auth-salt.conf"
     nginx_conf = render_nginx_conf(
@@ -96,8 +102,8 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
         registry_stop = ("sh", drain, "-", "TERM")
         drain_files = (RenderedFile(drain, DRAIN_SH.read_text(), secret=False),)
     services = {
-        "nginx": ServiceFiles(
-            name=L.NGINX_SERVICE if lay.production else "nginx",
+        names.NGINX_KEY: ServiceFiles(
+            name=names.NGINX_SERVICE if lay.production else names.NGINX_KEY,
             command=nginx_command,
             files=(
                 RenderedFile(conf, nginx_conf, secret=False),
@@ -105,6 +111,8 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
                 RenderedFile(egress, EGRESS_JS.read_text(), secret=False),
                 RenderedFile(referrers, REFERRERS_JS.read_text(), secret=False),
                 RenderedFile(metrics, METRICS_JS.read_text(), secret=False),
+                RenderedFile(owncr, OWNCR_JS.read_text(), secret=False),
+                RenderedFile(njs_names, render_njs_names(settings), secret=False),
                 RenderedFile(routes, render_routes(settings), secret=False),
                 RenderedFile(htpasswd, render_htpasswd(settings.users, settings.htpasswd_key), secret=True),
                 RenderedFile(salt, render_salt_conf(settings), secret=True),
@@ -115,10 +123,10 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
     }
     # Registry configs hold the storage keys (and upstream tokens): secrets.
     for i, addr in enumerate(lay.private_addrs):
-        key = L.private_key(i)
+        key = names.private_key(i)
         path = f"{lay.secret_dir}/{key}.yml"
         services[key] = ServiceFiles(
-            name=L.PRIVATE_SERVICE if lay.production else key,
+            name=names.PRIVATE_SERVICE if lay.production else key,
             command=(*registry_stop, registry_bin, "serve", path),
             files=(
                 RenderedFile(
@@ -134,7 +142,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
             debug_addr=_debug_addr(lay, key),
         )
     for upstream in settings.upstreams:
-        key = L.cache_key(upstream)
+        key = names.cache_key(upstream.id)
         addr = lay.cache_addrs[upstream.host]
         path = f"{lay.secret_dir}/{key}.yml"
         content = registry_config.dump(
@@ -143,7 +151,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
             )
         )
         services[key] = ServiceFiles(
-            name=L.cache_service(upstream) if lay.production else key,
+            name=names.cache_service(upstream.id) if lay.production else key,
             command=(*registry_stop, registry_bin, "serve", path),
             files=(RenderedFile(path, content, secret=True), *drain_files),
             port=_port(addr),
@@ -191,8 +199,8 @@ def render_local(
         missing = {u.host for u in settings.upstreams} - set(ports)
         if missing:
             raise ValueError(f"no {what} port for upstreams {sorted(missing)}")
-    registries = {L.private_key(i) for i in range(settings.private_replicas)}
-    registries |= {L.cache_key(u) for u in settings.upstreams}
+    registries = {names.private_key(i) for i in range(settings.private_replicas)}
+    registries |= {names.cache_key(u.id) for u in settings.upstreams}
     if set(debug_ports) != registries:
         raise ValueError(f"need debug ports for exactly {sorted(registries)}, got {sorted(debug_ports)}")
     proxy = " proxy_protocol" if settings.trusted_proxy_cidrs else ""

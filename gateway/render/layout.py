@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.config import GatewaySettings, Upstream
+from gateway.names import NGINX_SERVICE, PRIVATE_SERVICE, cache_key, cache_service, private_key
 
-# Production (Swarm). Service names are also the DNS names on the overlay network.
-NGINX_SERVICE = "owncr-gateway"
-PRIVATE_SERVICE = "owncr-registry-private"
-CACHE_SERVICE_PREFIX = "owncr-registry-cache-"
+# Production (Swarm); the services' names are gateway/names.py's.
 GATEWAY_PORT = 8080  # host-mode port the load balancer forwards to, PROXY protocol, both doors + /healthz
 REGISTRY_PORT = 5000  # every registry container, overlay network only
 # The caches' egress servers in the gateway (gateway/render/njs/egress.js): upstream i on
@@ -38,20 +36,6 @@ NGINX_USER = "nginx"  # the official nginx image's worker user
 # Docker's embedded DNS server, in every container on a user-defined (overlay) network.
 SWARM_DNS = "127.0.0.11"
 DRAIN_FLAG = "draining"  # in the state dir: present while a stopping gateway drains (drain.sh)
-
-
-def cache_service(upstream: Upstream) -> str:
-    return CACHE_SERVICE_PREFIX + upstream.slug
-
-
-def cache_key(upstream: Upstream) -> str:
-    """Bundle key of an upstream's cache service."""
-    return "cache-" + upstream.slug
-
-
-def private_key(replica: int) -> str:
-    """Bundle key of a private registry (locally each replica is its own process and key)."""
-    return "private" if replica == 0 else f"private-{replica + 1}"
 
 
 @dataclass(frozen=True)
@@ -106,7 +90,7 @@ def production_layout(settings: GatewaySettings, door_ports: tuple[int, int] | N
         mirror_listen=f"{ports[1]}{proxy}",
         auth_listen=f"127.0.0.1:{AUTH_PORT}",
         private_servers=(private,) * max(2, settings.private_replicas),
-        cache_servers={u.host: f"{cache_service(u)}:{REGISTRY_PORT}" for u in settings.upstreams},
+        cache_servers={u.host: f"{cache_service(u.id)}:{REGISTRY_PORT}" for u in settings.upstreams},
         private_addrs=(f":{REGISTRY_PORT}",),
         cache_addrs={u.host: f":{REGISTRY_PORT}" for u in settings.upstreams},
         nginx_user=NGINX_USER,
@@ -121,7 +105,7 @@ def production_layout(settings: GatewaySettings, door_ports: tuple[int, int] | N
             key: (f":{DEBUG_PORT}", f"{service}:{DEBUG_PORT}")
             for key, service in (
                 (private_key(0), PRIVATE_SERVICE),
-                *((cache_key(u), cache_service(u)) for u in settings.upstreams),
+                *((cache_key(u.id), cache_service(u.id)) for u in settings.upstreams),
             )
         },
         resolver=SWARM_DNS,

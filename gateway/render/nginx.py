@@ -1,6 +1,9 @@
-"""nginx.conf (Jinja2 templates in gateway/templates) and routes.json (read by gateway/render/njs/router.js).
+"""nginx.conf (Jinja2 templates in gateway/render/templates), routes.json (read by njs/router.js) and
+names.js (the vocabulary of gateway/names.py, for the njs modules).
 
-Every decision is made here in Python; the templates only place the values.
+Every decision is made here in Python; the templates only place the values. They get the vocabulary as
+`N` (gateway/names.py), `internal(route, rest)` for a route's internal URI and `oci_error(name, ...)`
+for an error answer's body: no template spells a route or an error body itself.
 """
 
 from __future__ import annotations
@@ -8,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import jinja2
 
+from gateway import names
 from gateway.config import DOCKER_HUB, GatewaySettings, S3Storage
 from gateway.names import MANIFEST_TYPES
 from gateway.render.layout import DRAIN_FLAG, NJS_MODULE, Layout, blob_cache_dir
@@ -23,6 +27,7 @@ ROUTER_JS = NJS / "router.js"
 EGRESS_JS = NJS / "egress.js"
 REFERRERS_JS = NJS / "referrers.js"
 METRICS_JS = NJS / "metrics.js"
+OWNCR_JS = NJS / "owncr.js"  # shared by the other modules; imports the generated names.js
 # The CA bundle the egress verifies https upstreams with: the same path in the official nginx image
 # (Alpine's ca-certificates) and on Debian.
 UPSTREAM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
@@ -51,9 +56,19 @@ _ENV = jinja2.Environment(
 )
 
 
-def nginx_id(host: str) -> str:
-    """`ghcr.io` -> `ghcr_io`: an nginx upstream/location name."""
-    return "".join(c if c.isalnum() else "_" for c in host)
+def nginx_string(text: str) -> str:
+    """`text` as a single-quoted nginx string (its newlines written as \\n, which nginx turns back)."""
+    if any(c in text for c in "'\\$"):
+        raise ValueError(f"not safe in an nginx string (quote, backslash or variable): {text!r}")
+    return "'" + text.replace("\n", "\\n") + "'"
+
+
+def oci_error(name: str, detail: object = None, **fields: str) -> str:
+    """The templates' one way to write an error answer: gateway/names.py's body, quoted for nginx."""
+    return nginx_string(names.error_body(name, detail, **fields))
+
+
+_ENV.globals.update(N=names, internal=names.uri, oci_error=oci_error)
 
 
 def auth_salt(settings: GatewaySettings) -> str:
@@ -66,14 +81,16 @@ def render_salt_conf(settings: GatewaySettings) -> str:
 
 
 def render_routes(settings: GatewaySettings) -> str:
-    """What router.js decides from: private namespaces, rights per user, upstream host -> nginx id."""
+    """What router.js decides from: private namespaces and rights per user (upstreams: names.js)."""
     data = {
         "namespaces": sorted(settings.namespaces, key=len, reverse=True),
         "users": {u.name: {"pull": list(u.pullable), "push": list(u.push)} for u in settings.users},
-        "hub": nginx_id(DOCKER_HUB),
-        "upstreams": {u.host: nginx_id(u.host) for u in settings.upstreams if u.host != DOCKER_HUB},
     }
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def render_njs_names(settings: GatewaySettings) -> str:
+    return names.njs_names((u.host for u in settings.upstreams), DOCKER_HUB)
 
 
 def render_nginx_conf(
@@ -100,11 +117,10 @@ def render_nginx_conf(
         state_dir=layout.state_dir,
         access_log=access_log,
         router_file=router_file,
+        njs_dir=str(PurePosixPath(router_file).parent),
         egress_file=egress_file,
         referrers_file=referrers_file,
         metrics_file=metrics_file,
-        # metrics.js labels an upstream by its host: "<nginx id>=<host> ..."
-        upstream_hosts=" ".join(f"{nginx_id(u.host)}={u.host}" for u in settings.upstreams),
         metrics_listen=layout.metrics_listen,
         debug_servers=[{"key": key, "server": server} for key, (_, server) in sorted(layout.debug.items())],
         manifest_types=", ".join(MANIFEST_TYPES),
@@ -125,14 +141,19 @@ def render_nginx_conf(
         # locally a replica restarting for maintenance would leave reads with no live server for seconds.
         private_server_params=" max_fails=0" + resolve,
         caches=[
-            {"id": nginx_id(u.host), "server": layout.cache_servers[u.host] + resolve}
+            {
+                "upstream": names.cache_route(u.id, "plain"),  # the nginx upstream block: the cache itself
+                "routes": {v: names.cache_route(u.id, v) for v in names.CACHE_VARIANTS},
+                "server": layout.cache_servers[u.host] + resolve,
+            }
             for u in settings.upstreams
         ],
         resolver=layout.resolver,
         egresses=[
             {
                 "host": u.host,
-                "id": nginx_id(u.host),
+                "id": u.id,
+                "route": names.egress_route(u.id),
                 "listen": layout.egress_listens[u.host],
                 "origin": u.url,
             }

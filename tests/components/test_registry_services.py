@@ -133,10 +133,18 @@ def njs_imports(files: ServiceFiles) -> list[tuple[str, ...]]:
     text = "\n".join(f.content for f in files.files)
     conf_dir = files.command[files.command.index("-c") + 1].rsplit("/", 1)[0]
     js_paths = re.findall(r"js_path\s+(\S+);", text)
+    modules = re.findall(r"js_import\s+\S+\s+from\s+(\S+);", text)
+    # ...and each file a module imports (`import x from 'f.js'`; not njs's built-ins such as 'fs').
+    modules += re.findall(r"^import\s+\w+\s+from\s+'([^']+\.js)';", text, re.MULTILINE)
     return [
         (module,) if module.startswith("/") else tuple(f"{d}/{module}" for d in (conf_dir, *js_paths))
-        for module in re.findall(r"js_import\s+\S+\s+from\s+(\S+);", text)
+        for module in modules
     ]
+
+
+def unmounted(referenced: set[str], mounted: dict[str, str]) -> set[str]:
+    """Referenced paths nothing mounts: neither a mounted file nor a directory holding one (js_path)."""
+    return {p for p in referenced if p not in mounted and not any(m.startswith(p + "/") for m in mounted)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -149,7 +157,7 @@ def test_every_rendered_and_referenced_path_is_mounted_in_its_reader(stack):
         paths = mounted(stack.service(key))
         for f in files.files:
             assert paths.get(f.path) == ("secret" if f.secret else "config"), (key, f.path)
-        missing = referenced_paths(files) - set(paths)
+        missing = unmounted(referenced_paths(files), paths)
         assert not missing, f"{key} reads {missing}, which nothing mounts"
         if key == "nginx":
             imports = njs_imports(files)
@@ -177,6 +185,19 @@ def test_referenced_paths_find_includes_and_the_njs_router():
     assert njs_imports(files) == [("/etc/owncr/nginx/router.js", "/etc/owncr/router.js")]
     absolute = replace(files, files=(RenderedFile("/c", "js_import r from /etc/owncr/r.js;", False),))
     assert njs_imports(absolute) == [("/etc/owncr/r.js",)]
+
+
+def test_module_imports_and_js_path_directories_are_checked_too():
+    module = RenderedFile(
+        "/etc/owncr/nginx/router.js", "import fs from 'fs';\nimport owncr from 'owncr.js';\n", False
+    )
+    conf = RenderedFile("/etc/owncr/nginx/nginx.conf", "js_path /etc/owncr/nginx;\n", False)
+    files = ServiceFiles(name="x", command=("nginx", "-c", conf.path), files=(conf, module), port=1)
+    # A module's import is found beside the config or in js_path; a built-in ('fs') is no file.
+    assert njs_imports(files) == [("/etc/owncr/nginx/owncr.js", "/etc/owncr/nginx/owncr.js")]
+    # A directory counts as mounted when a mounted file is inside it, not otherwise.
+    assert unmounted({"/etc/owncr/nginx"}, {"/etc/owncr/nginx/router.js": "config"}) == set()
+    assert unmounted({"/etc/owncr/nginx"}, {"/etc/owncr/nginx-other/x": "config"}) == {"/etc/owncr/nginx"}
 
 
 def test_only_nginx_publishes_and_all_share_one_overlay(stack):

@@ -158,6 +158,30 @@ REJECTED: list[tuple[str, dict[str, object], str, str, str]] = [
     ("domain not a hostname", {"domain": "cr example"}, "domain", "cr example", "hostname"),
     ("single-label domain", {"domain": "registry"}, "domain", "registry", "at least two labels"),
     ("uppercase domain", {"domain": "CR.example.com"}, "domain", "CR.example.com", "lowercase"),
+    # A door's host is nginx's server_name, which holds no port.
+    (
+        "domain with a port",
+        {"domain": "cr-dev.example.com:443"},
+        "domain",
+        "cr-dev.example.com:443",
+        "no port",
+    ),
+    ("domain label over 63", {"domain": "c" * 64 + ".example.com"}, "domain", "c" * 64, "at most 63"),
+    (
+        "domain with a newline",
+        {"domain": "cr-dev.example.com\n"},
+        "domain",
+        "cr-dev.example.com\n",
+        "hostname",
+    ),
+    (
+        # The router takes /v2/<host>/ only when <host> is a name component, which has no ':'.
+        "upstream host with a port",
+        {"upstreams": {"docker.io": "https://registry-1.docker.io", "ghcr.io:443": "https://ghcr.io"}},
+        "upstreams",
+        "ghcr.io:443",
+        "no port",
+    ),
     ("domain unset on the cloud", {"domain": ""}, "domain", "= :", "hostname"),
     (
         "mirror outside domain",
@@ -175,6 +199,20 @@ REJECTED: list[tuple[str, dict[str, object], str, str, str]] = [
     ),
     ("namespace grammar", {"privateNamespaces": ["Acme"]}, "privateNamespaces", "Acme", "OCI name component"),
     ("namespace leading dash", {"privateNamespaces": ["-acme"]}, "privateNamespaces", "-acme", "OCI name"),
+    (
+        "namespace with a newline",
+        {"privateNamespaces": ["acme\n"]},
+        "privateNamespaces",
+        "acme\n",
+        "OCI name",
+    ),
+    (
+        "namespace of two components",
+        {"privateNamespaces": ["acme/ops"]},
+        "privateNamespaces",
+        "acme/ops",
+        "OCI",
+    ),
     ("namespace library", {"privateNamespaces": ["library"]}, "privateNamespaces", "library", "`library`"),
     (
         "namespace = upstream",
@@ -217,6 +255,10 @@ REJECTED: list[tuple[str, dict[str, object], str, str, str]] = [
     ),
     ("user right misspelt", {"users": {"ci": {"pul": ["acme"]}}}, "users", "pul", "{pull: [namespaces]"),
     ("user name with colon", {"users": {"c:i": {"pull": ["acme"]}}}, "users", "c:i", "user names"),
+    ("user name with space", {"users": {"c i": {"pull": ["acme"]}}}, "users", "c i", "user names"),
+    ("user name with a newline", {"users": {"ci\n": {"pull": ["acme"]}}}, "users", "ci\n", "user names"),
+    ("user name starting with a dot", {"users": {".ci": {"pull": ["acme"]}}}, "users", ".ci", "user names"),
+    ("user name over 64", {"users": {"c" * 65: {"pull": ["acme"]}}}, "users", "c" * 65, "max 64"),
     (
         "user without password",
         {"userPasswords": {}},
@@ -272,6 +314,15 @@ REJECTED: list[tuple[str, dict[str, object], str, str, str]] = [
     ("unknown platform", {"platform": "aws"}, "platform", "aws", "digitalocean, local"),
     ("cache TTL in days", {"cacheTtl": "7d"}, "cacheTtl", "7d", "Go duration"),
     ("zero cache TTL", {"cacheTtl": "0h"}, "cacheTtl", "0h", "positive"),
+    # Go's ParseDuration reads ASCII digits only; Python's \d would take these.
+    (
+        "cache TTL in non-ASCII digits",
+        {"cacheTtl": "\u0661\u0666\u0668h"},
+        "cacheTtl",
+        "\u0661",
+        "Go duration",
+    ),
+    ("cache TTL with a newline", {"cacheTtl": "24h\n"}, "cacheTtl", "24h\n", "Go duration"),
     ("non-Ubuntu image", {"nodeImage": "debian-12-x64"}, "nodeImage", "debian-12-x64", "Ubuntu"),
     (
         "docker build for another Ubuntu",
@@ -378,6 +429,49 @@ def test_bad_value_is_rejected_naming_key_value_and_allowed(
     assert message.startswith(f"{full_key} = "), message
     assert value in message, message
     assert allowed in message, message
+
+
+# Values at the edge of the rules settings.py shares with the gateway (gateway/config.py) that load as
+# given; the gateway's own tests (tests/gateway/test_render.py) take the same values.
+@pytest.mark.parametrize(
+    ("overrides", "read"),
+    [
+        # Distribution reads Go durations, microseconds with the micro sign too.
+        pytest.param(
+            {"cacheTtl": "500\u00b5s"}, lambda s: s.registry.cache_ttl == "500\u00b5s", id="ttl-micro"
+        ),
+        pytest.param({"cacheTtl": "1h30m"}, lambda s: s.registry.cache_ttl == "1h30m", id="ttl-compound"),
+        # The gateway's htpasswd takes user names of either case.
+        pytest.param(
+            {"users": {"CI-Bot": {"pull": ["acme"]}}, "userPasswords": {"CI-Bot": "x" * 20}},
+            lambda s: [u.name for u in s.registry.users] == ["CI-Bot"],
+            id="user-uppercase",
+        ),
+        pytest.param(
+            {"domain": "c" * 63 + ".example.com", "mirrorDomain": "m." + "c" * 63 + ".example.com"},
+            lambda s: s.cloud.domain == "c" * 63 + ".example.com",
+            id="domain-label-63",
+        ),
+        pytest.param(
+            {
+                "upstreams": {
+                    "docker.io": "https://registry-1.docker.io",
+                    "registry.gitlab.com": "https://x.io",
+                }
+            },
+            lambda s: [u.host for u in s.registry.upstreams] == ["docker.io", "registry.gitlab.com"],
+            id="upstream-host",
+        ),
+        pytest.param(
+            {"privateNamespaces": ["acme", "a.b_c__d--e"]},
+            lambda s: s.registry.namespaces == ("acme", "a.b_c__d--e"),
+            id="namespace-separators",
+        ),
+    ],
+)
+@pulumi.runtime.test
+def test_values_the_gateway_renders_are_accepted(mocks, load_settings, overrides, read):
+    assert read(load_settings("dev", overrides))
 
 
 SECRET_VALUES = ("dckr_pat_0123456789", "test-password-ci-0123", "dop_v1_abc", "b3BlbnNzaC1rZXktdjEAAAAA")

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from urllib.parse import unquote, unquote_plus
 
 from gateway.config import DOCKER_HUB, GatewaySettings
-from gateway.render.nginx import nginx_id
+from gateway.names import (
+    MANIFEST_WRITE,
+    PING,
+    PRIVATE_READ,
+    PRIVATE_WRITE,
+    REFERRERS,
+    REFUSED,
+    cache_route,
+    upstream_id,
+)
 
 ENDPOINT = re.compile(
     r"^/v2/(.+?)/(manifests/([\w.:+=-]+)|blobs/uploads/?[\w.=-]*|blobs/[\w.:+=-]+|tags/list|referrers/[\w.:+=-]+)$",
@@ -26,7 +35,7 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 @dataclass(frozen=True)
 class Expect:
-    # What the access log's "route" says: "refused", "ping", "private_read", "cache_<id>[_tag|_blob]"; None
+    # What the access log's "route" says (gateway/names.py: REFUSED, PING, PRIVATE_READ, cache_route...); None
     # where router.js never runs (nginx answers first) or its pre-login choice does not matter (401).
     route: str | None
     status: int | None = None  # the gateway's own answer (refusals, ping, login); None: the registry's
@@ -96,8 +105,8 @@ def _cache(settings: GatewaySettings, name: str, rest: str, tag: bool) -> Expect
     first = name.split("/", 1)[0]
     if "/" in name and first in {u.host for u in settings.upstreams} and first != DOCKER_HUB:
         upstream = first
-    kind = "_tag" if tag else "_blob" if rest.startswith("blobs/") else ""
-    return Expect("cache_" + nginx_id(upstream) + kind)
+    variant = "tag" if tag else "blob" if rest.startswith("blobs/") else "plain"
+    return Expect(cache_route(upstream_id(upstream), variant))
 
 
 def registry_door(
@@ -113,43 +122,43 @@ def registry_door(
     read = method in ("GET", "HEAD")
     uri = normalize(path)
     if uri in ("/v2/", "/v2"):
-        return Expect("ping", 200) if read else Expect("refused", 405, "UNSUPPORTED")
+        return Expect(PING, 200) if read else Expect(REFUSED, 405, "UNSUPPORTED")
     if uri == "/v2/_catalog":
         if not read:
-            return Expect("refused", 405, "UNSUPPORTED")
+            return Expect(REFUSED, 405, "UNSUPPORTED")
         if set(settings.namespaces) - pull:
-            return Expect("refused", 403, "DENIED")
-        return Expect("private_read")
+            return Expect(REFUSED, 403, "DENIED")
+        return Expect(PRIVATE_READ)
     parsed = _parse(uri)
     if parsed is None:
-        return Expect("refused", 404, "NAME_INVALID")
+        return Expect(REFUSED, 404, "NAME_INVALID")
     name, rest, upload, tag = parsed
     ns = _private(settings, name)
     if ns is not None:
         if read and ns not in pull:
-            return Expect("refused", 403, "DENIED")
+            return Expect(REFUSED, 403, "DENIED")
         if not read and ns not in push:
-            return Expect("refused", 403, "DENIED")
+            return Expect(REFUSED, 403, "DENIED")
         media = (content_type or "").split(";")[0].strip().lower()
         if not read and media in FORM_TYPES:
-            return Expect("refused", 415, "UNSUPPORTED")
+            return Expect(REFUSED, 415, "UNSUPPORTED")
         if upload and not read:
             sources = _mount_sources(query)
             if sources is None:
-                return Expect("refused", 400, "UNSUPPORTED")
+                return Expect(REFUSED, 400, "UNSUPPORTED")
             for source in sources:
                 from_ns = _private(settings, source)
                 if from_ns is not None and from_ns not in pull:
-                    return Expect("refused", 403, "DENIED")
+                    return Expect(REFUSED, 403, "DENIED")
         if rest.startswith("referrers/"):
-            return Expect("referrers" if read else "private_write")
+            return Expect(REFERRERS if read else PRIVATE_WRITE)
         if rest.startswith("manifests/") and method in ("PUT", "DELETE"):
-            return Expect("manifest_write")
-        return Expect("private_read" if read else "private_write")
+            return Expect(MANIFEST_WRITE)
+        return Expect(PRIVATE_READ if read else PRIVATE_WRITE)
     if not read:
-        return Expect("refused", 403, "DENIED")
+        return Expect(REFUSED, 403, "DENIED")
     if upload:
-        return Expect("private_read")
+        return Expect(PRIVATE_READ)
     return _cache(settings, name, rest, tag)
 
 
@@ -157,25 +166,25 @@ def mirror_door(settings: GatewaySettings, method: str, path: str, client_allowe
     if (early := nginx_answer(path)) is not None:
         return early
     if not client_allowed:
-        return Expect("refused", 403, "DENIED")
+        return Expect(REFUSED, 403, "DENIED")
     if method not in ("GET", "HEAD"):
-        return Expect("refused", 405, "UNSUPPORTED")
+        return Expect(REFUSED, 405, "UNSUPPORTED")
     uri = normalize(path)
     if uri in ("/v2/", "/v2"):
-        return Expect("ping", 200)
+        return Expect(PING, 200)
     if uri == "/v2/_catalog":
-        return Expect("refused", 403, "DENIED")
+        return Expect(REFUSED, 403, "DENIED")
     parsed = _parse(uri)
     if parsed is None:
-        return Expect("refused", 404, "NAME_INVALID")
+        return Expect(REFUSED, 404, "NAME_INVALID")
     name, rest, upload, tag = parsed
     if upload:
-        return Expect("refused", 404, "BLOB_UPLOAD_UNKNOWN")
+        return Expect(REFUSED, 404, "BLOB_UPLOAD_UNKNOWN")
     if _private(settings, name) is not None:
         if rest.startswith("manifests/") and not tag:
-            return Expect("refused", 500, "UNKNOWN")  # what the cache answers for an unknown digest
+            return Expect(REFUSED, 500, "UNKNOWN")  # what the cache answers for an unknown digest
         code = "MANIFEST_UNKNOWN" if rest.startswith("manifests/") else "BLOB_UNKNOWN"
         if not rest.startswith(("manifests/", "blobs/")):
             code = "NAME_UNKNOWN"
-        return Expect("refused", 404, code)
+        return Expect(REFUSED, 404, code)
     return _cache(settings, name, rest, tag)

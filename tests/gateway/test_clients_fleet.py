@@ -24,7 +24,7 @@ import yaml
 from gateway.bench.images import Image, Layer, MiB
 from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
 from gateway.local.runner import LocalGateway
-from gateway.render.layout import cache_key
+from gateway.names import cache_key, cache_route
 from tests.gateway.client_harness import Images, Launcher
 from tests.gateway.fault_upstream import DOWNLOAD, TOKEN, FaultUpstream
 from tests.gateway.production_versions import assert_production
@@ -127,7 +127,7 @@ def test_a_cold_fleet_costs_the_upstream_one_fetch_per_blob(launch: Launcher, im
     assert set(fetched) == unique
     # One upstream GET per blob for 20 clients (Distribution alone streams every concurrent miss).
     assert fetched == Counter({d: 1 for d in unique}), fetched
-    mirror_gets = [e for e in gateway.access_log() if e["route"] == "cache_docker_io_blob"]
+    mirror_gets = [e for e in gateway.access_log() if e["route"] == cache_route("docker-io", "blob")]
     assert len(mirror_gets) == FLEET * len(unique)
 
 
@@ -273,7 +273,7 @@ def remote_url(node: LocalGateway) -> str:
     """The URL a node's cache calls its upstream by: the node's egress server."""
     (upstream,) = node.settings.upstreams
     assert node.bundle is not None, "not started"
-    files = node.bundle.services[cache_key(upstream)].files
+    files = node.bundle.services[cache_key(upstream.id)].files
     config = yaml.safe_load(next(f.content for f in files if f.path.endswith(".yml")))
     return config["proxy"]["remoteurl"]
 

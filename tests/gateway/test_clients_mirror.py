@@ -14,6 +14,7 @@ import yaml
 
 from gateway.bench.images import Image, Layer, MiB
 from gateway.config import GatewaySettings
+from gateway.names import cache_route
 from tests.gateway.client_harness import (
     USERS,
     Containerd,
@@ -223,5 +224,5 @@ def test_served_from_cache_when_the_upstream_is_down(
     ]
     # The cache itself answered 404; the door turned it into 503 while the upstream is remembered down.
     assert {(e["route"], e["status"], e["upstream_status"]) for e in answers} == {
-        ("cache_docker_io_tag", 503, "404")
+        (cache_route("docker-io", "tag"), 503, "404")
     }, answers

@@ -21,11 +21,11 @@ import yaml
 from gateway import __main__ as gateway_main
 from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, SettingsError, Upstream, User
 from gateway.local import binaries
+from gateway.names import cache_key, private_key
 from gateway.render import layout
 from gateway.render.bundle import Bundle, render_local, render_production
 from gateway.render.htpasswd import bcrypt_base64 as htpasswd_base64
 from gateway.render.htpasswd import hash_password, render_htpasswd
-from gateway.render.layout import cache_key, private_key
 from tests.gateway.routing_fixtures import HTTP_SECRET
 
 HUB_TOKEN = "dckr_pat_hub-token-value"  # noqa: S105 (test value)
@@ -65,7 +65,7 @@ def local(settings: GatewaySettings = SETTINGS, data_dir: str = "/srv/owncr") ->
         metrics_port=7200,
         debug_ports={
             **{private_key(i): 7300 + i for i in range(settings.private_replicas)},
-            **{cache_key(u): 7400 + i for i, u in enumerate(settings.upstreams)},
+            **{cache_key(u.id): 7400 + i for i, u in enumerate(settings.upstreams)},
         },
         registry_bin=binaries.default_registry(),
         nginx_bin=binaries.default_nginx(),
@@ -96,8 +96,13 @@ def configs(bundle: Bundle) -> dict[str, dict[str, Any]]:
         ({"mirror_client_cidrs": ["10.0.0.0/8"]}, "tuple"),
         ({"trusted_proxy_cidrs": ("nope",)}, "trusted_proxy_cidrs"),
         ({"cache_ttl": "7 days"}, "cache_ttl"),
+        ({"cache_ttl": "24h\n"}, "cache_ttl"),
+        ({"namespaces": ("acme\n",)}, "namespace 'acme"),
         ({"mirror_host": "cr.example.org"}, "must differ"),
         ({"registry_host": "CR.example.org"}, "registry_host"),
+        # nginx's server_name holds no port; a DNS label has at most 63 characters.
+        ({"registry_host": "cr.example.org:443"}, "registry_host"),
+        ({"mirror_host": "m" * 64 + ".example.org"}, "mirror_host"),
         ({"login_burst": 0}, "login_burst"),
     ],
 )
@@ -110,6 +115,9 @@ def test_invalid_settings_are_rejected_with_the_field_named(change: dict[str, An
     ("make", "message"),
     [
         (lambda: User("al:ice", "password1"), "user name"),
+        (lambda: User("al ice", "password1"), "user name"),
+        # The router takes /v2/<host>/ only when <host> is a repository name component, which has no ':'.
+        (lambda: Upstream("ghcr.io:443", "https://ghcr.io"), "upstream host"),
         (lambda: User("alice", "short"), "at least 8"),
         (lambda: User("alice", "x" * 73), "72 bytes"),
         (lambda: Upstream("ghcr.io", "https://ghcr.io/path"), "without a path"),
@@ -122,6 +130,14 @@ def test_invalid_settings_are_rejected_with_the_field_named(change: dict[str, An
 def test_invalid_parts_are_rejected(make: Any, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         make()
+
+
+def test_settings_take_what_distribution_and_htpasswd_take() -> None:
+    # Go's time.ParseDuration, microseconds with the micro sign too; htpasswd user names of either case.
+    assert replace(SETTINGS, cache_ttl="500\u00b5s").cache_ttl == "500\u00b5s"
+    assert replace(SETTINGS, cache_ttl="1h30m").cache_ttl == "1h30m"
+    assert User("CI-Bot", "password1", pull=("acme",)).name == "CI-Bot"
+    assert replace(SETTINGS, mirror_host="m" * 63 + ".example.org").mirror_host.startswith("m" * 63)
 
 
 def test_secrets_stay_out_of_reprs() -> None:
@@ -195,6 +211,8 @@ def test_local_bundle_has_every_service_and_marks_secrets() -> None:
             "egress.js",
             "referrers.js",
             "metrics.js",
+            "owncr.js",
+            "names.js",
             "routes.json",
             "htpasswd",
             "auth-salt.conf",
@@ -319,16 +337,24 @@ def test_upstream_credentials_only_in_their_cache_config() -> None:
     assert "proxy_ssl_verify on;" in conf
 
 
-def test_routes_json_carries_rights_and_upstreams() -> None:
+def test_routes_json_carries_rights_and_names_js_the_upstreams() -> None:
     nginx = {Path(f.path).name: f.content for f in local().services["nginx"].files}
     routes = json.loads(nginx["routes.json"])
     assert routes == {
-        "hub": "docker_io",
         "namespaces": ["team/ops", "acme"],
-        "upstreams": {"ghcr.io": "ghcr_io"},
         "users": {"alice": {"pull": ["acme"], "push": ["acme"]}, "bob": {"pull": ["team/ops"], "push": []}},
     }
     assert "alice-password" not in nginx["routes.json"]
+    prefix = "export default "
+    module = nginx["names.js"].split("\n", 1)[1]
+    assert module.startswith(prefix) and module.endswith(";\n")
+    vocabulary = json.loads(module.removeprefix(prefix).removesuffix(";\n"))
+    assert vocabulary["hub"] == "docker-io"
+    assert vocabulary["upstreamIds"] == {"docker.io": "docker-io", "ghcr.io": "ghcr-io"}
+    assert vocabulary["upstreams"]["ghcr-io"] == {
+        "host": "ghcr.io",
+        "routes": {"plain": "cache_ghcr-io", "tag": "cache_ghcr-io_tag", "blob": "cache_ghcr-io_blob"},
+    }
 
 
 def test_local_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:

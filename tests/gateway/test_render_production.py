@@ -56,8 +56,9 @@ def _inside_namespace(work: Path) -> None:
     from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
     from gateway.local import binaries
     from gateway.local.plain_registry import PlainRegistry
+    from gateway.names import NGINX_SERVICE
     from gateway.render.bundle import render_production
-    from gateway.render.layout import DEBUG_PORT, GATEWAY_PORT, METRICS_PORT, NGINX_SERVICE
+    from gateway.render.layout import DEBUG_PORT, GATEWAY_PORT, METRICS_PORT
     from tests.gateway import swarm_dns
     from tests.gateway.routing_fixtures import (
         ACCEPT,

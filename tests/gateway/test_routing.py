@@ -17,6 +17,7 @@ from gateway.config import JS_ENGINES, FilesystemStorage, GatewaySettings, Upstr
 from gateway.local.plain_registry import PlainRegistry
 from gateway.local.ports import free_ports
 from gateway.local.runner import LocalGateway
+from gateway.names import cache_route
 from gateway.render import layout
 from tests.gateway.routing_fixtures import (
     ACCEPT,
@@ -246,7 +247,9 @@ def test_upstream_names_are_read_through_the_cache(env: Env, base_attr: str) -> 
             assert (resp.status, resp.headers["Docker-Content-Digest"]) == (200, image.digest)
     blob = request(f"{base}/v2/library/alpine/blobs/{digest_of(UPSTREAM_ALPINE.layer)}", auth=auth)
     assert (blob.status, blob.body) == (200, UPSTREAM_ALPINE.layer)
-    assert env.logged(mark, "/v2/ghcr.io/org/tool/manifests/1", 2)[-1]["route"] == "cache_ghcr_io_tag"
+    assert env.logged(mark, "/v2/ghcr.io/org/tool/manifests/1", 2)[-1]["route"] == cache_route(
+        "ghcr-io", "tag"
+    )
 
 
 def test_catalog_lists_private_repositories_only_and_needs_a_login(env: Env) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from components import gateway_wiring
 from components.plan import swarm_specs
+from gateway import names
 from gateway.render.bundle import Bundle
 from settings import Images, Registry, Upstream, User
 from tests.components.engine.swarm_pki import TestCa
@@ -145,7 +146,7 @@ class Cluster:
         return bundle
 
     def _body(self, spec: swarm_specs.ServiceSpec) -> dict[str, Any]:
-        is_nginx = spec["key"] == swarm_specs.NGINX_KEY
+        is_nginx = spec["key"] == names.NGINX_KEY
         return swarm_apply.engine_service_spec(
             spec,
             self.objects,
@@ -158,7 +159,7 @@ class Cluster:
         name = f"owncr-{STACK}-upstream"
         data = base64.b64encode(UPSTREAM_CONFIG.encode()).decode()
         config = self.engine.post("/configs/create", {"Name": name, "Data": data})["ID"]
-        cache = next(s for s in specs if s["key"].startswith(swarm_specs.CACHE_PREFIX))
+        cache = next(s for s in specs if s["key"].startswith(names.CACHE_KEY_PREFIX))
         spec: swarm_specs.ServiceSpec = {
             **cache,
             "key": "upstream",
@@ -236,7 +237,7 @@ class Cluster:
     def nginx_errors(self) -> list[str]:
         """nginx's upstream errors from every nginx container on every live node (`docker service logs`
         would wait for the dead node's), to say why a request failed."""
-        name = self.engine.get(f"/services/{self.service_ids[swarm_specs.NGINX_KEY]}")["Spec"]["Name"]
+        name = self.engine.get(f"/services/{self.service_ids[names.NGINX_KEY]}")["Spec"]["Name"]
         lines: list[str] = []
         for engine in self.engines:
             with contextlib.suppress(OSError, swarm_engine.EngineError, subprocess.TimeoutExpired):
@@ -321,7 +322,7 @@ def new_sandbox(root: Path) -> Sandbox:
 def kill_node_choice(cluster: Cluster) -> SandboxNode:
     """Node 1 or 2 (never node 0), preferring one that runs a private replica and the cache."""
     ids = cluster.node_ids()
-    private = set(cluster.task_nodes(swarm_specs.PRIVATE_KEY))
+    private = set(cluster.task_nodes(names.PRIVATE_KEY))
     cache = set(cluster.task_nodes(next(k for k in cluster.service_ids if k.startswith("cache-"))))
 
     def score(node: SandboxNode) -> tuple[bool, bool]:

@@ -31,7 +31,8 @@ from pathlib import Path
 from types import FrameType
 
 from components import gateway_wiring
-from components.plan import lb_health, swarm_specs
+from components.plan import lb_health
+from gateway import names
 from gateway.render import layout as gateway_layout
 from tests.ha import ha_cluster, ha_lb, ha_load
 from tests.services import swarm_engine
@@ -164,14 +165,12 @@ class Faults:
         start = time.monotonic()
         log("(a) rolling update of nginx: bob's password changes")
         rotated = {gateway_wiring.password_key("bob"): f"bob-rotated-{time.time_ns()}"}
-        self.cluster.roll(swarm_specs.NGINX_KEY, values=self.cluster.values | rotated)
+        self.cluster.roll(names.NGINX_KEY, values=self.cluster.values | rotated)
         # Done for the clients once every node runs the new spec and is back in rotation; Swarm then
         # still waits its delay and monitor before it calls the update complete (checked at the end).
-        wait_for(
-            "every nginx task on the new spec", lambda: self.cluster.converged([swarm_specs.NGINX_KEY]), 900
-        )
+        wait_for("every nginx task on the new spec", lambda: self.cluster.converged([names.NGINX_KEY]), 900)
         self.lb.wait_states(dict.fromkeys(self.names, "UP"), timeout=120)
-        self.pending_updates.append(swarm_specs.NGINX_KEY)
+        self.pending_updates.append(names.NGINX_KEY)
         self.phases.append(Phase("(a) nginx rolling update (password change)", start, time.monotonic(),
                                  ALL_WORKERS, "0 failed"))  # fmt: skip
         log("(a) done: every nginx task replaced, all nodes UP")
@@ -179,8 +178,8 @@ class Faults:
     def registry_update(self) -> None:
         start = time.monotonic()
         log("(b) rolling update of the private registry: a new image")
-        self.cluster.roll(swarm_specs.PRIVATE_KEY, registry_image=ha_cluster.REGISTRY_IMAGES[1])
-        self.cluster.wait_update(swarm_specs.PRIVATE_KEY, timeout=600)
+        self.cluster.roll(names.PRIVATE_KEY, registry_image=ha_cluster.REGISTRY_IMAGES[1])
+        self.cluster.wait_update(names.PRIVATE_KEY, timeout=600)
         self.phases.append(Phase("(b) private registry rolling update", start, time.monotonic(),
                                  ALL_WORKERS, "0 failed"))  # fmt: skip
         log("(b) done")
@@ -199,7 +198,7 @@ class Faults:
         lb.wait_states({vname: "DOWN"}, timeout=detection + 30)
         self.down_after = time.monotonic() - start
         log(f"(c) load balancer marked {vname} DOWN after {self.down_after:.1f}s (bound {detection}s)")
-        registries = [k for k in cluster.service_ids if k != swarm_specs.NGINX_KEY]
+        registries = [k for k in cluster.service_ids if k != names.NGINX_KEY]
         cluster.wait_converged(registries, timeout=240)
         log(f"(c) registries back to their replicas {time.monotonic() - start:.1f}s after the kill")
         wait_for("end of the detection window", lambda: time.monotonic() - start > detection + 10, 60)

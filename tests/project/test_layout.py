@@ -17,7 +17,7 @@ GATEWAY_BASE = ("gateway.config", "gateway.names")
 # of its own rule and of the rules listed. The longest matching key decides.
 ALLOWED: dict[str, tuple[str, ...]] = {
     "=gateway": (),  # the package's docstring
-    "gateway.config": (),
+    "gateway.config": ("gateway.names",),
     "gateway.names": (),
     "gateway.render": GATEWAY_BASE,
     "gateway.local": (*GATEWAY_BASE, "gateway.render"),

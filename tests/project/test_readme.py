@@ -65,7 +65,8 @@ def config_table() -> str:
 
 
 def exported_names() -> set[str]:
-    source = (ROOT / "__main__.py").read_text(encoding="utf-8")
+    # The storage components export their own outputs (components/storage.py, RegistryStorage.export).
+    source = "".join((ROOT / f).read_text(encoding="utf-8") for f in ("__main__.py", "components/storage.py"))
     return set(re.findall(r'pulumi\.export\(\s*"([a-z0-9_]+)"', source))
 
 

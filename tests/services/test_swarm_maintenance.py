@@ -28,6 +28,7 @@ import pytest
 
 from components.cli.maintenance import HELPER_LABEL, helper_spec, with_read_only
 from components.plan import swarm_specs
+from gateway import names
 from gateway.bench.images import Image, Layer, build_image
 from gateway.render.registry_config import READ_ONLY_ENV
 from tests import ROOT
@@ -108,7 +109,7 @@ def test_maintenance_workflow_entry_point_on_a_live_swarm(
     engine = swarm.engine
     local = deploy_local_stack(swarm, "svcmaint")
     registry_port, mirror_port = local.registry_port, local.mirror_port
-    private = swarm_specs.service_name("svcmaint", swarm_specs.PRIVATE_KEY)
+    private = swarm_specs.service_name("svcmaint", names.PRIVATE_KEY)
     spec_before = engine.get(f"/services/{private}")["Spec"]
 
     # Pushed a second apart: push times (tag link mtimes) have one-second resolution.

@@ -33,6 +33,7 @@ import pytest
 from components import gateway_wiring
 from components.local_swarm import INIT_SCRIPT
 from components.plan import swarm_specs
+from gateway import names
 from gateway.bench.images import Image, Layer, build_image
 from gateway.local.binaries import default_dockerd
 from gateway.render.bundle import Bundle
@@ -162,7 +163,7 @@ class Deployment:
 
 
 def _service_body(swarm: Swarm, dep: Deployment, spec: swarm_specs.ServiceSpec) -> dict[str, Any]:
-    is_nginx = spec["key"] == swarm_specs.NGINX_KEY
+    is_nginx = spec["key"] == names.NGINX_KEY
     return swarm_apply.engine_service_spec(
         spec,
         dep.objects,
@@ -207,7 +208,7 @@ def deploy(swarm: Swarm, stack: str, bundle: Bundle, plan: swarm_specs.ServicePl
     # The Docker Hub stand-in: a plain registry on the overlay network, published for seeding.
     up_name = f"owncr-{stack}-upstream"
     up_objects = {"cfg": (engine.post("/configs/create", _config(up_name, UPSTREAM_CONFIG))["ID"], up_name)}
-    up_spec = copy.deepcopy(next(s for s in specs if s["key"].startswith(swarm_specs.CACHE_PREFIX)))
+    up_spec = copy.deepcopy(next(s for s in specs if s["key"].startswith(names.CACHE_KEY_PREFIX)))
     up_spec["key"], up_spec["name"], up_spec["alias"] = "upstream", up_name, UPSTREAM_ALIAS
     up_spec["command"] = ["registry", "serve", "/etc/distribution/config.yml"]
     up_spec["configs"] = [{"object": "cfg", "target": "/etc/distribution/config.yml", "mode": 0o444}]
@@ -343,7 +344,7 @@ def test_local_stack_specs_push_and_mirror_pull(swarm: Swarm, tmp_path: Path) ->
     rotated = gateway_wiring.local_build(registry)(
         values | {gateway_wiring.password_key("alice"): new_password}
     )
-    assert roll(swarm, dep, rotated, plan) == {swarm_specs.NGINX_KEY}
+    assert roll(swarm, dep, rotated, plan) == {names.NGINX_KEY}
     old = skopeo(
         "inspect", "--raw", "--tls-verify=false", "--creds", f"alice:{PASSWORD}", target, check=False
     )
@@ -353,10 +354,10 @@ def test_local_stack_specs_push_and_mirror_pull(swarm: Swarm, tmp_path: Path) ->
 
     # An update whose new tasks fail: Swarm rolls it back, and the rollout wait fails `up` with Swarm's
     # message instead of reporting success; the previous spec keeps serving.
-    (nginx_spec,) = [s for s in swarm_specs.service_specs(rotated, plan) if s["key"] == swarm_specs.NGINX_KEY]
+    (nginx_spec,) = [s for s in swarm_specs.service_specs(rotated, plan) if s["key"] == names.NGINX_KEY]
     broken = _service_body(swarm, dep, nginx_spec)
     broken["TaskTemplate"]["ContainerSpec"]["Command"] = ["cat", "/nonexistent/nginx.conf"]
-    sid = dep.service_ids[swarm_specs.NGINX_KEY]
+    sid = dep.service_ids[names.NGINX_KEY]
     version = swarm.engine.get(f"/services/{sid}")["Version"]["Index"]
     swarm.engine.post(f"/services/{sid}/update?version={version}", broken)
     failed = rollout_wait(swarm.engine, swarm_specs.service_specs(rotated, plan))

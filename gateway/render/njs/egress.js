@@ -9,15 +9,20 @@
 // signed: /_owncr/via/<kind>/<signature>/<scheme>/<host><path>. Only URLs an upstream handed out are
 // fetched this way; the egress is no open proxy for whoever reaches its port.
 import crypto from 'crypto';
+import owncr from 'owncr.js';
 
-// Failure memory: the upstream's nginx id -> "<until ms>,<status>" (status: 429 rate limit, 503 down).
+var N = owncr.names;
+var E = N.egress;
+// Failure memory: the upstream's id -> "<until ms>,<status>" (status: 429 rate limit, 503 down).
 var MEMORY = 'owncr_upstreams';
 var RETRY_AFTER_DEFAULT = 60;
 // A rate-limit window longer than this is cut short: one request then finds out whether it still holds.
 var RETRY_AFTER_MAX = 600;
 // The upstream's own paths and the token realm answer small documents quickly; blobs and redirected
 // downloads stream (egress.conf.j2 gives each its read timeout).
-var VIA = /^\/_owncr\/via\/(realm|redirect)\/([0-9a-f]{32})\/(https?)\/([^/?]+)(\/[^?]*)?(\?.*)?$/;
+var VIA_PREFIX = owncr.internal(N.routes.via, '/');
+var VIA = new RegExp('^' + VIA_PREFIX + '(' + E.realm + '|' + E.redirect + ')'
+    + '/([0-9a-f]{32})/(https?)/([^/?]+)(/[^?]*)?(\\?.*)?$');
 
 function remembered(id) {
     var value = ngx.shared[MEMORY].get(id);
@@ -38,37 +43,51 @@ function signature(r, kind, origin, path) {
         .update('owncr-egress\n' + kind + '\n' + origin + path).digest('hex').slice(0, 32);
 }
 
-function route(r, where, url, authorization) {
+// What a cache asked its upstream for, for metrics.js ($owncr_kind): its own paths, the token realm,
+// a redirected download.
+function upstreamKind(uri) {
+    if (uri.indexOf('/blobs/') >= 0) {
+        return 'blob';
+    }
+    if (uri.indexOf('/manifests/') >= 0) {
+        return 'manifest';
+    }
+    return uri.indexOf('/tags/') >= 0 ? 'tags' : 'ping';
+}
+
+function route(r, where, url, authorization, kind) {
     r.variables.owncr_egress_url = url;
     r.variables.owncr_egress_authorization = authorization;
-    return '/_owncr/egress/' + where;
+    r.variables.owncr_kind = kind;
+    return owncr.egress(where);
 }
 
 // js_set $owncr_egress_next (rewrite phase): where this request of a cache goes.
 function next(r) {
-    var id = r.variables.owncr_egress_id;
+    var id = r.variables.owncr_upstream;
     var down = remembered(id);
     if (down !== null) {
         r.variables.owncr_egress_retry = String(down.seconds);
-        return '/_owncr/egress/remembered_' + down.status;
+        return owncr.egress(E.remembered[down.status]);
     }
     var uri = r.variables.request_uri;
     var auth = r.headersIn.Authorization || '';
-    if (uri.indexOf('/_owncr/via/') !== 0) {
-        var where = uri.indexOf('/blobs/') >= 0 ? 'stream' : 'answer';
-        return route(r, where, r.variables.owncr_egress_origin + uri, auth);
+    if (uri.indexOf(VIA_PREFIX) !== 0) {
+        var kind = upstreamKind(uri);
+        var where = kind === 'blob' ? E.stream : E.answer;
+        return route(r, where, r.variables.owncr_egress_origin + uri, auth, kind);
     }
     var m = VIA.exec(uri);
     var origin = m === null ? '' : m[3] + '://' + m[4];
     var path = m === null ? '' : m[5] || '';
     if (m === null || m[2] !== signature(r, m[1], origin, path)) {
-        return '/_owncr/egress/forged';
+        return owncr.egress(E.forged);
     }
     // A token request carries the cache's upstream login; a redirected download is signed by its URL
     // (presigned) and must not carry the upstream's token to another host.
-    return m[1] === 'realm'
-        ? route(r, 'answer', origin + path + (m[6] || ''), auth)
-        : route(r, 'stream', origin + path + (m[6] || ''), '');
+    return m[1] === E.realm
+        ? route(r, E.answer, origin + path + (m[6] || ''), auth, 'token')
+        : route(r, E.stream, origin + path + (m[6] || ''), '', 'download');
 }
 
 function via(r, kind, url) {
@@ -79,7 +98,7 @@ function via(r, kind, url) {
     var scheme = m[1].toLowerCase();
     var path = m[3] || '';
     var sig = signature(r, kind, scheme + '://' + m[2], path);
-    return 'http://' + r.variables.http_host + '/_owncr/via/' + kind + '/' + sig + '/' + scheme + '/' + m[2]
+    return 'http://' + r.variables.http_host + VIA_PREFIX + kind + '/' + sig + '/' + scheme + '/' + m[2]
         + path + (m[4] || '');
 }
 
@@ -96,7 +115,7 @@ function retryAfter(value) {
 // js_header_filter of the proxied locations: remember a rate limit or an outage (nginx's own 502/504
 // after a refused connection or a timeout pass here too), and keep follow-up URLs on the egress.
 function answered(r) {
-    var id = r.variables.owncr_egress_id;
+    var id = r.variables.owncr_upstream;
     if (r.status === 429) {
         remember(id, retryAfter(r.headersOut['Retry-After']), 429);
     } else if (r.status === 502 || r.status === 503 || r.status === 504) {
@@ -106,20 +125,21 @@ function answered(r) {
     var challenge = r.headersOut['WWW-Authenticate'];
     if (challenge) {
         r.headersOut['WWW-Authenticate'] = challenge.replace(/realm="([^"]+)"/i, function (all, url) {
-            return 'realm="' + via(r, 'realm', url) + '"';
+            return 'realm="' + via(r, E.realm, url) + '"';
         });
     }
     var location = r.headersOut.Location;
     if (location && /^https?:\/\//i.test(location)) {
-        r.headersOut.Location = via(r, 'redirect', location);
+        r.headersOut.Location = via(r, E.redirect, location);
     }
 }
 
 // js_set $owncr_upstream_down (the doors): "1" while the upstream behind this request's cache route (tag,
-// blob, or manifest by digest and tag list) is remembered as down or rate limiting.
+// blob, or manifest by digest and tag list; router.js set $owncr_upstream) is remembered as down or rate
+// limiting.
 function upstreamDown(r) {
-    var m = /^cache_(\w+?)(?:_tag|_blob)?$/.exec(r.variables.owncr_route || '');
-    var down = m === null ? null : remembered(m[1]);
+    var id = owncr.upstreamOf(r);
+    var down = id === null ? null : remembered(id);
     if (down === null) {
         return '';
     }
@@ -127,7 +147,7 @@ function upstreamDown(r) {
     return '1';
 }
 
-// js_set $owncr_upstream_states (the metrics server): JSON {<nginx id>: {seconds, status}} of every upstream
+// js_set $owncr_upstream_states (the metrics server): JSON {<upstream id>: {seconds, status}} of every upstream
 // remembered as down or rate limiting now.
 function upstreamStates(r) {
     var states = {};

@@ -7,6 +7,11 @@
 // Each counter is kept under its own sample text (`name{label="value",...}`), so serving is a listing.
 // Label values come only from the gateway's own vocabulary (doors, route ids, nginx's cache statuses, the
 // three digits of a status), never from a request's path or headers: a client cannot grow the series.
+// Which upstream a request concerns and what of it ($owncr_upstream, $owncr_kind) router.js and egress.js
+// decide and hand over; an upstream's host label is its entry in names.js.
+import owncr from 'owncr.js';
+
+var N = owncr.names;
 
 var COUNTERS = 'owncr_metrics';
 var MAX_SERIES = 100000; // more than the zone can hold: every series is listed
@@ -39,18 +44,6 @@ function add(name, labels, value) {
     ngx.shared[COUNTERS].incr(name + '{' + text + '}', value, 0);
 }
 
-// "docker_io=docker.io ghcr_io=ghcr.io" (nginx.py) -> {docker_io: 'docker.io', ...}
-function upstreamHosts(r) {
-    var hosts = {};
-    (r.variables.owncr_upstream_hosts || '').split(' ').forEach(function (pair) {
-        var eq = pair.indexOf('=');
-        if (eq > 0) {
-            hosts[pair.slice(0, eq)] = pair.slice(eq + 1);
-        }
-    });
-    return hosts;
-}
-
 function sum(list) {
     // $upstream_bytes_received lists each attempt ("512, 1024"; "-" for none).
     return (list || '').split(/[,:]/).reduce(function (total, n) {
@@ -59,32 +52,11 @@ function sum(list) {
     }, 0);
 }
 
-var CACHE_ROUTE = /^cache_(\w+?)(_tag|_blob)?$/;
 var STATUS = /^[1-5][0-9][0-9]$/;
-
-function doorKind(route, uri) {
-    if (route === '_blob') {
-        return 'blob';
-    }
-    return route === '_tag' || uri.indexOf('/manifests/') >= 0 ? 'manifest' : 'tags';
-}
-
-// What a cache asked its upstream for (egress.js's routes: its own paths, the token realm, redirects).
-function upstreamKind(uri) {
-    if (uri.indexOf('/_owncr/via/realm/') === 0) {
-        return 'token';
-    }
-    if (uri.indexOf('/_owncr/via/redirect/') === 0) {
-        return 'download';
-    }
-    if (uri.indexOf('/blobs/') >= 0) {
-        return 'blob';
-    }
-    if (uri.indexOf('/manifests/') >= 0) {
-        return 'manifest';
-    }
-    return uri.indexOf('/tags/') >= 0 ? 'tags' : 'ping';
-}
+var ASKED = [owncr.egress(N.egress.answer), owncr.egress(N.egress.stream)];
+var SPARED = {};
+SPARED[owncr.egress(N.egress.remembered['429'])] = 'rate_limited';
+SPARED[owncr.egress(N.egress.remembered['503'])] = 'down';
 
 function record(r) {
     var v = r.variables;
@@ -94,24 +66,21 @@ function record(r) {
     add('owncr_requests_total', {door: door, status: status}, 1);
     add('owncr_received_bytes_total', {door: door}, Number(v.request_length));
     add('owncr_sent_bytes_total', {door: door}, Number(v.bytes_sent));
+    var id = owncr.upstreamOf(r);
+    var host = id === null ? undefined : N.upstreams[id].host;
     if (door === 'egress') {
-        var upstream = upstreamHosts(r)[v.owncr_egress_id];
-        if (r.uri.indexOf('/_owncr/egress/remembered_') === 0) {
-            var reason = r.uri.slice(-3) === '429' ? 'rate_limited' : 'down';
-            add('owncr_upstream_spared_total', {upstream: upstream, reason: reason}, 1);
-        } else if (r.uri === '/_owncr/egress/answer' || r.uri === '/_owncr/egress/stream') {
+        if (owncr.own(SPARED, r.uri)) {
+            add('owncr_upstream_spared_total', {upstream: host, reason: SPARED[r.uri]}, 1);
+        } else if (ASKED.indexOf(r.uri) >= 0) {
             var method = v.request_method === 'GET' || v.request_method === 'HEAD' ? v.request_method : 'other';
-            add('owncr_upstream_requests_total',
-                {upstream: upstream, kind: upstreamKind(v.request_uri), method: method, status: status}, 1);
-            add('owncr_upstream_received_bytes_total', {upstream: upstream}, sum(v.upstream_bytes_received));
+            add('owncr_upstream_requests_total', {upstream: host, kind: v.owncr_kind, method: method, status: status}, 1);
+            add('owncr_upstream_received_bytes_total', {upstream: host}, sum(v.upstream_bytes_received));
         }
         return;
     }
-    var m = CACHE_ROUTE.exec(v.owncr_route || '');
-    var host = m === null ? undefined : upstreamHosts(r)[m[1]];
     if (host !== undefined) {
         var cache = (v.upstream_cache_status || 'none').toLowerCase();
-        add('owncr_mirror_requests_total', {upstream: host, kind: doorKind(m[2] || '', v.uri), cache: cache}, 1);
+        add('owncr_mirror_requests_total', {upstream: host, kind: v.owncr_kind, cache: cache}, 1);
     }
 }
 
@@ -129,12 +98,11 @@ function count(r) {
 
 // The gauges, from egress.js's memory at scrape time ($owncr_upstream_states): name -> sample lines.
 function gauges(r) {
-    var hosts = upstreamHosts(r);
     var states = JSON.parse(r.variables.owncr_upstream_states || '{}');
     var out = {owncr_upstream_unavailable: [], owncr_upstream_retry_after_seconds: []};
-    Object.keys(hosts).sort().forEach(function (id) {
+    Object.keys(N.upstreams).sort().forEach(function (id) {
         var state = states[id] || {seconds: 0, status: ''};
-        var host = 'upstream="' + hosts[id] + '"';
+        var host = 'upstream="' + N.upstreams[id].host + '"';
         ['rate_limited', 'down'].forEach(function (reason) {
             var now = state.seconds > 0 && (state.status === '429') === (reason === 'rate_limited') ? 1 : 0;
             out.owncr_upstream_unavailable.push('owncr_upstream_unavailable{' + host + ',reason="' + reason

@@ -10,18 +10,18 @@
 //
 // The router (router.js) sends a private namespace's manifest writes here (js_content: the body, at most
 // 4 MiB, is read first) and its referrers reads; the rights were checked there, the login by nginx.
+import owncr from 'owncr.js';
 
-var INDEX = 'application/vnd.oci.image.index.v1+json';
+var N = owncr.names;
+var INDEX = N.ociIndex;
 var DIGEST = /^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
-var ROUTE = /^\/_owncr\/\w+(\/v2\/(.+)\/(manifests|referrers)\/([^/]+))$/;
+// This request's internal URI: /_owncr/<manifest_write or referrers>/v2/<name>/<manifests|referrers>/<ref>.
+var ROUTE = new RegExp('^' + N.internal + '(?:' + N.routes.manifestWrite + '|' + N.routes.referrers + ')'
+    + '(/v2/(.+)/(manifests|referrers)/([^/]+))$');
 // Writers of one subject's index on this node take turns (read, add, write back); see LOCK_*.
 var LOCKS = 'owncr_referrers';
 var LOCK_WAIT_MS = 20;
 var LOCK_TRIES = 250;
-
-function errorBody(code, message, detail) {
-    return JSON.stringify({errors: [{code: code, message: message, detail: detail || null}]}) + '\n';
-}
 
 function answer(r, status, body, type) {
     r.headersOut['Content-Type'] = type || 'application/json';
@@ -49,7 +49,8 @@ function newIndex(manifests) {
 
 // The referrers index as stored (an empty one when there is none yet); null when the registry failed.
 async function readIndex(r, name, subject) {
-    var reply = await r.subrequest('/_owncr/referrers_index/v2/' + name + '/manifests/' + fallbackTag(subject));
+    var reply = await r.subrequest(owncr.internal(N.routes.referrersIndex, '/v2/' + name + '/manifests/'
+        + fallbackTag(subject)));
     if (reply.status !== 200) {
         return reply.status === 404 ? newIndex([]) : null;
     }
@@ -86,8 +87,8 @@ async function updateIndex(r, name, subject, change) {
         index.schemaVersion = 2;
         index.mediaType = INDEX;
         index.manifests = change(index.manifests);
-        var put = await r.subrequest('/_owncr/referrers_put/v2/' + name + '/manifests/' + fallbackTag(subject),
-            {method: 'PUT', body: JSON.stringify(index)});
+        var put = await r.subrequest(owncr.internal(N.routes.referrersPut, '/v2/' + name + '/manifests/'
+            + fallbackTag(subject)), {method: 'PUT', body: JSON.stringify(index)});
         return put.status === 201;
     } finally {
         ngx.shared[LOCKS].delete(lock);
@@ -151,7 +152,7 @@ function relay(r, reply) {
 
 async function put(r, where) {
     var body = r.requestText || '';
-    var reply = await r.subrequest('/_owncr/private_write' + where.path, {method: 'PUT'});
+    var reply = await r.subrequest(owncr.internal(N.routes.privateWrite, where.path), {method: 'PUT'});
     var manifest = reply.status === 201 ? parsed(body) : null;
     var subject = subjectOf(manifest);
     var digest = reply.headersOut['Docker-Content-Digest'];
@@ -175,10 +176,10 @@ async function remove(r, where) {
     // The subject is in the manifest being deleted: read it first (only a digest names one manifest).
     var subject = null;
     if (DIGEST.test(where.ref)) {
-        var current = await r.subrequest('/_owncr/referrers_manifest' + where.path);
+        var current = await r.subrequest(owncr.internal(N.routes.referrersManifest, where.path));
         subject = current.status === 200 ? subjectOf(parsed(current.responseText)) : null;
     }
-    var reply = await r.subrequest('/_owncr/private_write' + where.path, {method: 'DELETE'});
+    var reply = await r.subrequest(owncr.internal(N.routes.privateWrite, where.path), {method: 'DELETE'});
     if (reply.status === 202 && subject !== null) {
         var removed = await updateIndex(r, where.name, subject, function (list) {
             return list.filter(function (d) { return d.digest !== where.ref; });
@@ -194,7 +195,7 @@ async function remove(r, where) {
 async function write(r) {
     var where = route(r);
     if (where === null) {
-        return answer(r, 404, errorBody('NAME_INVALID', 'not a registry API path'));
+        return answer(r, 404, owncr.error('name_invalid'));
     }
     try {
         if (r.method === 'PUT') {
@@ -204,7 +205,7 @@ async function write(r) {
         }
     } catch (e) {
         r.error('referrers: ' + e);
-        answer(r, 500, errorBody('UNKNOWN', 'the registry failed; see its log'));
+        answer(r, 500, owncr.error('backend_failed'));
     }
 }
 
@@ -212,11 +213,11 @@ async function write(r) {
 async function list(r) {
     var where = route(r);
     if (where === null || !DIGEST.test(where.ref)) {
-        return answer(r, 400, errorBody('DIGEST_INVALID', 'provided digest did not match uploaded content'));
+        return answer(r, 400, owncr.error('digest_invalid'));
     }
     var index = await readIndex(r, where.name, where.ref);
     if (index === null) {
-        return answer(r, 503, errorBody('UNAVAILABLE', 'the registry is unavailable; retry later'));
+        return answer(r, 503, owncr.error('backend_unavailable'));
     }
     var manifests = index.manifests;
     var wanted = r.args.artifactType;

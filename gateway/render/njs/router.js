@@ -5,9 +5,13 @@
 // for the ping and for refusals (the OCI error body travels in $owncr_error).
 // Why js_set and not js_content: js_content reads the whole request body before it runs (to disk for
 // large layers); the rewrite phase never touches the body, so pushes stream to the registry.
-// Routing contract: ../docs/architecture.md (and its model, ../tests/gateway/routing_model.py).
+// Routing contract: docs/architecture.md (and its model, tests/gateway/routing_model.py). Route names,
+// upstream ids and error answers come from owncr.js (gateway/names.py).
 import fs from 'fs';
 import crypto from 'crypto';
+import owncr from 'owncr.js';
+
+var N = owncr.names;
 
 var routesCache = null;
 var NO_RIGHTS = {pull: [], push: []};
@@ -40,12 +44,6 @@ function parse(uri) {
     };
 }
 
-// Lookups by client-chosen keys (user names, hosts) only ever see the generated JSON's own entries,
-// never Object.prototype's ("constructor", "__proto__", ...).
-function own(obj, key) {
-    return typeof key === 'string' && Object.prototype.hasOwnProperty.call(obj, key);
-}
-
 function privateNamespace(cfg, name) {
     for (var i = 0; i < cfg.namespaces.length; i++) {
         var ns = cfg.namespaces[i];
@@ -60,61 +58,67 @@ function isRead(r) {
     return r.method === 'GET' || r.method === 'HEAD';
 }
 
-function errorBody(code, message, detail) {
-    // As Distribution writes it (one JSON document and a newline).
-    return JSON.stringify({errors: [{code: code, message: message, detail: detail || null}]}) + '\n';
-}
-
 function fail(r, status, code, message, detail) {
-    r.variables.owncr_route = 'refused';
-    r.variables.owncr_error = errorBody(code, message, detail);
-    return '/_owncr/answer/' + status;
+    r.variables.owncr_route = N.routes.refused;
+    r.variables.owncr_error = owncr.errorBody(code, message, detail);
+    return owncr.answer(status);
 }
 
 // The mirror door's one answer for "not here", whether the name is private (never asked upstream) or
 // unknown upstream (the cache's 404, replaced with this by the door): nothing tells the two apart.
 function notFound(p) {
     if (p.rest.indexOf('manifests/') === 0) {
-        return errorBody('MANIFEST_UNKNOWN', 'manifest unknown');
+        return owncr.error('manifest_unknown');
     }
     if (p.rest.indexOf('blobs/') === 0) {
-        return errorBody('BLOB_UNKNOWN', 'blob unknown to registry');
+        return owncr.error('blob_unknown');
     }
-    return errorBody('NAME_UNKNOWN', 'repository name not known to registry');
+    return owncr.error('name_unknown');
 }
 
 function go(r, route, uri) {
     // Backends get the normalized URI nginx matched on (no '..' or '%2F' tricks reach a registry).
     r.variables.owncr_route = route;
-    return '/_owncr/' + route + uri;
+    return owncr.internal(route, uri);
 }
 
 function ping(r) {
-    r.variables.owncr_route = 'ping';
-    return '/_owncr/answer/ping';
+    r.variables.owncr_route = N.routes.ping;
+    return owncr.answer(N.routes.ping);
 }
 
-function toCache(r, cfg, p) {
+// The upstream and what is asked of it go to egress.js and metrics.js in $owncr_upstream and
+// $owncr_kind: no module reads them back out of a route name.
+function toCache(r, p) {
     // Docker Hub at the root; any other upstream under /v2/<host>/..., stripped before its cache.
     var slash = p.name.indexOf('/');
-    var id = cfg.hub;
+    var id = N.hub;
     var name = p.name;
-    if (slash > 0 && own(cfg.upstreams, p.name.slice(0, slash))) {
-        id = cfg.upstreams[p.name.slice(0, slash)];
+    if (slash > 0 && owncr.own(N.upstreamIds, p.name.slice(0, slash))) {
+        id = N.upstreamIds[p.name.slice(0, slash)];
         name = p.name.slice(slash + 1);
     }
+    r.variables.owncr_upstream = id;
+    r.variables.owncr_kind = upstreamKind(p);
     // What the door answers if the cache has no such thing (routes.conf.j2, mirror_door.conf.j2).
     r.variables.owncr_error = notFound(p);
-    return go(r, 'cache_' + id + cacheKind(p), '/v2/' + name + '/' + p.rest);
+    return go(r, N.upstreams[id].routes[cacheVariant(p)], '/v2/' + name + '/' + p.rest);
 }
 
 // Tag manifests are micro-cached, blobs coalesced (routes.conf.j2); manifests by digest and tag lists
 // go straight to the cache.
-function cacheKind(p) {
+function cacheVariant(p) {
     if (p.tag) {
-        return '_tag';
+        return 'tag';
     }
-    return p.rest.indexOf('blobs/') === 0 ? '_blob' : '';
+    return p.rest.indexOf('blobs/') === 0 ? 'blob' : 'plain';
+}
+
+function upstreamKind(p) {
+    if (p.rest.indexOf('blobs/') === 0) {
+        return 'blob';
+    }
+    return p.rest.indexOf('manifests/') === 0 ? 'manifest' : 'tags';
 }
 
 // The repositories a cross-repository blob mount (`POST .../blobs/uploads/?mount=<digest>&from=<repo>`)
@@ -191,12 +195,12 @@ function deniedWrite(r, user, rights, name) {
 // subject's referrers index; everything else goes straight to the private registry.
 function privateRoute(r, p, read) {
     if (p.rest.indexOf('referrers/') === 0) {
-        return read ? 'referrers' : 'private_write';
+        return read ? N.routes.referrers : N.routes.privateWrite;
     }
     if (p.rest.indexOf('manifests/') === 0 && (r.method === 'PUT' || r.method === 'DELETE')) {
-        return 'manifest_write';
+        return N.routes.manifestWrite;
     }
-    return read ? 'private_read' : 'private_write';
+    return read ? N.routes.privateRead : N.routes.privateWrite;
 }
 
 function registryTarget(r) {
@@ -205,7 +209,7 @@ function registryTarget(r) {
     var cfg = routes(r);
     // Unknown (or not yet verified) names get no rights and are never echoed back: they may hold
     // anything a client sends, control characters and invalid UTF-8 included.
-    var known = own(cfg.users, r.variables.remote_user);
+    var known = owncr.own(cfg.users, r.variables.remote_user);
     var user = known ? r.variables.remote_user : 'this login';
     var rights = known ? cfg.users[user] : NO_RIGHTS;
     var read = isRead(r);
@@ -223,7 +227,7 @@ function registryTarget(r) {
         if (hidden.length) {
             return fail(r, 403, 'DENIED', user + ' may not list the catalog: it needs a pull right on every private namespace');
         }
-        return go(r, 'private_read', uri);
+        return go(r, N.routes.privateRead, uri);
     }
     var p = parse(uri);
     if (p === null) {
@@ -251,9 +255,9 @@ function registryTarget(r) {
     }
     if (p.upload) {
         // Upload status only exists on the private side (it answers BLOB_UPLOAD_UNKNOWN here).
-        return go(r, 'private_read', uri);
+        return go(r, N.routes.privateRead, uri);
     }
-    return toCache(r, cfg, p);
+    return toCache(r, p);
 }
 
 function mirrorTarget(r) {
@@ -282,14 +286,14 @@ function mirrorTarget(r) {
         // Private names do not exist on the mirror door (and never reach an upstream). A manifest by
         // digest that no upstream has is a 500 from Distribution's proxy (v3.1.1), so that is the answer.
         r.variables.owncr_error = notFound(p);
-        r.variables.owncr_route = 'refused';
+        r.variables.owncr_route = N.routes.refused;
         var byDigest = p.rest.indexOf('manifests/') === 0 && !p.tag;
-        return byDigest ? '/_owncr/answer/failed' : '/_owncr/answer/404';
+        return owncr.answer(byDigest ? N.routes.failed : 404);
     }
-    return toCache(r, cfg, p);
+    return toCache(r, p);
 }
 
-// nginx rewrites to whatever these return: anything but an internal /_owncr/ URI would be a bug here,
+// nginx rewrites to whatever these return: anything but an internal URI (/_owncr/) would be a bug here,
 // answered as a refusal rather than served from the file system.
 function checked(decide) {
     return function (r) {
@@ -300,7 +304,7 @@ function checked(decide) {
             // A request the rules above did not foresee: refused, never a 500 with a stack trace.
             return fail(r, 400, 'UNSUPPORTED', 'request not understood');
         }
-        if (typeof target !== 'string' || target.indexOf('/_owncr/') !== 0) {
+        if (typeof target !== 'string' || target.indexOf(N.internal) !== 0) {
             return fail(r, 403, 'DENIED', 'no route');
         }
         return target;
