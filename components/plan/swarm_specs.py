@@ -96,7 +96,7 @@ class UpdateSpec(TypedDict):
 
 
 class ServiceSpec(TypedDict):
-    key: str  # the Bundle key: "nginx", "private", "cache-<host>"
+    key: str  # the Bundle key (gateway/names.py): "nginx", "private", "cache-<upstream id>"
     name: str  # physical Swarm service name
     alias: str  # DNS name on the overlay network, decided by the gateway (ServiceFiles.name)
     image: str

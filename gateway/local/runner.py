@@ -210,7 +210,7 @@ class LocalGateway:
             else:
                 # Doors that expect a PROXY header drop a bare request: accepting connections is enough.
                 self._wait_listening("nginx", deadline)
-            registries = {k: s for k, s in bundle.services.items() if k != "nginx"}
+            registries = {k: s for k, s in bundle.services.items() if k != NGINX_KEY}
             for key, service in registries.items():
                 self._spawn(key, service)
             for key, service in registries.items():

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from gateway import names
 from gateway.bench.images import Image, Layer, MiB
 from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
 from gateway.local.runner import LocalGateway
@@ -314,15 +315,16 @@ def test_token_realm_and_blob_redirects_go_through_the_egress_signed(
     )
     assert status == 307
     signed = urlsplit(headers["Location"])
-    assert signed.netloc == egress and signed.path.startswith("/_owncr/via/redirect/")
+    via = names.uri(names.VIA)  # /_owncr/via/
+    assert signed.netloc == egress and signed.path.startswith(f"{via}{names.VIA_REDIRECT}/")
     status, _, body, _ = get(egress, signed.path)
     assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == image.layers[0].digest
-    kind, sig, rest = signed.path.removeprefix("/_owncr/via/").split("/", 2)
+    kind, sig, rest = signed.path.removeprefix(via).split("/", 2)
     for forged in (
-        f"/_owncr/via/{kind}/{'0' * 32}/{rest}",  # a made-up signature
-        f"/_owncr/via/{kind}/{sig}/{rest.replace('127.0.0.1', '127.0.0.2', 1)}",  # another host
-        f"/_owncr/via/realm/{sig}/{rest}",  # a redirect's signature used for the realm (login sent)
-        f"/_owncr/via/{kind}/{sig}/{rest}x",  # another path
+        f"{via}{kind}/{'0' * 32}/{rest}",  # a made-up signature
+        f"{via}{kind}/{sig}/{rest.replace('127.0.0.1', '127.0.0.2', 1)}",  # another host
+        f"{via}{names.VIA_REALM}/{sig}/{rest}",  # a redirect's signature used for the realm (login sent)
+        f"{via}{kind}/{sig}/{rest}x",  # another path
     ):
         status, _, body, _ = get(egress, forged)
         assert status == 403, (forged, status, body)
