@@ -137,10 +137,11 @@ def test_load_balancer_terminates_tls_and_forwards_to_nginx(cloud_run):
         "port": 8080,
         "protocol": "http",
         "path": "/healthz",
-        "checkIntervalSeconds": 10,
-        "responseTimeoutSeconds": 5,
-        "healthyThreshold": 3,
-        "unhealthyThreshold": 3,
+        # The lowest values DigitalOcean's provider accepts (interval, timeout 3..300; thresholds 2..10).
+        "checkIntervalSeconds": 3,
+        "responseTimeoutSeconds": 3,
+        "healthyThreshold": 2,
+        "unhealthyThreshold": 2,
     }
     assert lb.inputs["enableProxyProtocol"] is True
     assert lb.inputs["enableBackendKeepalive"] is False

@@ -414,17 +414,17 @@ def test_modes_and_rolling_updates(stack):
         assert task["logDriver"] == {"name": "json-file", "options": {"max-size": "10m", "max-file": "5"}}
         assert task["containerSpec"]["healthcheck"]["tests"][0] == "CMD"
         # Longer than Swarm's 10 s default, so rolling updates let multi-GB transfers finish; nginx behind
-        # the load balancer drains first (35 s: 3 failed checks 10 s apart + 5 s), then gets its 2 min.
+        # the load balancer drains first (11 s: 2 failed checks 3 s apart + 5 s), then gets its 2 min.
         grace = "55s"
         if service.name == "registry-nginx":
-            grace = "2m35s" if stack.cloud else "2m"
+            grace = "2m11s" if stack.cloud else "2m"
         assert task["containerSpec"]["stopGracePeriod"] == grace, service.name
         env = task["containerSpec"].get("env", {})
         # nginx: until the load balancer took the node out; registries: until nginx re-resolved them.
-        drain = ("35" if stack.cloud else "0") if service.name == "registry-nginx" else "10"
+        drain = ("11" if stack.cloud else "0") if service.name == "registry-nginx" else "10"
         assert env == {swarm_specs.DRAIN_ENV: drain}, service.name
-        # The next nginx drains only once the load balancer sends the new one traffic (3 checks + 5 s).
-        delay = "35s" if stack.cloud and service.name == "registry-nginx" else "5s"
+        # The next nginx drains only once the load balancer sends the new one traffic (2 checks + 5 s).
+        delay = "11s" if stack.cloud and service.name == "registry-nginx" else "5s"
         assert update["delay"] == rollback["delay"] == delay, service.name
 
 
@@ -446,8 +446,8 @@ def test_nginx_starts_under_the_drain_wrapper(stack):
 
 
 def test_lb_timings_derive_drain_and_pacing():
-    assert lb_health.drain_seconds() == 35 and lb_health.rejoin_seconds() == 35
-    assert lb_health.detection_seconds() == 45  # 3 checks, each 10 s apart + 5 s timeout
+    assert lb_health.drain_seconds() == 11 and lb_health.rejoin_seconds() == 11
+    assert lb_health.detection_seconds() == 12  # 2 checks, each 3 s apart + 3 s timeout
     assert [swarm_specs.go_duration(s) for s in (155, 120, 45, 35, 60, 61)] == [
         "2m35s",
         "2m",

@@ -314,6 +314,8 @@ def test_token_realm_and_blob_redirects_go_through_the_egress_signed(
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
     assert status == 307
+    # No connection of a cache outlives its request: one to a node killed hard would hang (egress.conf.j2).
+    assert headers["Connection"] == "close"
     signed = urlsplit(headers["Location"])
     via = names.uri(names.VIA)  # /_owncr/via/
     assert signed.netloc == egress and signed.path.startswith(f"{via}{names.VIA_REDIRECT}/")
