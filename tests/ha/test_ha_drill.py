@@ -2,7 +2,7 @@
 
 `test_ha_drill_meets_every_target` runs the drill as a subprocess (as root: network namespaces, dockerd,
 HAProxy), exactly as a user would, and asserts its exit status and its table: every target met. It takes
-about 8 minutes with the production load balancer timings (components/plan/lb_health.py). The other tests
+about 4 minutes with the production load balancer timings (components/plan/lb_health.py). The other tests
 check, on made-up records, that the drill's verdicts can fail: a failure during a rolling update, a
 failure that starts after the node-loss detection window, a lost image.
 """
