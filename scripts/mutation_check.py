@@ -112,11 +112,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/gateway/test_clients_replicas.py",),
     ),
     Mutation.one(
+        "private-descriptor-cache",
+        "a deleted blob or manifest stays readable through the other private replicas (leaked secrets too)",
+        "gateway/render/registry_config.py",
+        "    config = _base(settings, addr, debug_addr, PRIVATE_ROOT, descriptor_cache=False)",
+        "    config = _base(settings, addr, debug_addr, PRIVATE_ROOT, descriptor_cache=True)",
+        (
+            "tests/gateway/test_clients_replicas.py::test_a_delete_through_one_replica_holds_on_every_replica",
+            "tests/gateway/test_conformance.py",
+        ),
+    ),
+    Mutation.one(
         "cache-shares-private-root",
         "cache expiry deletes blobs of private images",
         "gateway/render/registry_config.py",
-        "    config = _base(settings, addr, debug_addr, cache_root(upstream))",
-        '    config = _base(settings, addr, debug_addr, "/private")',
+        "    config = _base(settings, addr, debug_addr, cache_root(upstream), descriptor_cache=True)",
+        '    config = _base(settings, addr, debug_addr, "/private", descriptor_cache=True)',
         (
             "tests/gateway/test_render.py",
             "tests/gateway/test_clients_mirror.py::test_cache_eviction_spares_private_image_sharing_a_layer",

@@ -21,9 +21,16 @@ def cache_root(upstream: Upstream) -> str:
     return f"/cache/{upstream.host}"
 
 
-def storage_section(storage: FilesystemStorage | S3Storage, root: str) -> dict[str, Any]:
+def storage_section(
+    storage: FilesystemStorage | S3Storage, root: str, *, descriptor_cache: bool
+) -> dict[str, Any]:
     """Each registry gets its own root, so cache expiry can never delete a private blob
-    (distribution/distribution#2367, #4191)."""
+    (distribution/distribution#2367, #4191).
+
+    `descriptor_cache`: Distribution's in-memory blob descriptor cache, which is per process. The private
+    registry runs without it: with two replicas or more, a blob or manifest deleted through one replica
+    stayed readable through another (which still had its descriptor cached) until that one restarted;
+    without it every read checks the repository's link in storage (docs/oci.md: what that costs)."""
     if isinstance(storage, FilesystemStorage):
         driver: dict[str, Any] = {"filesystem": {"rootdirectory": storage.root.rstrip("/") + root}}
     else:
@@ -43,7 +50,7 @@ def storage_section(storage: FilesystemStorage | S3Storage, root: str) -> dict[s
         }
     return driver | {
         "delete": {"enabled": True},
-        "cache": {"blobdescriptor": "inmemory"},
+        **({"cache": {"blobdescriptor": "inmemory"}} if descriptor_cache else {}),
         # Blob GET/HEAD answered with a 307 to a presigned bucket URL only when asked for (S3Storage.
         # redirect). Safe for private blobs: the router and the registry door's auth run before the
         # request reaches a registry, and the URL (s3-aws driver's RedirectURL: GetObject/HeadObject
@@ -55,12 +62,14 @@ def storage_section(storage: FilesystemStorage | S3Storage, root: str) -> dict[s
 BASE_HEADERS = {"X-Content-Type-Options": ("nosniff",)}
 
 
-def _base(settings: GatewaySettings, addr: str, debug_addr: str, root: str) -> dict[str, Any]:
+def _base(
+    settings: GatewaySettings, addr: str, debug_addr: str, root: str, *, descriptor_cache: bool
+) -> dict[str, Any]:
     return {
         "version": 0.1,
         # nginx logs every request with door, route and user; the registries log errors only.
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
-        "storage": storage_section(settings.storage, root),
+        "storage": storage_section(settings.storage, root, descriptor_cache=descriptor_cache),
         "http": {
             "addr": addr,
             # One secret for every replica: an upload's state token must verify on whichever replica
@@ -103,7 +112,7 @@ def private_config(
     settings: GatewaySettings, addr: str, *, debug_addr: str, read_only: bool = False
 ) -> dict[str, Any]:
     """`read_only`: the maintenance window of the garbage collection (gateway/upkeep/maintenance.py)."""
-    config = _base(settings, addr, debug_addr, PRIVATE_ROOT)
+    config = _base(settings, addr, debug_addr, PRIVATE_ROOT, descriptor_cache=False)
     config["storage"]["maintenance"] = {
         "uploadpurging": {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False},
         "readonly": {"enabled": read_only},
@@ -122,7 +131,8 @@ def cache_config(
 ) -> dict[str, Any]:
     """`remote_url`: the gateway's egress server for this upstream (gateway/render/njs/egress.js), never
     the upstream itself: Distribution 3.1.1 waits on an upstream with no timeout (Go's default transport)."""
-    config = _base(settings, addr, debug_addr, cache_root(upstream))
+    # A cache never deletes through its API, so its descriptors never go stale that way.
+    config = _base(settings, addr, debug_addr, cache_root(upstream), descriptor_cache=True)
     proxy: dict[str, Any] = {"remoteurl": remote_url, "ttl": settings.cache_ttl}
     if upstream.username is not None:
         proxy |= {"username": upstream.username, "password": upstream.password}

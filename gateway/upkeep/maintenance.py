@@ -31,10 +31,10 @@ Hence:
    index's platform manifests (`validation.manifests.indexes.platforms: all`, rendered explicitly):
    missing, so the PUT answers 400 MANIFEST_BLOB_UNKNOWN. That push fails and is never
    acknowledged; the client's retry uploads the blob again (a HEAD now says 404).
-4. **No stale "it exists" survives the window.** Each replica caches blob descriptors in memory
-   (`cache.blobdescriptor: inmemory`); a cached descriptor of a swept blob would make a HEAD answer 200
-   (the client skips the upload) and the manifest check pass: an acknowledged, broken image. The
-   window ends by restarting every replica again (writable), so each starts with an empty cache.
+4. **No stale "it exists" survives the window.** A cached descriptor of a swept blob would make a
+   HEAD answer 200 (the client skips the upload) and the manifest check pass: an acknowledged, broken
+   image. The private replicas cache no blob descriptors (registry_config.py), and the window ends by
+   restarting every replica again (writable) all the same.
 5. **Pulls keep working**: replicas are restarted one at a time and nginx retries reads on another
    replica (with one replica, reads fail for the moments it restarts: run two).
 6. **Retention deletes inside the window too.** Deleting through the API while clients push has a

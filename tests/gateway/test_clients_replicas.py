@@ -1,6 +1,7 @@
 """Two private replicas behind nginx: uploads hop between replicas (each PATCH/PUT of one upload may land
 on either), which only works with one shared http.secret (distribution/distribution#2519). Measured on the
-original design without it: 0 of 10 skopeo pushes succeeded."""
+original design without it: 0 of 10 skopeo pushes succeeded. And a delete acknowledged by one replica
+holds on the other at once."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway.bench.images import Layer
 from tests.gateway.client_harness import USERS, Images, Launcher
+from tests.gateway.routing_fixtures import ACCEPT, TinyImage, digest_of, request
 
 PUSHES = 20
+READS = 8  # per check: nginx alternates the replicas, so each sees half of them
 ALICE = f"alice:{USERS['alice']}"
 
 
@@ -39,3 +42,25 @@ def test_twenty_multi_layer_pushes_through_two_replicas(launch: Launcher, images
         assert read.returncode == 0, read.stderr
         assert read.stdout.encode() == image.manifest_bytes
     assert upstream.requests_for("team") == []
+
+
+def test_a_delete_through_one_replica_holds_on_every_replica(launch: Launcher) -> None:
+    """With two replicas behind nginx (round robin), each read after an acknowledged delete may reach
+    either: none may still serve the deleted blob or manifest (a per-replica descriptor cache did)."""
+    upstream = launch.distribution("dockerhub")
+    gateway = launch.gateway({"docker.io": upstream.url}, private_replicas=2)
+    base = f"http://{gateway.doors.registry}"
+    image = TinyImage.make("deleted everywhere")
+    auth = ("alice", USERS["alice"])
+    image.push(base, "team/deleted", "1.0", auth)
+    blob = f"{base}/v2/team/deleted/blobs/{digest_of(image.layer)}"
+    manifest = f"{base}/v2/team/deleted/manifests/{digest_of(image.manifest)}"
+    for _ in range(READS):  # every replica has read (and, with a cache, remembered) both
+        assert request(blob, "HEAD", auth=auth).status == 200
+        assert request(manifest, "HEAD", auth=auth, headers={"Accept": ACCEPT}).status == 200
+    assert request(manifest, "DELETE", auth=auth).status == 202
+    assert request(blob, "DELETE", auth=auth).status == 202
+    for _ in range(READS):
+        assert request(blob, auth=auth).status == 404
+        assert request(blob, "HEAD", auth=auth).status == 404
+        assert request(manifest, auth=auth, headers={"Accept": ACCEPT}).status == 404

@@ -97,7 +97,8 @@ def conformance(target: str, results: Path, credentials: tuple[str, str] | None 
 def test_registry_door_is_as_conformant_as_distribution(launch: Launcher, tmp_path: Path) -> None:
     bare = launch.distribution("conformance-bare")
     dockerhub = launch.distribution("conformance-dockerhub")
-    gateway = launch.gateway({"docker.io": dockerhub.url}, name="conformance")
+    # Production's replica count (the default, 2): every delete check must hold whichever replica reads.
+    gateway = launch.gateway({"docker.io": dockerhub.url}, name="conformance", private_replicas=2)
 
     door = conformance(gateway.doors.registry, tmp_path / "door", ("alice", USERS["alice"]))
     distribution = conformance(bare.host, tmp_path / "distribution")
