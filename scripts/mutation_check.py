@@ -123,6 +123,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation.one(
+        "hung-cache-unbounded",
+        "a door waits for a hung cache until the client gives up (900 s), not a retryable 503 in 20 s",
+        "gateway/render/templates/routes.conf.j2",
+        "            # a tag pulled before is served stale, one never pulled gets a retryable 503.\n"
+        "            proxy_read_timeout {{ cache_answer_seconds }}s;",
+        "            # a tag pulled before is served stale, one never pulled gets a retryable 503.",
+        (
+            "tests/gateway/test_clients_mirror.py::test_a_hung_cache_costs_a_bounded_wait_and_a_retryable_answer",
+        ),
+    ),
+    Mutation.one(
         "cache-shares-private-root",
         "cache expiry deletes blobs of private images",
         "gateway/render/registry_config.py",

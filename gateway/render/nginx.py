@@ -166,6 +166,10 @@ def render_nginx_conf(
         upstream_timeout_seconds=settings.upstream_timeout_seconds,
         upstream_stream_timeout_seconds=settings.upstream_stream_timeout_seconds,
         upstream_down_seconds=settings.upstream_down_seconds,
+        cache_answer_seconds=cache_answer_seconds(settings.upstream_timeout_seconds),
+        cache_blob_read_seconds=(
+            cache_answer_seconds(settings.upstream_timeout_seconds) + settings.upstream_stream_timeout_seconds
+        ),
         blob_cache_dir=blob_cache_dir(layout.state_dir),
         blob_cache_mib=settings.blob_cache_mib,
         blob_cache_minutes=settings.blob_cache_minutes,
@@ -187,6 +191,14 @@ def render_nginx_conf(
         # Docker retries a refused layer upload 5 times, 5 s to 25 s apart (about 75 s in all).
         read_only_retry_after=30,
     )
+
+
+def cache_answer_seconds(upstream_timeout_seconds: int) -> int:
+    """How long a door waits for a cache's answer to a manifest or tag-list request (and for a blob's
+    first bytes). A miss makes at most three calls through the egress, each bounded there (the ping,
+    the token, the manifest: upstream_timeout_seconds each); a cache still silent after those and a
+    margin is hung (a request of its stuck on a dead peer), and the door answers without it."""
+    return 3 * upstream_timeout_seconds + 5
 
 
 def blob_fill_seconds(settings: GatewaySettings) -> int:

@@ -4,9 +4,13 @@ images still served with the upstream down, a tag hijack attempt, and cache evic
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import subprocess
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,8 @@ import yaml
 
 from gateway.bench.images import Image, Layer, MiB
 from gateway.config import GatewaySettings
-from gateway.names import cache_route
+from gateway.names import cache_key, cache_route
+from gateway.render.nginx import cache_answer_seconds
 from tests.gateway.client_harness import (
     USERS,
     Containerd,
@@ -26,8 +31,15 @@ from tests.gateway.client_harness import (
     ok,
     write_hosts_toml,
 )
+from tests.gateway.routing_fixtures import ACCEPT, request
 
 ALICE = f"alice:{USERS['alice']}"
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
 TAG_CACHE_SECONDS = GatewaySettings.__dataclass_fields__["tag_cache_seconds"].default  # what the CLI runs
 BASE_LAYER = Layer(MiB, 1)  # shared by the upstream base image and a private image built on it
 
@@ -226,3 +238,28 @@ def test_served_from_cache_when_the_upstream_is_down(
     assert {(e["route"], e["status"], e["upstream_status"]) for e in answers} == {
         (cache_route("docker-io", "tag"), 503, "404")
     }, answers
+
+
+def test_a_hung_cache_costs_a_bounded_wait_and_a_retryable_answer(launch: Launcher) -> None:
+    """A cache that stops answering (its own request stuck on a dead peer, here: stopped outright) holds a
+    door's request for at most cache_answer_seconds, then the client gets a retryable 503 instead of
+    waiting for its own timeout."""
+    upstream = launch.distribution("hung-cache-dockerhub")
+    gateway = launch.gateway({"docker.io": upstream.url}, name="hung-cache")
+    default = next(f.default for f in fields(GatewaySettings) if f.name == "upstream_timeout_seconds")
+    assert isinstance(default, int)
+    bound = cache_answer_seconds(default)  # what the runner renders (it keeps the default)
+    (cache,) = [p for p in gateway.children() if cache_key("docker-io") in cmdline(p.pid)]
+    os.kill(cache.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        answer = request(
+            f"http://{gateway.doors.mirror}/v2/library/never-pulled/manifests/1.0",
+            headers={"Accept": ACCEPT},
+            timeout=bound + 40,
+        )
+        waited = time.monotonic() - started
+    finally:
+        os.kill(cache.pid, signal.SIGCONT)
+    assert answer.status == 503 and json.loads(answer.body)["errors"][0]["code"] == "UNAVAILABLE", answer
+    assert bound - 1 <= waited <= bound + 10, (waited, bound)
