@@ -73,9 +73,8 @@ REFERRERS_PUT = "referrers_put"
 EGRESS = "egress"  # an egress server's locations: /_owncr/egress/<outcome>
 VIA = "via"  # URLs an upstream handed out, kept on its egress: /_owncr/via/<kind>/<signature>/...
 
-# What of an upstream a door's request asks for (the metrics' `kind` label) and how it is cached: a tag
-# manifest is micro-cached, a blob coalesced, the rest (manifest by digest, tag list) goes straight on.
-UpstreamKind = Literal["blob", "manifest", "tags"]
+# How a door's request for upstream content is cached: a tag manifest is micro-cached, a blob coalesced,
+# the rest (manifest by digest, tag list) goes straight on.
 CacheVariant = Literal["plain", "tag", "blob"]
 CACHE_VARIANTS: tuple[CacheVariant, ...] = ("plain", "tag", "blob")
 
@@ -153,12 +152,14 @@ def error_body(name: str, detail: object = None, **fields: str) -> str:
     return json.dumps({"errors": [error]}, separators=(",", ":")) + "\n"
 
 
-def njs_names(upstreams: Iterable[str], hub: str) -> str:
+def njs_names(upstreams: Iterable[str], hub: str, name_component: str) -> str:
     """names.js, the njs modules' view of this vocabulary (imported by owncr.js): the internal URIs,
-    the error table, and each upstream's id and cache routes (by host: a mirror path's first segment)."""
+    the error table, each upstream's id and cache routes (by host: a mirror path's first segment), and
+    the repository-name grammar the router checks paths with (gateway/config.py's, as a pattern)."""
     ids = {host: upstream_id(host) for host in upstreams}
     names = {
         "internal": INTERNAL,
+        "nameComponent": name_component,
         "routes": {
             name: route
             for name, route in (

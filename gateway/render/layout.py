@@ -1,6 +1,6 @@
-"""Where everything lives: the Swarm service names, ports and container paths of production, and the
-loopback ports and data-directory paths of a local run. The one place these are decided; the Pulumi
-components import the production constants from here.
+"""Where everything lives: the ports and container paths of production (its services by their names in
+gateway/names.py), and the loopback ports and data-directory paths of a local run. The one place these
+are decided; the Pulumi components import the production constants from here.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Layout:
     # DNS server the egress resolves upstream, token and CDN hosts with; None: only IP literals resolve.
     egress_resolver: str | None
     metrics_listen: str  # nginx `listen` of the metrics server
-    # Bundle key (private, private-2, cache-<slug>) -> (its registry's http.debug.addr, the host:port
+    # Bundle key (private, private-2, cache-<upstream id>) -> (its registry's http.debug.addr, the host:port
     # nginx reaches it by).
     debug: dict[str, tuple[str, str]]
     # DNS server nginx re-resolves upstream names with while it runs (`server ... resolve`); None:

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from gateway import names
-from gateway.config import DOCKER_HUB, GatewaySettings, S3Storage
+from gateway.config import DOCKER_HUB, NAME_COMPONENT, GatewaySettings, S3Storage
 from gateway.names import MANIFEST_TYPES
 from gateway.render.layout import DRAIN_FLAG, NJS_MODULE, Layout, blob_cache_dir
 from gateway.render.registry_config import READ_ONLY_HEADER
@@ -90,7 +90,7 @@ def render_routes(settings: GatewaySettings) -> str:
 
 
 def render_njs_names(settings: GatewaySettings) -> str:
-    return names.njs_names((u.host for u in settings.upstreams), DOCKER_HUB)
+    return names.njs_names((u.host for u in settings.upstreams), DOCKER_HUB, NAME_COMPONENT.pattern)
 
 
 def render_nginx_conf(
@@ -109,6 +109,7 @@ def render_nginx_conf(
 ) -> str:
     # Re-resolved in the background (nginx >= 1.27.3 open source: http://nginx.org/r/server, `resolve`).
     resolve = " resolve" if layout.resolver else ""
+    cache_answer = cache_answer_seconds(settings.upstream_timeout_seconds)
     return _ENV.get_template("nginx.conf.j2").render(
         njs_module=NJS_MODULE,
         js_engine=settings.js_engine,
@@ -166,10 +167,8 @@ def render_nginx_conf(
         upstream_timeout_seconds=settings.upstream_timeout_seconds,
         upstream_stream_timeout_seconds=settings.upstream_stream_timeout_seconds,
         upstream_down_seconds=settings.upstream_down_seconds,
-        cache_answer_seconds=cache_answer_seconds(settings.upstream_timeout_seconds),
-        cache_blob_read_seconds=(
-            cache_answer_seconds(settings.upstream_timeout_seconds) + settings.upstream_stream_timeout_seconds
-        ),
+        cache_answer_seconds=cache_answer,
+        cache_blob_read_seconds=cache_answer + settings.upstream_stream_timeout_seconds,
         blob_cache_dir=blob_cache_dir(layout.state_dir),
         blob_cache_mib=settings.blob_cache_mib,
         blob_cache_minutes=settings.blob_cache_minutes,

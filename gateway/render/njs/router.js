@@ -28,7 +28,8 @@ function routes(r) {
 // References, digests and upload ids are restricted to the characters they can have: the URI is passed
 // on decoded, so nothing here may smuggle in a '?', '%' or '/'.
 var ENDPOINT = /^\/v2\/(.+?)\/(manifests\/([\w.:+=-]+)|blobs\/uploads\/?[\w.=-]*|blobs\/[\w.:+=-]+|tags\/list|referrers\/[\w.:+=-]+)$/;
-var COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$/;
+// Distribution's repository-name grammar, one path component (gateway/config.py NAME_COMPONENT).
+var COMPONENT = new RegExp(N.nameComponent);
 
 function parse(uri) {
     var m = ENDPOINT.exec(uri);
