@@ -102,6 +102,18 @@ EGRESS_ANSWER, EGRESS_STREAM, EGRESS_FORGED = "answer", "stream", "forged"
 REMEMBERED = {429: "remembered_429", 503: "remembered_503"}
 VIA_REALM, VIA_REDIRECT = "realm", "redirect"
 
+# --- the store: how nodes agree (gateway/render/njs/store.js, docs/architecture.md) -------------------
+
+# The gateway's own objects on the shared storage live under this prefix (a bucket key prefix, or a
+# directory below the filesystem root), beside the registries' roots /private and /cache/<host>.
+STORE_PREFIX = "owncr"
+# A lock's lease: how long a holder that died (its node lost) keeps the others waiting.
+STORE_LEASE_SECONDS = 30
+# The longest one write under a lease may take (the referrers routes' read timeout): a holder starts
+# its last write only with this much lease left (plus clock drift).
+STORE_WRITE_SECONDS = 10
+
+
 # --- media types and errors --------------------------------------------------------------------------
 
 # The manifest media types a registry client asks for, most capable first (what `Accept` lists).
@@ -187,6 +199,11 @@ def njs_names(upstreams: Iterable[str], hub: str, name_component: str) -> str:
             "redirect": VIA_REDIRECT,
         },
         "ociIndex": OCI_INDEX,
+        "store": {
+            "prefix": STORE_PREFIX,
+            "leaseSeconds": STORE_LEASE_SECONDS,
+            "writeSeconds": STORE_WRITE_SECONDS,
+        },
         "errors": {name: {"code": code, "message": message} for name, (code, message) in ERRORS.items()},
         "hub": ids[hub],
         "upstreams": {

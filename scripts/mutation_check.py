@@ -123,6 +123,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation.one(
+        "referrers-lock-per-node",
+        "concurrent attaches through two gateways overwrite each other's index entries (lost referrers)",
+        "gateway/render/njs/store.js",
+        "            if (await store.create(cfg, key, JSON.stringify(lease))) {",
+        "            if (await store.create(cfg, key + '.' + lease.id, JSON.stringify(lease))) {",
+        (
+            "tests/gateway/test_referrers_nodes.py::"
+            "test_attaches_through_two_gateways_on_one_filesystem_all_end_up_listed",
+        ),
+    ),
+    Mutation.one(
         "hung-cache-unbounded",
         "a door waits for a hung cache until the client gives up (900 s), not a retryable 503 in 20 s",
         "gateway/render/templates/routes.conf.j2",

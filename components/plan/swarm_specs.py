@@ -304,6 +304,10 @@ def _registry_health(port: int) -> HealthSpec:
 
 
 def _mounts(plan: ServicePlan, is_nginx: bool) -> list[MountSpec]:
+    m = plan.storage_mount
+    # Filesystem storage (NFS, or the single node's volume) is mounted where the registries have it, in
+    # nginx too: the store (gateway/render/njs/store.js) keeps the nodes' locks below it.
+    storage: list[MountSpec] = [{"type": m.type, "source": m.source, "target": m.target}] if m else []
     if is_nginx:
         # nginx's pid, temp paths and login cache live in the gateway's state dir, which the image
         # lacks: a tmpfs per task (nothing there outlives the task). Its copy of upstream blobs
@@ -312,9 +316,9 @@ def _mounts(plan: ServicePlan, is_nginx: bool) -> list[MountSpec]:
         return [
             {"type": "tmpfs", "source": "", "target": STATE_DIR},
             {"type": "volume", "source": BLOB_CACHE_VOLUME, "target": blob_cache_dir(STATE_DIR)},
+            *storage,
         ]
-    m = plan.storage_mount
-    return [{"type": m.type, "source": m.source, "target": m.target}] if m else []
+    return storage
 
 
 def _registry_replicas(key: str, plan: ServicePlan) -> int:

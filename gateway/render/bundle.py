@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway import names
-from gateway.config import GatewaySettings
+from gateway.config import FilesystemStorage, GatewaySettings
 from gateway.render import layout as L
 from gateway.render import registry_config
 from gateway.render.htpasswd import render_htpasswd
@@ -23,10 +23,12 @@ from gateway.render.nginx import (
     OWNCR_JS,
     REFERRERS_JS,
     ROUTER_JS,
+    STORE_JS,
     render_nginx_conf,
     render_njs_names,
     render_routes,
     render_salt_conf,
+    render_store,
 )
 
 
@@ -69,6 +71,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
     router = f"{lay.config_dir}/nginx/router.js"
     egress = f"{lay.config_dir}/nginx/egress.js"
     referrers = f"{lay.config_dir}/nginx/referrers.js"
+    store_js = f"{lay.config_dir}/nginx/store.js"
     metrics = f"{lay.config_dir}/nginx/metrics.js"
     routes = f"{lay.config_dir}/nginx/routes.json"
     # Imported by the other modules from their directory (js_path): names as they import them.
@@ -76,12 +79,14 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
     njs_names = f"{lay.config_dir}/nginx/names.js"
     htpasswd = f"{lay.secret_dir}/htpasswd"
     salt = f"{lay.secret_dir}/auth-salt.conf"
+    store = f"{lay.secret_dir}/store.json"
     nginx_conf = render_nginx_conf(
         settings,
         lay,
         router_file=router,
         egress_file=egress,
         referrers_file=referrers,
+        store_file=store,
         metrics_file=metrics,
         routes_file=routes,
         htpasswd_file=htpasswd,
@@ -101,6 +106,12 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
         nginx_command = ("sh", drain, f"{lay.state_dir}/{L.DRAIN_FLAG}", "QUIT", *nginx_command)
         registry_stop = ("sh", drain, "-", "TERM")
         drain_files = (RenderedFile(drain, DRAIN_SH.read_text(), secret=False),)
+    if lay.production and isinstance(settings.storage, FilesystemStorage):
+        # The store (njs/store.js) writes below the shared storage as nginx's workers, which are not
+        # root, while the registries (root) own the rest: its directory is made theirs before nginx starts.
+        store_dir = f"{settings.storage.root.rstrip('/')}/{names.STORE_PREFIX}"
+        prepare = 'mkdir -p "$0" && chown "$1" "$0" && shift && exec "$@"'
+        nginx_command = ("sh", "-c", prepare, store_dir, L.NGINX_USER, *nginx_command)
     services = {
         names.NGINX_KEY: ServiceFiles(
             name=names.NGINX_SERVICE if lay.production else names.NGINX_KEY,
@@ -110,12 +121,14 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
                 RenderedFile(router, ROUTER_JS.read_text(), secret=False),
                 RenderedFile(egress, EGRESS_JS.read_text(), secret=False),
                 RenderedFile(referrers, REFERRERS_JS.read_text(), secret=False),
+                RenderedFile(store_js, STORE_JS.read_text(), secret=False),
                 RenderedFile(metrics, METRICS_JS.read_text(), secret=False),
                 RenderedFile(owncr, OWNCR_JS.read_text(), secret=False),
                 RenderedFile(njs_names, render_njs_names(settings), secret=False),
                 RenderedFile(routes, render_routes(settings), secret=False),
                 RenderedFile(htpasswd, render_htpasswd(settings.users, settings.htpasswd_key), secret=True),
                 RenderedFile(salt, render_salt_conf(settings), secret=True),
+                RenderedFile(store, render_store(settings.storage), secret=True),
                 *drain_files,
             ),
             port=_port(lay.registry_listen),

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from gateway import names
-from gateway.config import DOCKER_HUB, NAME_COMPONENT, GatewaySettings, S3Storage
+from gateway.config import DOCKER_HUB, NAME_COMPONENT, FilesystemStorage, GatewaySettings, S3Storage
 from gateway.names import MANIFEST_TYPES
 from gateway.render.layout import DRAIN_FLAG, NJS_MODULE, Layout, blob_cache_dir
 from gateway.render.registry_config import READ_ONLY_HEADER
@@ -27,6 +27,7 @@ ROUTER_JS = NJS / "router.js"
 EGRESS_JS = NJS / "egress.js"
 REFERRERS_JS = NJS / "referrers.js"
 METRICS_JS = NJS / "metrics.js"
+STORE_JS = NJS / "store.js"  # how nodes agree: objects on the shared storage (referrers.js's lock)
 OWNCR_JS = NJS / "owncr.js"  # shared by the other modules; imports the generated names.js
 # The CA bundle the egress verifies https upstreams with: the same path in the official nginx image
 # (Alpine's ca-certificates) and on Debian.
@@ -89,6 +90,24 @@ def render_routes(settings: GatewaySettings) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
+def render_store(storage: FilesystemStorage | S3Storage) -> str:
+    """The store file store.js reads (a secret: it holds the bucket's keys): where the gateway's own
+    objects live on the storage the registries share."""
+    if isinstance(storage, FilesystemStorage):
+        config: dict[str, object] = {"kind": "filesystem", "root": storage.root.rstrip("/")}
+    else:
+        config = {
+            "kind": "s3",
+            "endpoint": storage.endpoint.rstrip("/"),
+            "bucket": storage.bucket,
+            "region": storage.region,
+            "pathStyle": storage.force_path_style,
+            "accessKey": storage.access_key,
+            "secretKey": storage.secret_key,
+        }
+    return json.dumps(config, indent=1, sort_keys=True) + "\n"
+
+
 def render_njs_names(settings: GatewaySettings) -> str:
     return names.njs_names((u.host for u in settings.upstreams), DOCKER_HUB, NAME_COMPONENT.pattern)
 
@@ -100,6 +119,7 @@ def render_nginx_conf(
     router_file: str,
     egress_file: str,
     referrers_file: str,
+    store_file: str,
     metrics_file: str,
     routes_file: str,
     htpasswd_file: str,
@@ -121,6 +141,11 @@ def render_nginx_conf(
         njs_dir=str(PurePosixPath(router_file).parent),
         egress_file=egress_file,
         referrers_file=referrers_file,
+        store_file=store_file,
+        store_write_seconds=names.STORE_WRITE_SECONDS,
+        store_ca_file=UPSTREAM_CA_FILE
+        if isinstance(settings.storage, S3Storage) and settings.storage.endpoint.startswith("https://")
+        else "",
         metrics_file=metrics_file,
         metrics_listen=layout.metrics_listen,
         debug_servers=[{"key": key, "server": server} for key, (_, server) in sorted(layout.debug.items())],

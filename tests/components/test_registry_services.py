@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import pwd
 import re
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,6 +25,7 @@ from pulumi.runtime.rpc import is_rpc_secret
 from components import gateway_wiring
 from components.plan import lb_health, swarm_specs
 from components.registry_services import LayoutMismatch, RegistryServices, render_bundle
+from gateway.names import STORE_PREFIX
 from gateway.render import layout as gateway_layout
 from gateway.render.bundle import Bundle, RenderedFile, ServiceFiles
 from settings import Images, Local, Registry, Upstream, User
@@ -438,11 +441,37 @@ def test_nginx_starts_under_the_drain_wrapper(stack):
     command = spec["commands"]
     drain = f"{gateway_layout.CONFIG_DIR}/drain.sh"
     flag = f"{gateway_layout.STATE_DIR}/{gateway_layout.DRAIN_FLAG}"
-    assert command[:5] == ["sh", drain, flag, "QUIT", "nginx"]
+    start = command.index(drain) - 1
+    assert command[start : start + 5] == ["sh", drain, flag, "QUIT", "nginx"]
     assert drain in mounted(stack.service("nginx"))
+    if start:  # filesystem storage: the store's directory is made the workers' first (the next test)
+        assert command[:2] == ["sh", "-c"] and command[3:start] == [
+            f"{gateway_wiring.STORAGE_ROOT}/{STORE_PREFIX}",
+            gateway_layout.NGINX_USER,
+        ]
     private = stack.service("private").inputs["taskSpec"]["containerSpec"]["commands"]
     assert private[:5] == ["sh", drain, "-", "TERM", "registry"]
     assert drain in mounted(stack.service("private"))
+
+
+def test_the_store_directory_is_prepared_for_the_workers_then_the_drain_wrapper_runs(stack, tmp_path):
+    """The preparation before the drain wrapper, run as a shell runs it (dash here; busybox ash in the
+    image): the directory exists, belongs to the workers' user, and the rest of the command runs."""
+    command = stack.service("nginx").inputs["taskSpec"]["containerSpec"]["commands"]
+    if command[:2] != ["sh", "-c"]:
+        pytest.skip("storage is not a filesystem on this stack")
+    mounts = stack.service("nginx").inputs["taskSpec"]["containerSpec"]["mounts"]
+    assert gateway_wiring.STORAGE_ROOT in [m["target"] for m in mounts], "nginx sees the shared storage"
+    store = tmp_path / "storage" / STORE_PREFIX
+    ran = subprocess.run(
+        ["sh", "-c", command[2], str(store), "nobody", "echo", "then", "the rest"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert ran.returncode == 0 and ran.stdout == "then the rest\n", ran
+    assert store.is_dir() and store.stat().st_uid == pwd.getpwnam("nobody").pw_uid
 
 
 def test_lb_timings_derive_drain_and_pacing():
@@ -464,18 +493,22 @@ def test_cloud_nginx_health_check_speaks_proxy_protocol(stack):
     assert test[-1] == f"http://127.0.0.1:{gateway_layout.GATEWAY_PORT}/healthz"
 
 
-def test_nfs_storage_bind_mounts_the_node_mount_into_every_registry(deployed):
+def test_nfs_storage_bind_mounts_the_node_mount_into_every_service(deployed):
     run = deployed("dev", {"storage": "nfs"})
+    nfs = {"type": "bind", "source": "/mnt/owncr", "target": gateway_wiring.STORAGE_ROOT}
     for service in run.of_type(SERVICE):
         mounts = service.inputs["taskSpec"]["containerSpec"].get("mounts", [])
         if service.name == "registry-nginx":
-            # The state dir's tmpfs, and nginx's blob copy on the node's disk.
+            # The state dir's tmpfs, nginx's blob copy on the node's disk, and the storage its store
+            # (njs/store.js) keeps the nodes' locks on.
             assert [(m["type"], m.get("source")) for m in mounts] == [
                 ("tmpfs", None),
                 ("volume", swarm_specs.BLOB_CACHE_VOLUME),
+                ("bind", "/mnt/owncr"),
             ]
+            assert mounts[2] == nfs
         else:
-            assert mounts == [{"type": "bind", "source": "/mnt/owncr", "target": gateway_wiring.STORAGE_ROOT}]
+            assert mounts == [nfs]
 
 
 def test_first_preview_of_a_new_stack_registers_every_service(mock_session, run_program):
@@ -559,7 +592,11 @@ def test_object_names_change_when_and_only_when_the_content_changes():
     s3 = _names(VALUES | {gateway_wiring.S3_SECRET_KEY: "rotated-secret-key"})
     drain_scripts = {"private-drain-sh", "cache-docker-io-drain-sh"}  # the same for any secret
     assert drain_scripts <= _roles("private", "cache-docker-io")
-    assert {r for r in base if base[r] != s3[r]} == _roles("private", "cache-docker-io") - drain_scripts
+    # The registries' configs and the store's file (nginx's store.js signs with the same key).
+    store = {r for r in _roles("nginx") if "store-json" in r}
+    assert {r for r in base if base[r] != s3[r]} == (
+        _roles("private", "cache-docker-io") - drain_scripts
+    ) | store
     for name in base.values():
         assert len(name) <= swarm_specs.OBJECT_NAME_MAX and name.startswith("owncr-prod-")
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import queue
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.bench.images import Image, Layer, build_image
-from gateway.config import GatewaySettings
+from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, Upstream, User
 from gateway.local import procfs
 from gateway.local.binaries import TOOLS_BIN, Versions, default_docker, default_dockerd
 from gateway.local.plain_registry import PlainRegistry
@@ -175,6 +176,45 @@ def installed(tool: str) -> str:
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     assert result.returncode == 0, f"{result.args} failed ({result.returncode}):\n{result.stderr[-3000:]}"
     return result
+
+
+def team_settings(storage: FilesystemStorage | S3Storage, upstream_url: str) -> GatewaySettings:
+    """Settings for a gateway with one namespace (`team`) alice may push to and pull from, on `storage`:
+    what the tests that pass settings through the Python API have in common."""
+    return GatewaySettings(
+        namespaces=("team",),
+        users=(User("alice", USERS["alice"], pull=("team",), push=("team",)),),
+        upstreams=(Upstream("docker.io", upstream_url),),
+        storage=storage,
+        http_secret=secrets.token_hex(16),
+    )
+
+
+class Oras:
+    """oras over plain HTTP with a registry config file of its own (so no ambient login is used or
+    written). It runs in `workdir`: oras refuses absolute file paths, names files as given."""
+
+    def __init__(self, workdir: Path, name: str = "oras") -> None:
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "registry-config.json"
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # Flags after the subcommand (oras's own order); --plain-http and --registry-config are per command.
+        argv = [installed("oras"), *args, "--plain-http", "--registry-config", str(self.config)]
+        return run(argv, cwd=self.dir)
+
+    def login(self, door: str, user: str, password: str) -> subprocess.CompletedProcess[str]:
+        return self("login", door, "--username", user, "--password", password)
+
+    def write(self, name: str, content: bytes) -> str:
+        (self.dir / name).write_bytes(content)
+        return name
+
+
+def pushed_digest(stdout: str) -> str:
+    """The `Digest: sha256:...` line oras prints after a push, attach or pull."""
+    return next(line.split()[1] for line in stdout.splitlines() if line.startswith("Digest: "))
 
 
 class Skopeo:

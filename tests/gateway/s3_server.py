@@ -6,7 +6,8 @@ a valid URL from an expired or forged one. `PresignCheck` recomputes the AWS Sig
 request signed in its query string (`X-Amz-Signature`: what Distribution's `RedirectURL` hands out) from
 the bucket's secret key, and refuses, with S3's error codes, a URL whose signature does not match, that
 is used after `X-Amz-Date + X-Amz-Expires`, or that also carries an `Authorization` header (S3: "Only one
-auth mechanism allowed"). Requests signed in headers (the registries' own API calls) pass unchecked.
+auth mechanism allowed"). Requests signed in headers are checked only below the gateway's store prefix
+(store.js's own requests); the registries' API calls pass unchecked.
 Reference: https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +33,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from gateway.local.ports import free_port
+from gateway.names import STORE_PREFIX
 
 ACCESS_KEY = "owncr-test-key"
 SECRET_KEY = "owncr-test-secret"  # noqa: S105 - the test bucket's key, known to the checker
@@ -82,6 +85,36 @@ def signature_v4(secret: str, method: str, raw_path: str, query: list[tuple[str,
     return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
 
 
+_HEADER_AUTH = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=[^/]+/(?P<scope>\d{8}/[^/]+/s3/aws4_request), "
+    r"SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=(?P<signature>[0-9a-f]{64})"
+)
+
+
+def header_signature_v4(secret: str, method: str, raw_path: str, headers: dict[str, str]) -> str | None:
+    """The signature S3 expects for a request signed in its `Authorization` header (no query string),
+    or None when that header is not an AWS Signature V4 one."""
+    m = _HEADER_AUTH.fullmatch(headers.get("authorization", ""))
+    if m is None:
+        return None
+    signed = m["signed"]
+    lines = [f"{name}:{headers.get(name, '').strip()}" for name in signed.split(";")]
+    payload = headers.get("x-amz-content-sha256", "")
+    canonical = "\n".join([method, raw_path, "", *lines, "", signed, payload])
+    to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            headers.get("x-amz-date", ""),
+            m["scope"],
+            hashlib.sha256(canonical.encode()).hexdigest(),
+        ]
+    )
+    key = f"AWS4{secret}".encode()
+    for part in m["scope"].split("/"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
 def _s3_error(start_response: Callable[..., Any], status: str, code: str, message: str) -> list[bytes]:
     body = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message>"
     body += "</Error>"
@@ -126,7 +159,7 @@ class PresignCheck:
     ) -> tuple[str, str, str] | None:
         params = dict(query)
         if "X-Amz-Signature" not in params:
-            return None
+            return self._header_refusal(method, raw_path, headers)
         if "authorization" in headers:
             return ("400 Bad Request", "InvalidArgument", "Only one auth mechanism allowed")
         expected = signature_v4(self.secret, method, raw_path, query, headers.get("host", ""))
@@ -136,6 +169,19 @@ class PresignCheck:
         expires = signed_at + dt.timedelta(seconds=int(params["X-Amz-Expires"]))
         if dt.datetime.now(dt.UTC) + self.clock_skew > expires:
             return ("403 Forbidden", "AccessDenied", "Request has expired")
+        return None
+
+    def _header_refusal(
+        self, method: str, raw_path: str, headers: dict[str, str]
+    ) -> tuple[str, str, str] | None:
+        """The gateway's own store requests (below STORE_PREFIX) must carry a valid header signature,
+        as S3 and R2 demand; the registries' and boto3's requests pass unchecked (see the docstring)."""
+        if f"/{STORE_PREFIX}/" not in raw_path:
+            return None
+        expected = header_signature_v4(self.secret, method, raw_path, headers)
+        m = _HEADER_AUTH.fullmatch(headers.get("authorization", ""))
+        if expected is None or m is None or not hmac.compare_digest(expected, m["signature"]):
+            return ("403 Forbidden", "SignatureDoesNotMatch", "The request signature does not match")
         return None
 
     def requests(self) -> list[Seen]:

@@ -32,9 +32,11 @@ from tests.gateway.client_harness import (
     GatewayProcess,
     Images,
     Launcher,
+    Oras,
     PlainRegistry,
     installed,
     ok,
+    pushed_digest,
     run,
 )
 from tests.gateway.production_versions import assert_production
@@ -43,28 +45,6 @@ NOTES_TYPE = "application/vnd.owncr.test.notes"
 SIGNATURE_TYPE = "application/vnd.owncr.test.signature"
 READ_ONLY = "the mirror is read-only; push to the registry door"
 ALICE = f"alice:{USERS['alice']}"
-
-
-class Oras:
-    """oras over plain HTTP with a registry config file of its own (so no ambient login is used or
-    written). It runs in `workdir`: oras refuses absolute file paths, names files as given."""
-
-    def __init__(self, workdir: Path, name: str = "oras") -> None:
-        self.dir = workdir / name
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.config = self.dir / "registry-config.json"
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        # Flags after the subcommand (oras's own order); --plain-http and --registry-config are per command.
-        argv = [installed("oras"), *args, "--plain-http", "--registry-config", str(self.config)]
-        return run(argv, cwd=self.dir)
-
-    def login(self, door: str, user: str, password: str) -> subprocess.CompletedProcess[str]:
-        return self("login", door, "--username", user, "--password", password)
-
-    def write(self, name: str, content: bytes) -> str:
-        (self.dir / name).write_bytes(content)
-        return name
 
 
 class Crane:
@@ -120,11 +100,6 @@ class World:
 @pytest.fixture(scope="module")
 def world(module_launch: Launcher, images: Images) -> World:
     return World(module_launch, images)
-
-
-def pushed_digest(stdout: str) -> str:
-    """The `Digest: sha256:...` line oras prints after a push, attach or pull."""
-    return next(line.split()[1] for line in stdout.splitlines() if line.startswith("Digest: "))
 
 
 # --- oras -------------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ push and pull round-trip with skopeo through the registry door, blobs landing un
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,11 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from gateway.bench.images import Layer, MiB
-from gateway.config import GatewaySettings, S3Storage, Upstream, User
+from gateway.config import GatewaySettings, S3Storage
 from gateway.local.ports import free_port
 from gateway.local.runner import GatewayError
 from gateway.render.registry_config import PRIVATE_ROOT
-from tests.gateway.client_harness import USERS, Images, Launcher, ok
+from tests.gateway.client_harness import USERS, Images, Launcher, ok, team_settings
 
 ALICE = f"alice:{USERS['alice']}"
 BUCKET = "owncr-test"
@@ -55,13 +54,7 @@ def _settings(s3_endpoint: str, upstream_url: str, *, force_path_style: bool = T
         secret_key="test",  # noqa: S106
         force_path_style=force_path_style,
     )
-    return GatewaySettings(
-        namespaces=("team",),
-        users=(User("alice", USERS["alice"], pull=("team",), push=("team",)),),
-        upstreams=(Upstream("docker.io", upstream_url),),
-        storage=storage,
-        http_secret=secrets.token_hex(16),
-    )
+    return team_settings(storage, upstream_url)
 
 
 def test_private_registry_on_s3_round_trip(

@@ -210,15 +210,28 @@ def test_local_bundle_has_every_service_and_marks_secrets() -> None:
             "router.js",
             "egress.js",
             "referrers.js",
+            "store.js",
             "metrics.js",
             "owncr.js",
             "names.js",
             "routes.json",
             "htpasswd",
             "auth-salt.conf",
+            "store.json",
         },
-        {"htpasswd", "auth-salt.conf"},
+        {"htpasswd", "auth-salt.conf", "store.json"},
     )
+    # The store's file names the bucket and holds its keys (njs/store.js signs its own requests).
+    store = json.loads(nginx_files["store.json"].content)
+    assert store == {
+        "kind": "s3",
+        "endpoint": S3.endpoint.rstrip("/"),
+        "bucket": S3.bucket,
+        "region": S3.region,
+        "pathStyle": S3.force_path_style,
+        "accessKey": S3.access_key,
+        "secretKey": S3.secret_key,
+    }
 
 
 def test_storage_roots_are_separate_and_r2_shaped() -> None:

@@ -9,7 +9,9 @@ protocol and the production paths work together, not just `nginx -t`."""
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -56,16 +58,18 @@ def _inside_namespace(work: Path) -> None:
     from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
     from gateway.local import binaries
     from gateway.local.plain_registry import PlainRegistry
-    from gateway.names import NGINX_SERVICE
+    from gateway.names import NGINX_SERVICE, STORE_PREFIX
     from gateway.render.bundle import render_production
-    from gateway.render.layout import DEBUG_PORT, GATEWAY_PORT, METRICS_PORT
+    from gateway.render.layout import DEBUG_PORT, GATEWAY_PORT, METRICS_PORT, NGINX_USER
     from tests.gateway import swarm_dns
     from tests.gateway.routing_fixtures import (
         ACCEPT,
         HTTP_SECRET,
+        OCI_MANIFEST,
         Response,
         TinyImage,
         assert_oci_error,
+        digest_of,
         request,
     )
 
@@ -100,9 +104,10 @@ def _inside_namespace(work: Path) -> None:
         dns = swarm_dns.SwarmDns(addrs).start()
         # The whole production command: nginx under its drain wrapper (sh gateway/render/drain.sh ...
         # nginx ...), before the caches, which ask their upstream (through the egress) as they start.
-        nginx_argv = [
-            binaries.default_nginx() if c == "nginx" else c for c in bundle.services["nginx"].command
-        ]
+        nginx_argv = list(bundle.services["nginx"].command)
+        # The binary is named before its config (`nginx -c ...`); "nginx" also names the workers' user.
+        binary = next(i for i, c in enumerate(nginx_argv) if c == "nginx" and nginx_argv[i + 1] == "-c")
+        nginx_argv[binary] = binaries.default_nginx()
         procs.append(_start(nginx_argv, work / "nginx.log", None))
         _wait(lambda: _accepts(GATEWAY_PORT), "nginx")
         for service in registries:
@@ -136,6 +141,27 @@ def _inside_namespace(work: Path) -> None:
         app.push(base, "acme/app", "1", auth=alice, host=REGISTRY_HOST, proxy_from=CLIENT_OUTSIDE)
         got = via(REGISTRY_HOST, CLIENT_OUTSIDE, "/v2/acme/app/manifests/1", auth=alice, headers=accept)
         assert (got.status, got.headers["Docker-Content-Digest"]) == (200, app.digest)
+        # A referrer: its subject's index is written under the store's lock, which nginx's workers (user
+        # nginx, not root) take on the shared storage, in the directory the command prepared for them.
+        note = json.loads(app.manifest) | {
+            "artifactType": "application/vnd.owncr.test.note",
+            "subject": {"mediaType": OCI_MANIFEST, "digest": app.digest, "size": len(app.manifest)},
+        }
+        body = json.dumps(note).encode()
+        put = via(
+            REGISTRY_HOST,
+            CLIENT_OUTSIDE,
+            f"/v2/acme/app/manifests/{digest_of(body)}",
+            method="PUT",
+            auth=alice,
+            body=body,
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        assert (put.status, put.headers.get("OCI-Subject")) == (201, app.digest), put.body
+        store = Path(settings.storage.root) / STORE_PREFIX  # type: ignore[union-attr]
+        assert store.stat().st_uid == pwd.getpwnam(NGINX_USER).pw_uid
+        listed = via(REGISTRY_HOST, CLIENT_OUTSIDE, f"/v2/acme/app/referrers/{app.digest}", auth=alice)
+        assert [d["digest"] for d in json.loads(listed.body)["manifests"]] == [digest_of(body)]
         # Mirror door by hostname: only for allowed real client addresses, never private names.
         hub = via(MIRROR_HOST, CLIENT_INSIDE, "/v2/library/alpine/manifests/3", headers=accept)
         assert (hub.status, hub.headers["Docker-Content-Digest"]) == (200, hub_image.digest)

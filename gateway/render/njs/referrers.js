@@ -11,6 +11,7 @@
 // The router (router.js) sends a private namespace's manifest writes here (js_content: the body, at most
 // 4 MiB, is read first) and its referrers reads; the rights were checked there, the login by nginx.
 import owncr from 'owncr.js';
+import store from 'store.js';
 
 var N = owncr.names;
 var INDEX = N.ociIndex;
@@ -18,10 +19,6 @@ var DIGEST = /^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
 // This request's internal URI: /_owncr/<manifest_write or referrers>/v2/<name>/<manifests|referrers>/<ref>.
 var ROUTE = new RegExp('^' + N.internal + '(?:' + N.routes.manifestWrite + '|' + N.routes.referrers + ')'
     + '(/v2/(.+)/(manifests|referrers)/([^/]+))$');
-// Writers of one subject's index on this node take turns (read, add, write back); see LOCK_*.
-var LOCKS = 'owncr_referrers';
-var LOCK_WAIT_MS = 20;
-var LOCK_TRIES = 250;
 
 function answer(r, status, body, type) {
     r.headersOut['Content-Type'] = type || 'application/json';
@@ -37,10 +34,6 @@ function route(r) {
 function fallbackTag(digest) {
     var parts = digest.split(':');
     return parts[0].slice(0, 32) + '-' + parts[1].slice(0, 64);
-}
-
-function sleep(ms) {
-    return new Promise(function (resolve) { setTimeout(resolve, ms); });
 }
 
 function newIndex(manifests) {
@@ -65,23 +58,13 @@ async function readIndex(r, name, subject) {
     return index;
 }
 
-// Read, change and write back the subject's index; true once stored. One writer at a time per subject on
-// this node (a shared lock that expires with the zone's timeout if a worker dies holding it).
+// Read, change and write back the subject's index; true once stored. One writer at a time per subject
+// on every node: the store's lease lock on the shared storage (store.js), so concurrent attaches through
+// different gateways all end up in the index.
 async function updateIndex(r, name, subject, change) {
-    var lock = name + '@' + subject;
-    var held = false;
-    for (var i = 0; i < LOCK_TRIES && !held; i++) {
-        held = ngx.shared[LOCKS].add(lock, '1');
-        if (!held) {
-            await sleep(LOCK_WAIT_MS);
-        }
-    }
-    if (!held) {
-        return false;
-    }
-    try {
+    var stored = await store.locked(r, 'referrers/' + name + '/' + fallbackTag(subject), async function (lease) {
         var index = await readIndex(r, name, subject);
-        if (index === null) {
+        if (index === null || !lease.writable()) {
             return false;
         }
         index.schemaVersion = 2;
@@ -90,9 +73,8 @@ async function updateIndex(r, name, subject, change) {
         var put = await r.subrequest(owncr.internal(N.routes.referrersPut, '/v2/' + name + '/manifests/'
             + fallbackTag(subject)), {method: 'PUT', body: JSON.stringify(index)});
         return put.status === 201;
-    } finally {
-        ngx.shared[LOCKS].delete(lock);
-    }
+    });
+    return stored === true;
 }
 
 // The manifest's subject digest, or null (not JSON, no subject, or not a digest).
