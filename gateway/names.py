@@ -63,7 +63,8 @@ PING = "ping"
 FAILED = "failed"
 REFUSED = "refused"  # the access log's route of a refusal
 AUTH = "auth"  # the registry door's login check
-PRIVATE_READ = "private_read"
+PRIVATE_READ = "private_read"  # manifests, tag lists, the catalog, upload status: small answers, bounded
+PRIVATE_BLOB = "private_blob"  # blob GET/HEAD: a transfer, bounded between two reads
 PRIVATE_WRITE = "private_write"
 MANIFEST_WRITE = "manifest_write"  # referrers.js stores the manifest and keeps its subject's index
 REFERRERS = "referrers"  # GET /v2/<name>/referrers/<digest>, answered by referrers.js
@@ -109,9 +110,13 @@ VIA_REALM, VIA_REDIRECT = "realm", "redirect"
 STORE_PREFIX = "owncr"
 # A lock's lease: how long a holder that died (its node lost) keeps the others waiting.
 STORE_LEASE_SECONDS = 30
+# The longest the private registry may take to answer a manifest, tag-list or catalog request (or an
+# index write) before nginx asks another replica: a replica on a node lost without a reset (its pooled
+# connections hang) costs a read this long, not the 900 s a transfer may idle.
+PRIVATE_ANSWER_SECONDS = 10
 # The longest one write under a lease may take (the referrers routes' read timeout): a holder starts
 # its last write only with this much lease left (plus clock drift).
-STORE_WRITE_SECONDS = 10
+STORE_WRITE_SECONDS = PRIVATE_ANSWER_SECONDS
 
 
 # --- media types and errors --------------------------------------------------------------------------
@@ -180,6 +185,7 @@ def njs_names(upstreams: Iterable[str], hub: str, name_component: str) -> str:
                 ("failed", FAILED),
                 ("refused", REFUSED),
                 ("privateRead", PRIVATE_READ),
+                ("privateBlob", PRIVATE_BLOB),
                 ("privateWrite", PRIVATE_WRITE),
                 ("manifestWrite", MANIFEST_WRITE),
                 ("referrers", REFERRERS),

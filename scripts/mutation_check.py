@@ -134,6 +134,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation.one(
+        "hung-replica-unbounded",
+        "a manifest read on a replica lost without a reset waits a transfer's 900 s, not 10 s and another",
+        "gateway/render/templates/routes.conf.j2",
+        "            proxy_read_timeout {{ read_seconds }}s;\n",
+        "",
+        (
+            "tests/gateway/test_clients_replicas.py::"
+            "test_a_hung_replica_costs_a_read_one_bounded_wait_then_another_replica_answers",
+        ),
+    ),
+    Mutation.one(
         "hung-cache-unbounded",
         "a door waits for a hung cache until the client gives up (900 s), not a retryable 503 in 20 s",
         "gateway/render/templates/routes.conf.j2",

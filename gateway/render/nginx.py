@@ -46,6 +46,9 @@ REDIRECT_FILL_SECONDS = 1
 REDIRECT_KEEP_SECONDS = 300
 # Statuses router.js refuses with (its fail() calls), each an internal location with an OCI body.
 REFUSAL_STATUSES = (400, 403, 404, 405, 415)
+# The longest a blob download from the private registry may pause between two reads (storage slow to
+# answer, or a replica gone): noticed and retried on another replica if nothing was sent yet.
+PRIVATE_BLOB_SECONDS = 60
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -143,6 +146,8 @@ def render_nginx_conf(
         referrers_file=referrers_file,
         store_file=store_file,
         store_write_seconds=names.STORE_WRITE_SECONDS,
+        private_answer_seconds=names.PRIVATE_ANSWER_SECONDS,
+        private_blob_seconds=PRIVATE_BLOB_SECONDS,
         store_ca_file=UPSTREAM_CA_FILE
         if isinstance(settings.storage, S3Storage) and settings.storage.endpoint.startswith("https://")
         else "",

@@ -74,6 +74,10 @@ def session_members(sid: int) -> list[int]:
     return [p.pid for p in processes() if p.session == sid]
 
 
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
 def descendants(pid: int) -> list[Proc]:
     """Children, grandchildren, ... of `pid` (whatever session they put themselves in)."""
     everything = processes()
@@ -609,10 +613,16 @@ class Launcher:
         """Put `image` straight into an upstream stand-in as `name` (repository:tag)."""
         ok(self.skopeo.copy(image.ref, f"docker://{registry.host}/{name}"))
 
-    def local_gateway(self, settings: GatewaySettings, name: str = "gw-api") -> LocalGateway:
+    def local_gateway(
+        self, settings: GatewaySettings, name: str = "gw-api", *, nginx_bin: str | None = None
+    ) -> LocalGateway:
         """The gateway through its Python API (settings the command line cannot express)."""
         gateway = LocalGateway(
-            settings, data_dir=self.workdir / name, registry_port=free_port(), mirror_port=free_port()
+            settings,
+            data_dir=self.workdir / name,
+            registry_port=free_port(),
+            mirror_port=free_port(),
+            nginx_bin=nginx_bin,
         )
         self._stops.append(gateway.stop)
         return gateway.start()

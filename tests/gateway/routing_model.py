@@ -17,6 +17,7 @@ from gateway.config import DOCKER_HUB, GatewaySettings
 from gateway.names import (
     MANIFEST_WRITE,
     PING,
+    PRIVATE_BLOB,
     PRIVATE_READ,
     PRIVATE_WRITE,
     REFERRERS,
@@ -154,7 +155,9 @@ def registry_door(
             return Expect(REFERRERS if read else PRIVATE_WRITE)
         if rest.startswith("manifests/") and method in ("PUT", "DELETE"):
             return Expect(MANIFEST_WRITE)
-        return Expect(PRIVATE_READ if read else PRIVATE_WRITE)
+        if not read:
+            return Expect(PRIVATE_WRITE)
+        return Expect(PRIVATE_BLOB if rest.startswith("blobs/") and not upload else PRIVATE_READ)
     if not read:
         return Expect(REFUSED, 403, "DENIED")
     if upload:

@@ -27,6 +27,7 @@ from tests.gateway.client_harness import (
     Images,
     Launcher,
     PlainRegistry,
+    cmdline,
     mirror_answered_404,
     ok,
     write_hosts_toml,
@@ -34,10 +35,6 @@ from tests.gateway.client_harness import (
 from tests.gateway.routing_fixtures import ACCEPT, request
 
 ALICE = f"alice:{USERS['alice']}"
-
-
-def cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 TAG_CACHE_SECONDS = GatewaySettings.__dataclass_fields__["tag_cache_seconds"].default  # what the CLI runs

@@ -5,10 +5,14 @@ holds on the other at once."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from gateway.bench.images import Layer
-from tests.gateway.client_harness import USERS, Images, Launcher
+from gateway.names import PRIVATE_ANSWER_SECONDS, private_key
+from tests.gateway.client_harness import USERS, Images, Launcher, cmdline
 from tests.gateway.routing_fixtures import ACCEPT, TinyImage, digest_of, request
 
 PUSHES = 20
@@ -64,3 +68,32 @@ def test_a_delete_through_one_replica_holds_on_every_replica(launch: Launcher) -
         assert request(blob, auth=auth).status == 404
         assert request(blob, "HEAD", auth=auth).status == 404
         assert request(manifest, auth=auth, headers={"Accept": ACCEPT}).status == 404
+
+
+def test_a_hung_replica_costs_a_read_one_bounded_wait_then_another_replica_answers(launch: Launcher) -> None:
+    """A replica that stops answering (its node lost without a reset: here, stopped outright) holds a
+    manifest read for PRIVATE_ANSWER_SECONDS, then nginx asks the other replica: the client gets its
+    manifest, never waits for a transfer's timeout. A blob read is routed as a transfer and also answers."""
+    upstream = launch.distribution("dockerhub")
+    gateway = launch.gateway({"docker.io": upstream.url}, private_replicas=2, name="hung-replica")
+    base = f"http://{gateway.doors.registry}"
+    image = TinyImage.make("hung replica")
+    auth = ("alice", USERS["alice"])
+    image.push(base, "team/hung", "1.0", auth)
+    (second,) = [p for p in gateway.children() if f"{private_key(1)}.yml" in cmdline(p.pid)]
+    os.kill(second.pid, signal.SIGSTOP)
+    waits = []
+    try:
+        for _ in range(READS // 2):  # round robin: about half of them go to the stopped replica first
+            started = time.monotonic()
+            manifest = request(
+                f"{base}/v2/team/hung/manifests/1.0", auth=auth, headers={"Accept": ACCEPT}, timeout=60
+            )
+            waits.append(time.monotonic() - started)
+            assert (manifest.status, manifest.body) == (200, image.manifest)
+        blob = request(f"{base}/v2/team/hung/blobs/{digest_of(image.layer)}", auth=auth, timeout=120)
+        assert (blob.status, blob.body) == (200, image.layer)
+    finally:
+        os.kill(second.pid, signal.SIGCONT)
+    assert max(waits) >= PRIVATE_ANSWER_SECONDS - 1, f"no read reached the stopped replica: {waits}"
+    assert max(waits) <= PRIVATE_ANSWER_SECONDS + 5, waits

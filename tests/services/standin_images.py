@@ -11,7 +11,8 @@ The layout mimics the official images where the rendered files depend on it:
   both the official prefix `/etc/nginx` and Debian's `/usr/share/nginx`), the `nginx` user, and `curl`,
   which the official image ships and the health check uses;
 - both: `cat`, so the test can read a mounted file back (both official images have one);
-- nginx: `sh`, `sleep` and `rm` for the drain wrapper, and the official image's STOPSIGNAL (SIGQUIT).
+- nginx: `sh`, `sleep` and `rm` for the drain wrapper, `mkdir` and `chown` for the store's directory,
+  and the official image's STOPSIGNAL (SIGQUIT).
 - registry: the binary at `/bin/registry` (the official image's entrypoint) and `wget`, which the official
   (Alpine/busybox) image ships and the health check uses; busybox's nc, find, stat and ls, which
   maintenance runs in it.
@@ -69,6 +70,10 @@ def nginx_rootfs() -> Rootfs:
             "/bin/sh": "/bin/dash",
             "/bin/sleep": "/bin/sleep",
             "/bin/rm": "/bin/rm",
+            # The command's first step, which makes the store's directory the workers' (bundle.py):
+            # the official image's busybox mkdir and chown.
+            "/bin/mkdir": "/bin/mkdir",
+            "/bin/chown": "/bin/chown",
         },
         files={"/etc/nginx/mime.types": "/etc/nginx/mime.types"},
         symlinks={

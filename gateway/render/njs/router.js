@@ -193,7 +193,8 @@ function deniedWrite(r, user, rights, name) {
 }
 
 // Manifest writes and referrers reads of a private namespace go through referrers.js, which keeps each
-// subject's referrers index; everything else goes straight to the private registry.
+// subject's referrers index; everything else goes straight to the private registry, blob reads by
+// their own route.
 function privateRoute(r, p, read) {
     if (p.rest.indexOf('referrers/') === 0) {
         return read ? N.routes.referrers : N.routes.privateWrite;
@@ -201,7 +202,11 @@ function privateRoute(r, p, read) {
     if (p.rest.indexOf('manifests/') === 0 && (r.method === 'PUT' || r.method === 'DELETE')) {
         return N.routes.manifestWrite;
     }
-    return read ? N.routes.privateRead : N.routes.privateWrite;
+    if (!read) {
+        return N.routes.privateWrite;
+    }
+    // Blob downloads get a transfer's timeouts; every other read a small answer's (routes.conf.j2).
+    return p.rest.indexOf('blobs/') === 0 && !p.upload ? N.routes.privateBlob : N.routes.privateRead;
 }
 
 function registryTarget(r) {
