@@ -145,6 +145,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation.one(
+        "download-buffers-unbounded",
+        "a fleet of slow downloads fills nginx's memory limit and the OOM killer breaks them off",
+        "gateway/render/nginx.py",
+        "DOWNLOAD_BUFFER_KIB = 320\n",
+        "DOWNLOAD_BUFFER_KIB = 1280\n",
+        ("tests/gateway/test_nginx_memory.py",),
+    ),
+    Mutation.one(
         "hung-cache-unbounded",
         "a door waits for a hung cache until the client gives up (900 s), not a retryable 503 in 20 s",
         "gateway/render/templates/routes.conf.j2",

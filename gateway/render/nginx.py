@@ -49,6 +49,11 @@ REFUSAL_STATUSES = (400, 403, 404, 405, 415)
 # The longest a blob download from the private registry may pause between two reads (storage slow to
 # answer, or a replica gone): noticed and retried on another replica if nothing was sent yet.
 PRIVATE_BLOB_SECONDS = 60
+# nginx's read-ahead of one download (proxy_buffer_size + 4 proxy_buffers), sized with its memory limit
+# (components/plan/swarm_specs.py NGINX_LIMITS) for several hundred slow downloads per node.
+DOWNLOAD_BUFFER_KIB = 320
+# The tag cache's size on the state dir (in production the task's tmpfs, inside the same limit).
+TAG_CACHE_MIB = 32
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -148,6 +153,8 @@ def render_nginx_conf(
         store_write_seconds=names.STORE_WRITE_SECONDS,
         private_answer_seconds=names.PRIVATE_ANSWER_SECONDS,
         private_blob_seconds=PRIVATE_BLOB_SECONDS,
+        download_buffer_kib=DOWNLOAD_BUFFER_KIB,
+        tag_cache_mib=TAG_CACHE_MIB,
         store_ca_file=UPSTREAM_CA_FILE
         if isinstance(settings.storage, S3Storage) and settings.storage.endpoint.startswith("https://")
         else "",
