@@ -153,6 +153,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/gateway/test_nginx_memory.py",),
     ),
     Mutation.one(
+        "outage-memory-per-node",
+        "a node whose own egress never saw the upstream fail answers a never-pulled name 404 (final)",
+        "gateway/render/njs/egress.js",
+        "    var down = id === null ? null : remembered(id) || await published(r, id);",
+        "    var down = id === null ? null : remembered(id);",
+        ("tests/gateway/test_clients_fleet.py::test_an_outage_one_node_saw_is_every_node_s_answer",),
+    ),
+    Mutation.one(
         "hung-cache-unbounded",
         "a door waits for a hung cache until the client gives up (900 s), not a retryable 503 in 20 s",
         "gateway/render/templates/routes.conf.j2",

@@ -23,7 +23,7 @@ import yaml
 
 from gateway import names
 from gateway.bench.images import Image, Layer, MiB
-from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
+from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, Upstream, User
 from gateway.local.runner import LocalGateway
 from gateway.names import cache_key, cache_route
 from tests.gateway.client_harness import Images, Launcher
@@ -331,3 +331,54 @@ def test_token_realm_and_blob_redirects_go_through_the_egress_signed(
         status, _, body, _ = get(egress, forged)
         assert status == 403, (forged, status, body)
         assert json.loads(body)["errors"][0]["code"] == "DENIED"
+
+
+OUTAGE_SECONDS = 6  # upstream_down_seconds of the outage test: how long a node remembers a failure
+
+
+@pytest.mark.parametrize("kind", ["filesystem", "s3"])
+def test_an_outage_one_node_saw_is_every_node_s_answer(launch: Launcher, kind: str) -> None:
+    """In production a cache reaches the egress of whichever node Swarm picks, so the node whose door
+    answers a miss may not be the one whose egress saw the upstream fail. The egress publishes what it
+    learns to the store (egress.js failed) before the cache hears of it, and every door consults it
+    before answering a miss (egress.js missed): a never-pulled name is a retryable 503 on every node.
+
+    Here the other node's cache answers its miss without any failure of its own (its upstream stand-in
+    simply has no such name), which is what its door sees in production when the cache's call went
+    through the node that remembers the outage. Without the store, that door answered 404: final."""
+    failing_hub = launch.distribution("outage-hub")
+    fault = FaultUpstream(failing_hub.url).start()
+    launch.on_close(fault.stop)
+    quiet_hub = launch.distribution("outage-quiet-hub")
+    if kind == "s3":
+        from tests.gateway.s3_server import ACCESS_KEY, SECRET_KEY
+
+        s3 = launch.s3_server()
+        endpoint = f"http://127.0.0.1:{s3.port}"
+        storage: FilesystemStorage | S3Storage = S3Storage(s3.bucket, endpoint, ACCESS_KEY, SECRET_KEY)
+    else:
+        storage = FilesystemStorage(str(launch.workdir / "outage-storage"))
+
+    def node(upstream: str, name: str) -> LocalGateway:
+        base = dataclasses.replace(settings(upstream, launch.workdir), storage=storage)
+        return launch.local_gateway(
+            dataclasses.replace(base, upstream_down_seconds=OUTAGE_SECONDS), name=name
+        )
+
+    saw_it, other = node(fault.url, "saw-it"), node(quiet_hub.url, "other")
+    path = "/v2/library/never-pulled/manifests/1.0"
+    fault.set("503")
+    try:
+        status, _, _, _ = get(f"127.0.0.1:{saw_it.mirror_port}", path)
+        assert status == 503
+        status, headers, body, _ = get(f"127.0.0.1:{other.mirror_port}", path)
+        assert status == 503, body
+        assert 1 <= int(headers["Retry-After"]) <= OUTAGE_SECONDS
+        assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+    finally:
+        fault.set("pass")
+    # Once the outage's window has passed, a miss is a miss again, on every node.
+    time.sleep(OUTAGE_SECONDS + 1)
+    status, _, body, _ = get(f"127.0.0.1:{other.mirror_port}", path)
+    assert status == 404, body
+    assert json.loads(body)["errors"][0]["code"] == "MANIFEST_UNKNOWN"

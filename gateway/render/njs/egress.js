@@ -10,10 +10,14 @@
 // fetched this way; the egress is no open proxy for whoever reaches its port.
 import crypto from 'crypto';
 import owncr from 'owncr.js';
+import store from 'store.js';
 
 var N = owncr.names;
 var E = N.egress;
-// Failure memory: the upstream's id -> "<until ms>,<status>" (status: 429 rate limit, 503 down).
+// Failure memory: the upstream's id -> "<until ms>,<status>" (status: 429 rate limit, 503 down). Each
+// node keeps its own in this dictionary and publishes what it learns to the store (store.js), under
+// upstreams/<id>: a cache reaches the egress of any node, so the node whose door answers a miss may not
+// be the one that saw the upstream fail (docs/architecture.md, "How nodes agree").
 var MEMORY = 'owncr_upstreams';
 var RETRY_AFTER_DEFAULT = 60;
 // A rate-limit window longer than this is cut short: one request then finds out whether it still holds.
@@ -24,18 +28,35 @@ var VIA_PREFIX = owncr.internal(N.routes.via, '/');
 var VIA = new RegExp('^' + VIA_PREFIX + '(' + E.realm + '|' + E.redirect + ')'
     + '/([0-9a-f]{32})/(https?)/([^/?]+)(/[^?]*)?(\\?.*)?$');
 
+// "<until ms>,<status>" -> {seconds left, status}, or null once passed (or not one of ours).
+function state(value) {
+    var m = /^(\d{1,15}),(429|503)$/.exec(String(value || ''));
+    var left = m === null ? 0 : Number(m[1]) - Date.now();
+    return left > 0 ? {seconds: Math.ceil(left / 1000), status: m[2], value: m[0]} : null;
+}
+
 function remembered(id) {
-    var value = ngx.shared[MEMORY].get(id);
-    if (!value) {
-        return null;
-    }
-    var parts = String(value).split(',');
-    var left = Number(parts[0]) - Date.now();
-    return left > 0 ? {seconds: Math.ceil(left / 1000), status: parts[1]} : null;
+    return state(ngx.shared[MEMORY].get(id));
 }
 
 function remember(id, seconds, status) {
-    ngx.shared[MEMORY].set(id, String(Date.now() + seconds * 1000) + ',' + status);
+    var value = String(Date.now() + seconds * 1000) + ',' + status;
+    ngx.shared[MEMORY].set(id, value);
+    return value;
+}
+
+// What some node published about this upstream (and this node now remembers too), or null.
+async function published(r, id) {
+    var found = null;
+    try {
+        found = state(await store.read(r, 'upstreams/' + id));
+    } catch (e) {
+        r.error('' + e);  // the store unreachable: this node's own memory is all there is
+    }
+    if (found !== null) {
+        ngx.shared[MEMORY].set(id, found.value);
+    }
+    return found;
 }
 
 function signature(r, kind, origin, path) {
@@ -112,16 +133,28 @@ function retryAfter(value) {
     return Math.min(Math.max(Math.ceil(seconds), 1), RETRY_AFTER_MAX);
 }
 
-// js_header_filter of the proxied locations: remember a rate limit or an outage (nginx's own 502/504
-// after a refused connection or a timeout pass here too), and keep follow-up URLs on the egress.
-function answered(r) {
+// js_content of an upstream's failure (error_page of the proxied locations: its 429, 502, 503, 504 and
+// nginx's own 502/504 after a refused connection or a timeout): remember a rate limit or an outage, on
+// this node and in the store, before the cache hears of it, then pass the status on.
+async function failed(r) {
     var id = r.variables.owncr_upstream;
-    if (r.status === 429) {
-        remember(id, retryAfter(r.headersOut['Retry-After']), 429);
-    } else if (r.status === 502 || r.status === 503 || r.status === 504) {
-        var given = r.headersOut['Retry-After'];
-        remember(id, given ? retryAfter(given) : Number(r.variables.owncr_egress_down_seconds), 503);
+    var statuses = String(r.variables.upstream_status || '').split(/[,:] */);
+    var status = Number(statuses[statuses.length - 1]) || 502;
+    var given = r.variables.upstream_http_retry_after;
+    var seconds = status === 429 || given ? retryAfter(given)
+        : Number(r.variables.owncr_egress_down_seconds);
+    var value = remember(id, seconds, status === 429 ? 429 : 503);
+    try {
+        await store.put(r, 'upstreams/' + id, value);
+    } catch (e) {
+        r.error('' + e);  // the other nodes learn it from their own requests
     }
+    r.headersOut['Retry-After'] = String(seconds);
+    r.return(status);
+}
+
+// js_header_filter of the proxied locations: keep follow-up URLs (token realm, redirects) on the egress.
+function answered(r) {
     var challenge = r.headersOut['WWW-Authenticate'];
     if (challenge) {
         r.headersOut['WWW-Authenticate'] = challenge.replace(/realm="([^"]+)"/i, function (all, url) {
@@ -134,17 +167,19 @@ function answered(r) {
     }
 }
 
-// js_set $owncr_upstream_down (the doors): "1" while the upstream behind this request's cache route (tag,
-// blob, or manifest by digest and tag list; router.js set $owncr_upstream) is remembered as down or rate
-// limiting.
-function upstreamDown(r) {
+// js_content of a door's answer to what a cache did not have (404) or failed to fetch (500;
+// $owncr_miss_status): while the upstream is down or rate limiting, as this node or any other (the store)
+// has seen, that is "not mirrored yet", which clients retry (503 + Retry-After); otherwise the usual answer.
+async function missed(r) {
     var id = owncr.upstreamOf(r);
-    var down = id === null ? null : remembered(id);
-    if (down === null) {
-        return '';
+    var down = id === null ? null : remembered(id) || await published(r, id);
+    r.headersOut['Content-Type'] = 'application/json';
+    if (down !== null) {
+        r.headersOut['Retry-After'] = String(down.seconds);
+        return r.return(503, owncr.error('not_mirrored'));
     }
-    r.variables.owncr_egress_retry = String(down.seconds);
-    return '1';
+    var status = Number(r.variables.owncr_miss_status);
+    r.return(status, status === 404 ? r.variables.owncr_error : owncr.error('backend_failed'));
 }
 
 // js_set $owncr_upstream_states (the metrics server): JSON {<upstream id>: {seconds, status}} of every upstream
@@ -160,4 +195,4 @@ function upstreamStates(r) {
     return JSON.stringify(states);
 }
 
-export default {next, answered, upstreamDown, upstreamStates};
+export default {next, failed, answered, missed, upstreamStates};

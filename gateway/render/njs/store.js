@@ -78,6 +78,14 @@ var files = {
             throw e;
         }
     },
+    put: async function (cfg, key, body) {
+        var path = filePath(cfg, key);
+        var temporary = path + '.' + crypto.createHash('sha256').update(String(Math.random())).digest('hex')
+            .slice(0, 16);
+        await fs.promises.mkdir(path.slice(0, path.lastIndexOf('/')), {recursive: true});
+        await fs.promises.writeFile(temporary, body);
+        await fs.promises.rename(temporary, path);  // whole or not at all, for every reader
+    },
     remove: async function (cfg, key) {
         try {
             await fs.promises.unlink(filePath(cfg, key));
@@ -149,6 +157,12 @@ var buckets = {
         }
         return true;
     },
+    put: async function (cfg, key, body) {
+        var reply = await s3(cfg, 'PUT', key, body);
+        if (reply.status !== 200) {
+            throw s3Failed('put', key, reply);
+        }
+    },
     read: async function (cfg, key) {
         var reply = await s3(cfg, 'GET', key);
         if (reply.status === 404) {
@@ -171,10 +185,17 @@ function backend(cfg) {
     return cfg.kind === 's3' ? buckets : files;
 }
 
-// Create `key` with `body` unless it exists: true if this call created it.
-async function create(r, key, body) {
+// Write `key` whatever was there (last writer wins): for what one writer decides alone.
+async function put(r, key, body) {
     var cfg = config(r);
-    return backend(cfg).create(cfg, checked(key), body);
+    return backend(cfg).put(cfg, checked(key), body);
+}
+
+// The text stored under `key`, or null when there is none.
+async function read(r, key) {
+    var cfg = config(r);
+    var found = await backend(cfg).read(cfg, checked(key));
+    return found === null ? null : found.text;
 }
 
 // --- the lease lock --------------------------------------------------------------------------------
@@ -243,4 +264,4 @@ async function holding(r, cfg, store, key, lease, work) {
     }
 }
 
-export default {create, locked};
+export default {put, read, locked};
