@@ -118,10 +118,11 @@ def service_args(spec: ServiceSpec, objects: ObjectIds, network_id: pulumi.Input
         "task_spec": task,
         "mode": {"replicated": {"replicas": spec["replicas"]}},
         "endpoint_spec": {
+            "mode": spec["endpoint_mode"],
             "ports": [
                 {"target_port": p["target"], "published_port": p["published"], "publish_mode": p["mode"]}
                 for p in spec["ports"]
-            ]
+            ],
         },
         "update_config": _update(spec["update"]),
         "rollback_config": _update(spec["rollback"]),

@@ -103,6 +103,7 @@ class ServiceSpec(TypedDict):
     command: list[str]  # replaces the image's entrypoint and cmd
     env: dict[str, str]
     mode: Literal["replicated"]
+    endpoint_mode: Literal["dnsrr"]
     replicas: int
     max_replicas_per_node: int  # 0: no limit
     ports: list[PortSpec]
@@ -363,6 +364,12 @@ def service_specs(bundle: Bundle, plan: ServicePlan) -> list[ServiceSpec]:
             # fails with "no replica count" (kreuzwerker/terraform-provider-docker,
             # internal/provider/resource_docker_service_funcs.go, replicatedConsoleLogUpdater).
             "mode": "replicated",
+            # Every service by DNS round robin (its name resolves to each task's own address), never
+            # Swarm's virtual IP: that is what scripts/ha-drill proves (this kernel, like many, has no
+            # IPVS), nginx re-resolves the registries' names every 5 s and asks another replica when
+            # one fails, and a lost task leaves the answer as Swarm notices. SwarmKit accepts DNS round
+            # robin with host-mode published ports (controlapi validateEndpointSpec refuses ingress only).
+            "endpoint_mode": "dnsrr",
             "replicas": plan.node_count if is_nginx else _registry_replicas(key, plan),
             "max_replicas_per_node": 1 if is_nginx else 0,
             "ports": [

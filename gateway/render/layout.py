@@ -74,12 +74,11 @@ def production_layout(settings: GatewaySettings, door_ports: tuple[int, int] | N
         raise ValueError(f"door ports {door_ports} must differ from each other and from {AUTH_PORT}")
     proxy = " proxy_protocol" if settings.trusted_proxy_cidrs else ""
     ports = (GATEWAY_PORT, GATEWAY_PORT) if door_ports is None else door_ports
-    # The private service is a Swarm VIP: one address that IPVS spreads over the replicas per TCP
-    # connection. Listing it once per replica (at least twice) gives nginx distinct peers to retry a
-    # failed read on; each retry opens a new connection, which IPVS sends to another replica. The names
-    # are re-resolved while nginx runs (`resolver`): with DNS round-robin endpoints (where there is no
-    # IPVS, as in scripts/ha-drill) the answer is the replicas' own addresses, which change when a task
-    # is replaced; a name resolved once at start would keep pointing at stopped tasks.
+    # Every service is reached by DNS round robin (components/plan/swarm_specs.py): the private service's
+    # name resolves to each replica's own address, re-resolved while nginx runs (`resolver`), so a
+    # replaced or lost task leaves the rotation without a reload; a name resolved once at start would
+    # keep pointing at stopped tasks. Listed at least twice, so nginx has another peer to retry a failed
+    # read on even while the name resolves to one address.
     private = f"{PRIVATE_SERVICE}:{REGISTRY_PORT}"
     return Layout(
         production=True,
@@ -100,7 +99,7 @@ def production_layout(settings: GatewaySettings, door_ports: tuple[int, int] | N
         },
         egress_resolver=SWARM_DNS,
         metrics_listen=str(METRICS_PORT),
-        # The private service's address is its VIP: with several replicas each scrape reads one of them.
+        # The private service's name resolves to every replica: each scrape reads one of them.
         debug={
             key: (f":{DEBUG_PORT}", f"{service}:{DEBUG_PORT}")
             for key, service in (

@@ -493,6 +493,15 @@ def test_cloud_nginx_health_check_speaks_proxy_protocol(stack):
     assert test[-1] == f"http://127.0.0.1:{gateway_layout.GATEWAY_PORT}/healthz"
 
 
+def test_every_service_is_reached_by_dns_round_robin_as_the_drill_runs_it(stack):
+    """Production runs the endpoint mode scripts/ha-drill proves (no IPVS there): every service's name
+    resolves to its tasks' own addresses; nginx keeps its host-mode port, which SwarmKit allows with it."""
+    for key in ("nginx", "private", "cache-docker-io"):
+        endpoint = stack.service(key).inputs["endpointSpec"]
+        assert endpoint["mode"] == "dnsrr", key
+        assert all(p["publishMode"] == "host" for p in endpoint.get("ports", [])), key
+
+
 def test_nfs_storage_bind_mounts_the_node_mount_into_every_service(deployed):
     run = deployed("dev", {"storage": "nfs"})
     nfs = {"type": "bind", "source": "/mnt/owncr", "target": gateway_wiring.STORAGE_ROOT}

@@ -152,7 +152,6 @@ class Cluster:
             self.objects,
             self.network,
             image=NGINX_IMAGE if is_nginx else self.registry_image,
-            endpoint_mode="dnsrr",
         )
 
     def _deploy_upstream(self, specs: list[swarm_specs.ServiceSpec]) -> None:
@@ -172,7 +171,7 @@ class Cluster:
             "ports": [{"target": UPSTREAM_PORT, "published": UPSTREAM_PORT, "mode": "host"}],
         }
         body = swarm_apply.engine_service_spec(
-            spec, {"cfg": (config, name)}, self.network, image=self.registry_image, endpoint_mode="dnsrr"
+            spec, {"cfg": (config, name)}, self.network, image=self.registry_image
         )
         node0 = self.engine.get("/info")["Swarm"]["NodeID"]
         body["TaskTemplate"]["Placement"]["Constraints"] = [f"node.id=={node0}"]

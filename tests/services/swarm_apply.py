@@ -45,12 +45,10 @@ def engine_service_spec(
     network_id: str,
     *,
     image: str,
-    endpoint_mode: str = "vip",
 ) -> dict[str, Any]:
     """The Engine API body pulumi-docker would send for `spec`: the component's own arguments
     (`service_args`, what RegistryServices hands the provider) through the provider's expand functions
-    (provider_expand.py). Only the image (a local stand-in) and the endpoint mode may differ."""
+    (provider_expand.py). Only the image (a local stand-in) differs."""
     body = provider_expand.service_spec(service_args(spec, objects, network_id))
     body["TaskTemplate"]["ContainerSpec"]["Image"] = image
-    body["EndpointSpec"]["Mode"] = endpoint_mode
     return body

@@ -169,7 +169,6 @@ def _service_body(swarm: Swarm, dep: Deployment, spec: swarm_specs.ServiceSpec) 
         dep.objects,
         dep.network,
         image=swarm.nginx_image if is_nginx else swarm.registry_image,
-        endpoint_mode="dnsrr",
     )
 
 
@@ -216,9 +215,7 @@ def deploy(swarm: Swarm, stack: str, bundle: Bundle, plan: swarm_specs.ServicePl
     up_spec["ports"] = [{"target": 5000, "published": dep.upstream_port, "mode": "host"}]
     dep.service_ids["upstream"] = engine.post(
         "/services/create",
-        swarm_apply.engine_service_spec(
-            up_spec, up_objects, network, image=swarm.registry_image, endpoint_mode="dnsrr"
-        ),
+        swarm_apply.engine_service_spec(up_spec, up_objects, network, image=swarm.registry_image),
     )["ID"]
 
     _converge(engine, dep.service_ids)
