@@ -100,7 +100,12 @@ def uri(route: str, rest: str = "/") -> str:
 # The egress's outcomes (egress.js next()): asked and answered whole, asked and streamed, answered from
 # its memory of a rate limit (429) or an outage (503) without asking, or refused (a forged via URL).
 EGRESS_ANSWER, EGRESS_STREAM, EGRESS_FORGED = "answer", "stream", "forged"
+# A cache's ping (GET /v2/), which tells it the token realm its upstream login is for: its own location,
+# so that the challenge is kept (locally and in the store) and answered again while the upstream fails.
+EGRESS_PING = "ping"
 REMEMBERED = {429: "remembered_429", 503: "remembered_503"}
+# A cache's ping answered from that memory: with the upstream's last token challenge, when one is known.
+CHALLENGED = {429: "challenged_429", 503: "challenged_503"}
 VIA_REALM, VIA_REDIRECT = "realm", "redirect"
 
 # --- the store: how nodes agree (gateway/render/njs/store.js, docs/architecture.md) -------------------
@@ -198,9 +203,11 @@ def njs_names(upstreams: Iterable[str], hub: str, name_component: str) -> str:
         },
         "egress": {
             "answer": EGRESS_ANSWER,
+            "ping": EGRESS_PING,
             "stream": EGRESS_STREAM,
             "forged": EGRESS_FORGED,
             "remembered": {str(status): outcome for status, outcome in REMEMBERED.items()},
+            "challenged": {str(status): outcome for status, outcome in CHALLENGED.items()},
             "realm": VIA_REALM,
             "redirect": VIA_REDIRECT,
         },

@@ -161,6 +161,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/gateway/test_clients_fleet.py::test_an_outage_one_node_saw_is_every_node_s_answer",),
     ),
     Mutation.one(
+        "cache-login-lost-in-outage",
+        "a cache that starts while its upstream fails gets no token realm and pulls anonymously",
+        "gateway/render/njs/egress.js",
+        "    if (challenge && r.variables.owncr_kind === 'ping') {",
+        "    if (challenge === 'never') {",
+        (
+            "tests/gateway/test_clients_fleet.py::"
+            "test_a_cache_that_starts_while_its_upstream_fails_keeps_its_login",
+        ),
+    ),
+    Mutation.one(
         "hung-cache-unbounded",
         "a door waits for a hung cache until the client gives up (900 s), not a retryable 503 in 20 s",
         "gateway/render/templates/routes.conf.j2",

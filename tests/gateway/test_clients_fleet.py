@@ -382,3 +382,39 @@ def test_an_outage_one_node_saw_is_every_node_s_answer(launch: Launcher, kind: s
     status, _, body, _ = get(f"127.0.0.1:{other.mirror_port}", path)
     assert status == 404, body
     assert json.loads(body)["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+def test_a_cache_that_starts_while_its_upstream_fails_keeps_its_login(
+    launch: Launcher, images: Images
+) -> None:
+    """Distribution's proxy reads the token realm its upstream login is for once, from the answer to the
+    ping it sends as it starts (registry/proxy/proxyauth.go, configureAuth): a cache rescheduled during an
+    outage got the egress's failure, no realm, and pulled anonymously until its next restart. The egress
+    answers that ping with the upstream's last challenge instead, kept in the store by whichever node saw
+    it: here the first node, before the second one (its nginx and its cache new) starts in the outage."""
+    hub = launch.distribution("login-hub")
+    image = images.get("login-later", [Layer(MiB, 542)])
+    launch.seed(hub, image, "library/later:1.0")
+    fault = FaultUpstream(hub.url, login="puller:hub-secret").start()
+    launch.on_close(fault.stop)
+    upstream = Upstream("docker.io", fault.url, username="puller", password="hub-secret")  # noqa: S106
+    shared = dataclasses.replace(
+        settings(fault.url, launch.workdir / "login-storage"),
+        upstreams=(upstream,),
+        upstream_down_seconds=OUTAGE_SECONDS,
+    )
+    launch.local_gateway(shared, name="login-first")  # its cache's ping: the challenge, kept
+    fault.set("503")
+    try:
+        second = launch.local_gateway(shared, name="login-second")
+    finally:
+        fault.set("pass")
+    time.sleep(OUTAGE_SECONDS + 1)  # the second node's memory of the outage has passed
+    since = len(fault.authorizations)
+    door = f"127.0.0.1:{second.mirror_port}"
+    assert (
+        launch.skopeo.pull(f"{door}/library/later:1.0", launch.workdir / "login-pull")
+        == image.manifest.digest
+    )
+    basic = "Basic " + base64.b64encode(b"puller:hub-secret").decode()
+    assert basic in [a for p, a in fault.authorizations[since:] if p.startswith("/token")]

@@ -19,6 +19,9 @@ var E = N.egress;
 // upstreams/<id>: a cache reaches the egress of any node, so the node whose door answers a miss may not
 // be the one that saw the upstream fail (docs/architecture.md, "How nodes agree").
 var MEMORY = 'owncr_upstreams';
+// Beside it, each upstream's last token challenge (the WWW-Authenticate of its answer to a ping), kept in
+// the store as challenges/<id> too.
+var CHALLENGE = 'challenge:';
 var RETRY_AFTER_DEFAULT = 60;
 // A rate-limit window longer than this is cut short: one request then finds out whether it still holds.
 var RETRY_AFTER_MAX = 600;
@@ -86,16 +89,23 @@ function route(r, where, url, authorization, kind) {
 // js_set $owncr_egress_next (rewrite phase): where this request of a cache goes.
 function next(r) {
     var id = r.variables.owncr_upstream;
+    var uri = r.variables.request_uri;
+    var ping = uri === '/v2/' || uri === '/v2';
     var down = remembered(id);
     if (down !== null) {
         r.variables.owncr_egress_retry = String(down.seconds);
+        // A cache's ping gets the upstream's last challenge (see failed()), when this node knows it.
+        var challenge = ping ? ngx.shared[MEMORY].get(CHALLENGE + id) : null;
+        if (challenge) {
+            r.variables.owncr_egress_challenge = viaRealm(r, String(challenge));
+            return owncr.egress(E.challenged[down.status]);
+        }
         return owncr.egress(E.remembered[down.status]);
     }
-    var uri = r.variables.request_uri;
     var auth = r.headersIn.Authorization || '';
     if (uri.indexOf(VIA_PREFIX) !== 0) {
         var kind = upstreamKind(uri);
-        var where = kind === 'blob' ? E.stream : E.answer;
+        var where = ping ? E.ping : kind === 'blob' ? E.stream : E.answer;
         return route(r, where, r.variables.owncr_egress_origin + uri, auth, kind);
     }
     var m = VIA.exec(uri);
@@ -149,17 +159,71 @@ async function failed(r) {
     } catch (e) {
         r.error('' + e);  // the other nodes learn it from their own requests
     }
+    // A cache's ping: Distribution reads the token realm its upstream login is for from the answer to
+    // the ping it sends as it starts, once; a failure there would leave it pulling anonymously until it
+    // restarts. It gets the upstream's last challenge instead, kept by whichever node saw it (loaded
+    // now, so that pings answered from this node's memory get it too).
+    var challenge = await lastChallenge(r, id);
+    if (challenge && r.variables.owncr_kind === 'ping') {
+        return answerChallenge(r, challenge);
+    }
     r.headersOut['Retry-After'] = String(seconds);
     r.return(status);
+}
+
+// The upstream's last token challenge (its WWW-Authenticate to a ping), from this node or the store.
+async function lastChallenge(r, id) {
+    var known = ngx.shared[MEMORY].get(CHALLENGE + id);
+    if (known) {
+        return String(known);
+    }
+    try {
+        var stored = await store.read(r, 'challenges/' + id);
+        if (stored) {
+            ngx.shared[MEMORY].set(CHALLENGE + id, stored);
+        }
+        return stored;
+    } catch (e) {
+        r.error('' + e);
+        return null;
+    }
+}
+
+function answerChallenge(r, challenge) {
+    r.headersOut['WWW-Authenticate'] = viaRealm(r, challenge);
+    r.return(401);
+}
+
+// js_content of an upstream's 401 to a cache's ping: keep its challenge (this node, and the store when it
+// changed), then pass it on with the realm on the egress.
+async function challenged(r) {
+    var id = r.variables.owncr_upstream;
+    var challenge = r.variables.upstream_http_www_authenticate || '';
+    if (challenge && ngx.shared[MEMORY].get(CHALLENGE + id) !== challenge) {
+        ngx.shared[MEMORY].set(CHALLENGE + id, challenge);
+        try {
+            await store.put(r, 'challenges/' + id, challenge);
+        } catch (e) {
+            r.error('' + e);
+        }
+    }
+    if (!challenge) {
+        return r.return(401);
+    }
+    answerChallenge(r, challenge);
+}
+
+function viaRealm(r, challenge) {
+    return challenge.replace(/realm="([^"]+)"/i, function (all, url) {
+        return 'realm="' + via(r, E.realm, url) + '"';
+    });
 }
 
 // js_header_filter of the proxied locations: keep follow-up URLs (token realm, redirects) on the egress.
 function answered(r) {
     var challenge = r.headersOut['WWW-Authenticate'];
     if (challenge) {
-        r.headersOut['WWW-Authenticate'] = challenge.replace(/realm="([^"]+)"/i, function (all, url) {
-            return 'realm="' + via(r, E.realm, url) + '"';
-        });
+        r.headersOut['WWW-Authenticate'] = viaRealm(r, challenge);
     }
     var location = r.headersOut.Location;
     if (location && /^https?:\/\//i.test(location)) {
@@ -195,4 +259,4 @@ function upstreamStates(r) {
     return JSON.stringify(states);
 }
 
-export default {next, failed, answered, missed, upstreamStates};
+export default {next, failed, challenged, answered, missed, upstreamStates};

@@ -53,10 +53,12 @@ function sum(list) {
 }
 
 var STATUS = /^[1-5][0-9][0-9]$/;
-var ASKED = [owncr.egress(N.egress.answer), owncr.egress(N.egress.stream)];
+var ASKED = [owncr.egress(N.egress.answer), owncr.egress(N.egress.ping), owncr.egress(N.egress.stream)];
 var SPARED = {};
 SPARED[owncr.egress(N.egress.remembered['429'])] = 'rate_limited';
 SPARED[owncr.egress(N.egress.remembered['503'])] = 'down';
+SPARED[owncr.egress(N.egress.challenged['429'])] = 'rate_limited';
+SPARED[owncr.egress(N.egress.challenged['503'])] = 'down';
 
 function record(r) {
     var v = r.variables;
