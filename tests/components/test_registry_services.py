@@ -30,6 +30,7 @@ from gateway.render import layout as gateway_layout
 from gateway.render.bundle import Bundle, RenderedFile, ServiceFiles
 from settings import Images, Local, Registry, Upstream, User
 from tests.components.program_capture import plain
+from tests.skips import skip_for_stack
 
 SERVICE = "docker:index/service:Service"
 CONFIG = "docker:index/serviceConfig:ServiceConfig"
@@ -459,7 +460,7 @@ def test_the_store_directory_is_prepared_for_the_workers_then_the_drain_wrapper_
     image): the directory exists, belongs to the workers' user, and the rest of the command runs."""
     command = stack.service("nginx").inputs["taskSpec"]["containerSpec"]["commands"]
     if command[:2] != ["sh", "-c"]:
-        pytest.skip("storage is not a filesystem on this stack")
+        skip_for_stack("storage is not a filesystem on this stack")
     mounts = stack.service("nginx").inputs["taskSpec"]["containerSpec"]["mounts"]
     assert gateway_wiring.STORAGE_ROOT in [m["target"] for m in mounts], "nginx sees the shared storage"
     store = tmp_path / "storage" / STORE_PREFIX

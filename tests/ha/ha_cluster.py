@@ -147,12 +147,19 @@ class Cluster:
 
     def _body(self, spec: swarm_specs.ServiceSpec) -> dict[str, Any]:
         is_nginx = spec["key"] == names.NGINX_KEY
-        return swarm_apply.engine_service_spec(
+        body = swarm_apply.engine_service_spec(
             spec,
             self.objects,
             self.network,
             image=NGINX_IMAGE if is_nginx else self.registry_image,
         )
+        if spec["key"].startswith(names.CACHE_KEY_PREFIX):
+            # Node 0 carries the drill itself (the upstream stand-in, the API it drives the swarm by) and is
+            # never the one killed: the cache runs on node 1 or 2, so the node killed in (c) is the one
+            # running it, every run (kill_node_choice). Production has no such node; this only places.
+            node0 = self.engine.get("/info")["Swarm"]["NodeID"]
+            body["TaskTemplate"]["Placement"]["Constraints"] = [f"node.id!={node0}"]
+        return body
 
     def _deploy_upstream(self, specs: list[swarm_specs.ServiceSpec]) -> None:
         name = f"owncr-{STACK}-upstream"
@@ -319,12 +326,13 @@ def new_sandbox(root: Path) -> Sandbox:
 
 
 def kill_node_choice(cluster: Cluster) -> SandboxNode:
-    """Node 1 or 2 (never node 0), preferring one that runs a private replica and the cache."""
+    """The node running the upstream's cache (node 1 or 2: never node 0, see Cluster._body), so that the
+    mirror door loses its cache every run, not by luck of placement."""
     ids = cluster.node_ids()
-    private = set(cluster.task_nodes(names.PRIVATE_KEY))
-    cache = set(cluster.task_nodes(next(k for k in cluster.service_ids if k.startswith("cache-"))))
-
-    def score(node: SandboxNode) -> tuple[bool, bool]:
-        return (ids[node.index] in private, ids[node.index] in cache)
-
-    return max(cluster.box.nodes[1:], key=score)
+    cache = set(
+        cluster.task_nodes(next(k for k in cluster.service_ids if k.startswith(names.CACHE_KEY_PREFIX)))
+    )
+    candidates = [node for node in cluster.box.nodes[1:] if ids[node.index] in cache]
+    if not candidates:
+        raise RuntimeError(f"the cache runs on none of nodes 1 and 2 (its tasks: {sorted(cache)})")
+    return candidates[0]
