@@ -77,8 +77,9 @@ def production_layout(settings: GatewaySettings, door_ports: tuple[int, int] | N
     # Every service is reached by DNS round robin (components/plan/swarm_specs.py): the private service's
     # name resolves to each replica's own address, re-resolved while nginx runs (`resolver`), so a
     # replaced or lost task leaves the rotation without a reload; a name resolved once at start would
-    # keep pointing at stopped tasks. Listed at least twice, so nginx has another peer to retry a failed
-    # read on even while the name resolves to one address.
+    # keep pointing at stopped tasks. Listed once: each replica is one peer, so a read that failed on one
+    # is retried on another (listed twice, a lost replica was two peers, and a retry could land on it
+    # again: seen in scripts/ha-drill as a manifest read that failed after 10 s on a live node).
     private = f"{PRIVATE_SERVICE}:{REGISTRY_PORT}"
     return Layout(
         production=True,
@@ -88,7 +89,7 @@ def production_layout(settings: GatewaySettings, door_ports: tuple[int, int] | N
         registry_listen=f"{ports[0]}{proxy}",
         mirror_listen=f"{ports[1]}{proxy}",
         auth_listen=f"127.0.0.1:{AUTH_PORT}",
-        private_servers=(private,) * max(2, settings.private_replicas),
+        private_servers=(private,),
         cache_servers={u.host: f"{cache_service(u.id)}:{REGISTRY_PORT}" for u in settings.upstreams},
         private_addrs=(f":{REGISTRY_PORT}",),
         cache_addrs={u.host: f":{REGISTRY_PORT}" for u in settings.upstreams},
