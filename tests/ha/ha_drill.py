@@ -107,8 +107,23 @@ def longest_failure_window(records: list[ha_load.Record]) -> float:
     return longest
 
 
-def evaluate(phase: Phase, records: list[ha_load.Record]) -> tuple[Row, list[ha_load.Record]]:
-    mine = [r for r in records if phase.start <= r.start < phase.end and r.worker in phase.workers]
+def evaluate(
+    phase: Phase, records: list[ha_load.Record], killed_at: float | None = None
+) -> tuple[Row, list[ha_load.Record]]:
+    """A phase's requests are those that started in it, but for a request still under way when the node
+    was killed: that one belongs to the node loss, whenever it started (the load balancer may have
+    sent it to the node that died under it)."""
+
+    def cut_by_the_kill(r: ha_load.Record) -> bool:
+        return killed_at is not None and r.start < killed_at < r.end
+
+    loss = killed_at is not None and phase.start == killed_at  # the node loss's phases start at the kill
+    mine = [
+        r
+        for r in records
+        if r.worker in phase.workers
+        and ((phase.start <= r.start < phase.end and not cut_by_the_kill(r)) or (loss and cut_by_the_kill(r)))
+    ]
     failed = [r for r in mine if not r.ok]
     if phase.target == "measured":
         met: bool | None = None
@@ -179,6 +194,7 @@ class Faults:
     names: list[str]
     phases: list[Phase] = field(default_factory=list)
     down_after: float = 0.0
+    killed_at: float | None = None  # when (c) killed its node (evaluate: requests it cut off are its)
     pending_updates: list[str] = field(default_factory=list)
 
     def nginx_update(self) -> None:
@@ -213,6 +229,7 @@ class Faults:
         held = [k for k in cluster.service_ids if vid in cluster.task_nodes(k)]
         log(f"(c) killing {vname} hard (it runs: {', '.join(sorted(held))})")
         start = time.monotonic()
+        self.killed_at = start
         cluster.kill(victim)
         detection = lb_health.detection_seconds()
         lb.wait_states({vname: "DOWN"}, timeout=detection + 30)
@@ -305,7 +322,7 @@ def run(root: Path, faults: str) -> int:
         records = load.recorder.snapshot()
         rows: list[Row] = []
         for phase in phases:
-            row, failed = evaluate(phase, records)
+            row, failed = evaluate(phase, records, drill.killed_at)
             rows.append(row)
             for r in failed[:5]:
                 at, took = r.start - phase.start, r.end - r.start

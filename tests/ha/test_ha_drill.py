@@ -65,6 +65,21 @@ def test_node_loss_failures_must_start_within_the_detection_window() -> None:
     assert measured.met is None and measured.cells()[-1] == "-"
 
 
+def test_a_request_the_kill_cut_off_belongs_to_the_node_loss_not_the_phase_it_started_in() -> None:
+    """A request under way when the node died (the load balancer may have sent it there) counts for the
+    node loss, whose rule it meets, and not against the update that happened to be ending."""
+    update = ha_drill.Phase("(b)", 10, 100, ("private",), "0 failed")
+    loss = ha_drill.Phase("(c)", 101, 200, ("private",), "within 12 s", window_limit=12)
+    records = [rec(99, 130, False), rec(50, 51, True)]
+    b, _ = ha_drill.evaluate(update, records, killed_at=101)
+    c, _ = ha_drill.evaluate(loss, records, killed_at=101)
+    assert (b.requests, b.failed, b.met) == (1, 0, True)
+    assert (c.requests, c.failed, c.met) == (1, 1, True)
+    # Without a kill (or once it is over) nothing moves: the same failure is the update's.
+    alone, _ = ha_drill.evaluate(update, records)
+    assert (alone.failed, alone.met) == (1, False)
+
+
 def test_table_marks_missed_rows() -> None:
     rows = [ha_drill.Row("x", 3, 1, 2.5, "0 failed", False), ha_drill.Row("y", 3, 0, 0.0, "0 failed", True)]
     text = ha_drill.table(rows)
