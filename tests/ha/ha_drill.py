@@ -4,7 +4,8 @@ Builds the cluster (ha_cluster.py) and the load balancer (ha_lb.py), starts the 
 (a) a rolling update of nginx (a user's password changes, as `pulumi up` rolls it), (b) a rolling update
 of the private registry (a new image), (c) one node killed hard, (d) that node coming back (the load runs
 on for SETTLED_SECONDS once everything is back). Each phase's
-requests are the ones that started during it. Afterwards every pushed tag must pull with the digest
+requests are the ones that started during it, but for those under way when (c) killed its node: they are
+the node loss's. Afterwards every pushed tag must pull with the digest
 acknowledged at push time, the swarm must have all three managers and every service its replicas.
 Prints a table and exits 1 when a target is missed (2 when the drill itself could not run).
 
