@@ -49,7 +49,7 @@ REFUSAL_STATUSES = (400, 403, 404, 405, 415)
 # The longest a blob download from the private registry may pause between two reads (storage slow to
 # answer, or a replica gone): noticed and retried on another replica if nothing was sent yet.
 PRIVATE_BLOB_SECONDS = 60
-# nginx's read-ahead of one download (proxy_buffer_size + 4 proxy_buffers), sized with its memory limit
+# nginx's read-ahead of one download (proxy_buffer_size + 2 proxy_buffers), sized with its memory limit
 # (components/plan/swarm_specs.py NGINX_LIMITS) for several hundred slow downloads per node.
 DOWNLOAD_BUFFER_KIB = 320
 # The tag cache's size on the state dir (in production the task's tmpfs, inside the same limit).

@@ -42,24 +42,35 @@ function remembered(id) {
     return state(ngx.shared[MEMORY].get(id));
 }
 
-function remember(id, seconds, status) {
-    var value = String(Date.now() + seconds * 1000) + ',' + status;
-    ngx.shared[MEMORY].set(id, value);
-    return value;
+// Keep `value` on this node under `local` and, for the other nodes, in the store under `stored`; if the
+// store cannot be written, they learn it from their own requests.
+async function keep(r, local, stored, value) {
+    ngx.shared[MEMORY].set(local, value);
+    try {
+        await store.put(r, stored, value);
+    } catch (e) {
+        r.error('' + e);
+    }
 }
 
-// What some node published about this upstream (and this node now remembers too), or null.
-async function published(r, id) {
-    var found = null;
+// What some node kept under `stored` (and this node now remembers under `local` too), or null; if the
+// store cannot be read, this node's own memory is all there is.
+async function recall(r, local, stored) {
     try {
-        found = state(await store.read(r, 'upstreams/' + id));
+        var text = await store.read(r, stored);
+        if (text !== null) {
+            ngx.shared[MEMORY].set(local, text);
+        }
+        return text;
     } catch (e) {
-        r.error('' + e);  // the store unreachable: this node's own memory is all there is
+        r.error('' + e);
+        return null;
     }
-    if (found !== null) {
-        ngx.shared[MEMORY].set(id, found.value);
-    }
-    return found;
+}
+
+// What some node published about this upstream's failures, or null.
+async function published(r, id) {
+    return state(await recall(r, id, 'upstreams/' + id));
 }
 
 function signature(r, kind, origin, path) {
@@ -153,12 +164,8 @@ async function failed(r) {
     var given = r.variables.upstream_http_retry_after;
     var seconds = status === 429 || given ? retryAfter(given)
         : Number(r.variables.owncr_egress_down_seconds);
-    var value = remember(id, seconds, status === 429 ? 429 : 503);
-    try {
-        await store.put(r, 'upstreams/' + id, value);
-    } catch (e) {
-        r.error('' + e);  // the other nodes learn it from their own requests
-    }
+    var until = Date.now() + seconds * 1000;
+    await keep(r, id, 'upstreams/' + id, until + ',' + (status === 429 ? 429 : 503));
     // A cache's ping: Distribution reads the token realm its upstream login is for from the answer to
     // the ping it sends as it starts, once; a failure there would leave it pulling anonymously until it
     // restarts. It gets the upstream's last challenge instead, kept by whichever node saw it (loaded
@@ -174,19 +181,7 @@ async function failed(r) {
 // The upstream's last token challenge (its WWW-Authenticate to a ping), from this node or the store.
 async function lastChallenge(r, id) {
     var known = ngx.shared[MEMORY].get(CHALLENGE + id);
-    if (known) {
-        return String(known);
-    }
-    try {
-        var stored = await store.read(r, 'challenges/' + id);
-        if (stored) {
-            ngx.shared[MEMORY].set(CHALLENGE + id, stored);
-        }
-        return stored;
-    } catch (e) {
-        r.error('' + e);
-        return null;
-    }
+    return known ? String(known) : recall(r, CHALLENGE + id, 'challenges/' + id);
 }
 
 function answerChallenge(r, challenge) {
@@ -200,12 +195,7 @@ async function challenged(r) {
     var id = r.variables.owncr_upstream;
     var challenge = r.variables.upstream_http_www_authenticate || '';
     if (challenge && ngx.shared[MEMORY].get(CHALLENGE + id) !== challenge) {
-        ngx.shared[MEMORY].set(CHALLENGE + id, challenge);
-        try {
-            await store.put(r, 'challenges/' + id, challenge);
-        } catch (e) {
-            r.error('' + e);
-        }
+        await keep(r, CHALLENGE + id, 'challenges/' + id, challenge);
     }
     if (!challenge) {
         return r.return(401);

@@ -54,11 +54,12 @@ function sum(list) {
 
 var STATUS = /^[1-5][0-9][0-9]$/;
 var ASKED = [owncr.egress(N.egress.answer), owncr.egress(N.egress.ping), owncr.egress(N.egress.stream)];
+// The egress's answers from memory (a remembered status, or a ping's remembered challenge), by reason.
 var SPARED = {};
-SPARED[owncr.egress(N.egress.remembered['429'])] = 'rate_limited';
-SPARED[owncr.egress(N.egress.remembered['503'])] = 'down';
-SPARED[owncr.egress(N.egress.challenged['429'])] = 'rate_limited';
-SPARED[owncr.egress(N.egress.challenged['503'])] = 'down';
+[N.egress.remembered, N.egress.challenged].forEach(function (outcomes) {
+    SPARED[owncr.egress(outcomes['429'])] = 'rate_limited';
+    SPARED[owncr.egress(outcomes['503'])] = 'down';
+});
 
 function record(r) {
     var v = r.variables;

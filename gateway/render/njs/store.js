@@ -42,6 +42,11 @@ function checked(key) {
     return key;
 }
 
+// A random name part of `length` hex digits (a lease's id, a temporary file's suffix).
+function token(length) {
+    return sha256(String(Math.random()) + Date.now()).slice(0, length);
+}
+
 function sleep(ms) {
     return new Promise(function (resolve) { setTimeout(resolve, ms); });
 }
@@ -52,10 +57,16 @@ function filePath(cfg, key) {
     return cfg.root + '/' + N.store.prefix + '/' + key;
 }
 
+// The path of `key`, its directory made first.
+async function placed(cfg, key) {
+    var path = filePath(cfg, key);
+    await fs.promises.mkdir(path.slice(0, path.lastIndexOf('/')), {recursive: true});
+    return path;
+}
+
 var files = {
     create: async function (cfg, key, body) {
-        var path = filePath(cfg, key);
-        await fs.promises.mkdir(path.slice(0, path.lastIndexOf('/')), {recursive: true});
+        var path = await placed(cfg, key);
         try {
             await fs.promises.writeFile(path, body, {flag: 'wx'});
             return true;
@@ -79,10 +90,8 @@ var files = {
         }
     },
     put: async function (cfg, key, body) {
-        var path = filePath(cfg, key);
-        var temporary = path + '.' + crypto.createHash('sha256').update(String(Math.random())).digest('hex')
-            .slice(0, 16);
-        await fs.promises.mkdir(path.slice(0, path.lastIndexOf('/')), {recursive: true});
+        var path = await placed(cfg, key);
+        var temporary = path + '.' + token(16);
         await fs.promises.writeFile(temporary, body);
         await fs.promises.rename(temporary, path);  // whole or not at all, for every reader
     },
@@ -225,8 +234,7 @@ async function locked(r, name, work) {
     var deadline = Date.now() + WAIT_MS;
     try {
         while (Date.now() < deadline) {
-            var lease = {id: crypto.createHash('sha256').update(String(Math.random()) + Date.now()).digest('hex')
-                .slice(0, 32), until: Date.now() + LEASE_MS};
+            var lease = {id: token(32), until: Date.now() + LEASE_MS};
             if (await store.create(cfg, key, JSON.stringify(lease))) {
                 return await holding(r, cfg, store, key, lease, work);
             }
