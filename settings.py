@@ -222,6 +222,7 @@ class Registry:
     mirror_client_cidrs: tuple[str, ...]
     docker_hub_username: str | None
     retention: tuple[RetentionRule, ...] = ()
+    cache_max_gib: int | None = None  # None: no size budget, only cacheTtl
 
 
 @dataclass(frozen=True)
@@ -592,6 +593,7 @@ def load() -> Settings:
         images=_images(raw.mapping("images")),
         private_replicas=_in_range("privateReplicas", raw.integer("privateReplicas"), 1, 10),
         cache_ttl=cache_ttl,
+        cache_max_gib=_in_range("cacheMaxGib", raw.integer("cacheMaxGib"), 0, 1_000_000) or None,
         mirror_client_cidrs=_cidrs("mirrorClientCidrs", raw.strings("mirrorClientCidrs"), required=True),
         docker_hub_username=hub_user or None,
         retention=_retention(raw.mapping("retention"), namespaces),

@@ -122,6 +122,14 @@ PRIVATE_ANSWER_SECONDS = 10
 # The longest one write under a lease may take (the referrers routes' read timeout): a holder starts
 # its last write only with this much lease left (plus clock drift).
 STORE_WRITE_SECONDS = PRIVATE_ANSWER_SECONDS
+# The mirror's last-pull records (gateway/render/njs/pulls.js, read by gateway/upkeep/eviction.py): one
+# object per pulled manifest, `<STORE_PREFIX>/<STORE_PULLS>/<upstream id>/<repository>/<sha256 hex>`,
+# whose modification time is that manifest's last pull through any node.
+STORE_PULLS = "pulls"
+# How often each nginx writes the pulls it saw; a node that dies loses at most this much of them.
+PULLS_FLUSH_SECONDS = 10
+# A node writes one manifest's record at most this often: eviction counts in cacheTtl (hours, days).
+PULLS_REFRESH_SECONDS = 3600
 
 
 # --- media types and errors --------------------------------------------------------------------------
@@ -216,6 +224,7 @@ def njs_names(upstreams: Iterable[str], hub: str, name_component: str) -> str:
             "prefix": STORE_PREFIX,
             "leaseSeconds": STORE_LEASE_SECONDS,
             "writeSeconds": STORE_WRITE_SECONDS,
+            "pulls": STORE_PULLS,
         },
         "errors": {name: {"code": code, "message": message} for name, (code, message) in ERRORS.items()},
         "hub": ids[hub],

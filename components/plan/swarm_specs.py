@@ -325,19 +325,17 @@ def _mounts(plan: ServicePlan, is_nginx: bool) -> list[MountSpec]:
 def _registry_replicas(key: str, plan: ServicePlan) -> int:
     if key == PRIVATE_KEY:
         return plan.private_replicas
-    # One cache per upstream, one replica: Distribution's proxy keeps its expiry schedule in one file on
-    # the store (scheduler-state.json) that each instance rewrites from its own memory; two replicas
-    # overwrite each other's entries and race to expire the same blobs
-    # (https://github.com/distribution/distribution/issues/2367).
-    return 1
+    # A cache per node, all on one storage root: losing the node that runs one leaves the others, and
+    # each nginx asks another when one fails (templates/routes.conf.j2). Distribution's expiry
+    # scheduler is off in them (registry_config.cache_config): maintenance evicts by last pull.
+    return plan.node_count
 
 
 def _order(key: str) -> Literal["start-first", "stop-first"]:
     # nginx publishes a host-mode port: a second task on the same node cannot bind it, so start-first
     # would never start the new task; stop it first (the other nodes' nginx keep serving behind the LB).
-    # Registries publish nothing, so the new task starts (and turns healthy) before the old one stops.
-    # For a cache that means two instances on one store for a few seconds; the worst case is a
-    # scheduler-state entry lost in that window (a blob expires late), never lost data.
+    # Registries publish nothing, so the new task starts (and turns healthy) before the old one stops
+    # (caches share their root anyway: one per node).
     return "stop-first" if key == NGINX_KEY else "start-first"
 
 

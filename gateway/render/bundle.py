@@ -21,6 +21,7 @@ from gateway.render.nginx import (
     EGRESS_JS,
     METRICS_JS,
     OWNCR_JS,
+    PULLS_JS,
     REFERRERS_JS,
     ROUTER_JS,
     STORE_JS,
@@ -73,6 +74,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
     referrers = f"{lay.config_dir}/nginx/referrers.js"
     store_js = f"{lay.config_dir}/nginx/store.js"
     metrics = f"{lay.config_dir}/nginx/metrics.js"
+    pulls = f"{lay.config_dir}/nginx/pulls.js"
     routes = f"{lay.config_dir}/nginx/routes.json"
     # Imported by the other modules from their directory (js_path): names as they import them.
     owncr = f"{lay.config_dir}/nginx/owncr.js"
@@ -88,6 +90,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
         referrers_file=referrers,
         store_file=store,
         metrics_file=metrics,
+        pulls_file=pulls,
         routes_file=routes,
         htpasswd_file=htpasswd,
         salt_file=salt,
@@ -123,6 +126,7 @@ def _render(settings: GatewaySettings, lay: L.Layout, *, registry_bin: str, ngin
                 RenderedFile(referrers, REFERRERS_JS.read_text(), secret=False),
                 RenderedFile(store_js, STORE_JS.read_text(), secret=False),
                 RenderedFile(metrics, METRICS_JS.read_text(), secret=False),
+                RenderedFile(pulls, PULLS_JS.read_text(), secret=False),
                 RenderedFile(owncr, OWNCR_JS.read_text(), secret=False),
                 RenderedFile(njs_names, render_njs_names(settings), secret=False),
                 RenderedFile(routes, render_routes(settings), secret=False),

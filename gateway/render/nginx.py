@@ -27,6 +27,7 @@ ROUTER_JS = NJS / "router.js"
 EGRESS_JS = NJS / "egress.js"
 REFERRERS_JS = NJS / "referrers.js"
 METRICS_JS = NJS / "metrics.js"
+PULLS_JS = NJS / "pulls.js"  # the mirror's last-pull records, written to the store
 STORE_JS = NJS / "store.js"  # how nodes agree: objects on the shared storage (referrers.js's lock)
 OWNCR_JS = NJS / "owncr.js"  # shared by the other modules; imports the generated names.js
 # The CA bundle the egress verifies https upstreams with: the same path in the official nginx image
@@ -129,6 +130,7 @@ def render_nginx_conf(
     referrers_file: str,
     store_file: str,
     metrics_file: str,
+    pulls_file: str,
     routes_file: str,
     htpasswd_file: str,
     salt_file: str,
@@ -159,6 +161,9 @@ def render_nginx_conf(
         if isinstance(settings.storage, S3Storage) and settings.storage.endpoint.startswith("https://")
         else "",
         metrics_file=metrics_file,
+        pulls_file=pulls_file,
+        pulls_flush_seconds=names.PULLS_FLUSH_SECONDS,
+        pulls_refresh_seconds=names.PULLS_REFRESH_SECONDS,
         metrics_listen=layout.metrics_listen,
         debug_servers=[{"key": key, "server": server} for key, (_, server) in sorted(layout.debug.items())],
         manifest_types=", ".join(MANIFEST_TYPES),

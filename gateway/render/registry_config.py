@@ -15,6 +15,7 @@ import yaml
 from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, Upstream
 
 PRIVATE_ROOT = "/private"
+CACHE_SCHEDULER_OFF = "0s"
 
 
 def cache_root(upstream: Upstream) -> str:
@@ -131,9 +132,15 @@ def cache_config(
 ) -> dict[str, Any]:
     """`remote_url`: the gateway's egress server for this upstream (gateway/render/njs/egress.js), never
     the upstream itself: Distribution 3.1.1 waits on an upstream with no timeout (Go's default transport)."""
-    # A cache never deletes through its API, so its descriptors never go stale that way.
-    config = _base(settings, addr, debug_addr, cache_root(upstream), descriptor_cache=True)
-    proxy: dict[str, Any] = {"remoteurl": remote_url, "ttl": settings.cache_ttl}
+    # Several caches share one root (one per node) and maintenance evicts below it
+    # (gateway/upkeep/eviction.py): a descriptor one of them cached would outlive an eviction, and the
+    # blob it names would answer "unknown" instead of being fetched again. No descriptor cache, then.
+    config = _base(settings, addr, debug_addr, cache_root(upstream), descriptor_cache=False)
+    # `ttl: 0s` turns Distribution's expiry scheduler off (registry/proxy/proxyregistry.go: a TTL <= 0
+    # "never expires"): each process keeps its schedule in memory and rewrites one shared
+    # scheduler-state.json, so several caches on one root would lose each other's entries and expire
+    # by fetch time, not by use. Maintenance evicts by the nodes' last-pull records instead.
+    proxy: dict[str, Any] = {"remoteurl": remote_url, "ttl": CACHE_SCHEDULER_OFF}
     if upstream.username is not None:
         proxy |= {"username": upstream.username, "password": upstream.password}
     config["proxy"] = proxy

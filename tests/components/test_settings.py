@@ -340,6 +340,7 @@ REJECTED: list[tuple[str, dict[str, object], str, str, str]] = [
         "public key",
     ),
     ("replicas zero", {"privateReplicas": 0}, "privateReplicas", "0", "from 1 to 10"),
+    ("negative cache budget", {"cacheMaxGib": -1}, "cacheMaxGib", "-1", "from 0 to"),
     (
         "no Docker Hub upstream",
         {"upstreams": {"ghcr.io": "https://ghcr.io"}},
@@ -441,6 +442,8 @@ def test_bad_value_is_rejected_naming_key_value_and_allowed(
             {"cacheTtl": "500\u00b5s"}, lambda s: s.registry.cache_ttl == "500\u00b5s", id="ttl-micro"
         ),
         pytest.param({"cacheTtl": "1h30m"}, lambda s: s.registry.cache_ttl == "1h30m", id="ttl-compound"),
+        pytest.param({"cacheMaxGib": 0}, lambda s: s.registry.cache_max_gib is None, id="no-cache-budget"),
+        pytest.param({"cacheMaxGib": 40}, lambda s: s.registry.cache_max_gib == 40, id="cache-budget"),
         # The gateway's htpasswd takes user names of either case.
         pytest.param(
             {"users": {"CI-Bot": {"pull": ["acme"]}}, "userPasswords": {"CI-Bot": "x" * 20}},

@@ -101,6 +101,7 @@ function toCache(r, p) {
     }
     r.variables.owncr_upstream = id;
     r.variables.owncr_kind = upstreamKind(p);
+    r.variables.owncr_repository = name;  // as the cache stores it (pulls.js records it)
     // What the door answers if the cache has no such thing (routes.conf.j2, mirror_door.conf.j2).
     r.variables.owncr_error = notFound(p);
     return go(r, N.upstreams[id].routes[cacheVariant(p)], '/v2/' + name + '/' + p.rest);
