@@ -51,11 +51,14 @@ def export_client_settings(
 
 
 def export_maintenance(settings: owncr_settings.Settings, engine: DockerEngine) -> None:
-    """What `scripts/maintenance` needs (the deployer's Docker API access and the retention rules), one
-    secret output: it holds the deployer's client key."""
+    """What `scripts/maintenance` needs (the deployer's Docker API access, the retention rules, the
+    caches' eviction policy), one secret output: it holds the deployer's client key."""
+    registry = settings.registry
     access = maintenance_access.access(
         settings.stack,
-        settings.registry.retention,
+        registry.retention,
+        registry.cache_ttl,
+        registry.cache_max_gib,
         engine.host,
         engine.ca_pem,
         engine.cert_pem,

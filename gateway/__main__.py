@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from gateway.config import (
+    DEFAULT_CACHE_TTL,
     DOCKER_HUB,
     JS_ENGINES,
     FilesystemStorage,
@@ -26,6 +27,7 @@ from gateway.config import (
 from gateway.local import binaries
 from gateway.local.runner import GatewayError, LocalGateway
 from gateway.upkeep import maintenance, status
+from gateway.upkeep.eviction import CachePolicy
 from gateway.upkeep.retention import RetentionRule, check_rules, record, rule_from_cli
 
 
@@ -97,6 +99,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="NAMESPACE=keep:N[,days:D][,protect:GLOB]",
         help="tag retention of a private namespace, applied by `maintenance` (repeatable; protect too)",
     )
+    run.add_argument(
+        "--cache-ttl",
+        default=DEFAULT_CACHE_TTL,
+        metavar="DURATION",
+        help="`maintenance` evicts a mirrored image nobody pulled for this long (Go duration; default: "
+        "%(default)s)",
+    )
+    run.add_argument(
+        "--cache-max-gib",
+        type=int,
+        metavar="N",
+        help="`maintenance` evicts the least recently pulled images beyond N GiB per cache "
+        "(default: no budget)",
+    )
     tend = sub.add_parser(
         "maintenance",
         help="retention, then garbage collection in a read-only window, of a running `run --data DIR`",
@@ -151,6 +167,8 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         http_secret=secrets.token_hex(32),
         private_replicas=args.private_replicas,
         js_engine=args.js_engine,
+        cache_ttl=args.cache_ttl,
+        cache_max_gib=args.cache_max_gib,
     )
 
 
@@ -187,6 +205,7 @@ def _write_maintenance_state(gateway: LocalGateway, rules: tuple[RetentionRule, 
         "registry_bin": gateway.registry_bin,
         "metrics_url": gateway.metrics_url,
         "retention": [record(rule) for rule in rules],
+        "cache_policy": CachePolicy.of(gateway.settings.cache_ttl, gateway.settings.cache_max_gib).record(),
     }
     path.write_text(json.dumps(info, indent=2))
 

@@ -44,6 +44,8 @@ USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Go's time.ParseDuration, which Distribution reads `proxy.ttl` with (https://pkg.go.dev/time#ParseDuration):
 # whole numbers with units, `µs` (the micro sign) included; ASCII digits only.
 GO_DURATION = re.compile(r"^(?:[0-9]+(?:ns|us|µs|ms|s|m|h))+$")
+# How long a cached image stays unpulled before maintenance evicts it (gateway/upkeep/eviction.py).
+DEFAULT_CACHE_TTL = "168h"
 # bcrypt reads only the first 72 bytes: a longer password would accept anything that shares its prefix.
 BCRYPT_MAX_BYTES = 72
 
@@ -63,6 +65,19 @@ def is_user_name(value: str) -> bool:
 
 def is_go_duration(value: str) -> bool:
     return GO_DURATION.fullmatch(value) is not None
+
+
+_GO_UNIT_NANOSECONDS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9}
+_GO_UNIT_NANOSECONDS["h"] = 60 * _GO_UNIT_NANOSECONDS["m"]
+
+
+def go_duration_seconds(value: str) -> int:
+    """Whole seconds of a GO_DURATION (`168h` -> 604800, `1h30m` -> 5400, `1500ms` -> 1), summed in
+    nanoseconds as Go does, then truncated: exact for whole seconds, never rounded up."""
+    if not is_go_duration(value):
+        raise SettingsError(f"{value!r} is no Go duration (e.g. 168h)")
+    parts = re.findall(r"([0-9]+)(ns|us|µs|ms|s|m|h)", value)
+    return sum(int(number) * _GO_UNIT_NANOSECONDS[unit] for number, unit in parts) // 10**9
 
 
 class SettingsError(ValueError):
@@ -194,7 +209,10 @@ class GatewaySettings:
     mirror_client_cidrs: tuple[str, ...] = ("127.0.0.0/8",)
     # Sources whose PROXY protocol header is believed (the load balancer's range); empty = no PROXY protocol.
     trusted_proxy_cidrs: tuple[str, ...] = ()
-    cache_ttl: str = "168h"
+    cache_ttl: str = DEFAULT_CACHE_TTL
+    # The mirror's storage budget: maintenance evicts the least recently pulled images beyond it
+    # (gateway/upkeep/eviction.py); None: only what cache_ttl says.
+    cache_max_gib: int | None = None
     # Hostnames of the two doors in production (locally the doors are told apart by port).
     registry_host: str = "cr.example.com"
     mirror_host: str = "mirror.cr.example.com"
@@ -253,6 +271,10 @@ class GatewaySettings:
         _require(
             is_go_duration(self.cache_ttl),
             f"cache_ttl {self.cache_ttl!r} is no Go duration (e.g. 168h)",
+        )
+        _require(
+            self.cache_max_gib is None or self.cache_max_gib >= 1,
+            f"cache_max_gib {self.cache_max_gib} must be at least 1 (None: no budget)",
         )
         for host_field in ("registry_host", "mirror_host"):
             host = getattr(self, host_field)

@@ -172,6 +172,41 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation.one(
+        "cache-single-replica",
+        "the node running an upstream's cache takes the mirror door's uncached pulls down with it",
+        "components/plan/swarm_specs.py",
+        "    # scheduler is off in them (registry_config.cache_config): maintenance evicts by last pull.\n"
+        "    return plan.node_count\n",
+        "    return 1\n",
+        (
+            "tests/components/test_registry_services.py::test_one_cache_service_per_upstream_with_a_replica_per_node",
+        ),
+    ),
+    Mutation.one(
+        "cache-scheduler-on",
+        "caches on one root overwrite each other's expiry schedule and expire by fetch, not by use",
+        "gateway/render/registry_config.py",
+        '    proxy: dict[str, Any] = {"remoteurl": remote_url, "ttl": CACHE_SCHEDULER_OFF}',
+        '    proxy: dict[str, Any] = {"remoteurl": remote_url, "ttl": settings.cache_ttl}',
+        ("tests/gateway/test_distribution.py::test_the_caches_run_without_the_expiry_scheduler",),
+    ),
+    Mutation.one(
+        "pulls-not-recorded",
+        "maintenance evicts images the fleet still pulls: no node records a pull",
+        "gateway/render/njs/pulls.js",
+        "            ngx.shared[PENDING].set(key, '');",
+        "            ngx.shared[WRITTEN].set(key, '');",
+        ("tests/gateway/test_pull_records.py",),
+    ),
+    Mutation.one(
+        "eviction-ignores-pulls",
+        "an image pulled every day is evicted a cacheTtl after it was first fetched",
+        "gateway/upkeep/eviction.py",
+        "    return stored if pulled is None else max(stored, pulled)",
+        "    return stored",
+        ("tests/gateway/upkeep/test_eviction.py",),
+    ),
+    Mutation.one(
         "hung-cache-unbounded",
         "a door waits for a hung cache until the client gives up (900 s), not a retryable 503 in 20 s",
         "gateway/render/templates/routes.conf.j2",
@@ -186,8 +221,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "cache-shares-private-root",
         "cache expiry deletes blobs of private images",
         "gateway/render/registry_config.py",
-        "    config = _base(settings, addr, debug_addr, cache_root(upstream), descriptor_cache=True)",
-        '    config = _base(settings, addr, debug_addr, "/private", descriptor_cache=True)',
+        "    config = _base(settings, addr, debug_addr, cache_root(upstream), descriptor_cache=False)",
+        '    config = _base(settings, addr, debug_addr, "/private", descriptor_cache=False)',
         (
             "tests/gateway/test_render.py",
             "tests/gateway/test_clients_mirror.py::test_cache_eviction_spares_private_image_sharing_a_layer",

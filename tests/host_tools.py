@@ -47,6 +47,7 @@ HOST_TOOLS: dict[str, str] = {
     "chroot": "coreutils",
     "cat": "coreutils",
     "mkdir": "coreutils",
+    "rm": "coreutils",  # maintenance evicting from a cache's directory (gateway/upkeep/eviction.py)
     "env": "coreutils",
     "true": "coreutils",
     "sh": "dash",

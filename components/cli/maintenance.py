@@ -1,6 +1,7 @@
 """Maintenance of a deployed stack: gateway/upkeep/maintenance.py's `run` (retention, then garbage collection
-in a read-only window; its docstring has the safety argument) against the stack's Swarm, reached only
-through the Docker Engine API with the deployer's mutual-TLS client certificate: no port of its own.
+in a read-only window, its docstring has the safety argument; then the caches' eviction) against the
+stack's Swarm, reached only through the Docker Engine API with the deployer's mutual-TLS client
+certificate: no port of its own.
 `.github/workflows/maintenance.yml` runs it weekly and on demand (`python -m components.cli.maintenance
 --stack S [--dry-run]`); tests run it against a real swarm (tests/services/test_swarm_maintenance.py).
 
@@ -21,11 +22,15 @@ How `SwarmStore` gives `run` what the local data plane gives it:
   filesystem storage (NFS, the local stack's volume) by busybox `find`/`stat` in that container, with
   S3 storage (R2) by listing the bucket with the keys of the private registry's own config, read from
   that container; they live in memory only.
+- **The caches' eviction** (gateway/upkeep/eviction.py) reads and deletes the same way: that container
+  mounts the whole storage (the private root, every cache's root, the gateway's last-pull records),
+  and the bucket is one for all of them, so the private registry's keys reach the caches too.
 
 Inputs: with `--stack S`, the secret stack output `maintenance` (read with the Pulumi CLI); else the
 environment, as components/engine/rollout.py:
   OWNCR_DOCKER_HOST, OWNCR_DOCKER_CA_PEM, OWNCR_DOCKER_CERT_PEM, OWNCR_DOCKER_KEY_PEM
-  OWNCR_MAINTENANCE  JSON {"private_service": NAME, "retention": [{namespace, keep, days, protect}]}
+  OWNCR_MAINTENANCE  JSON {"private_service": NAME, "retention": [{namespace, keep, days, protect}],
+                     "cache_policy": {"ttl_seconds": S, "budget_bytes": B or null}} (absent: 168h, none)
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from components.plan import maintenance_access
 from components.plan.swarm_specs import SERVICE_NAME_MAX
 from gateway.render.registry_config import READ_ONLY_ENV
 from gateway.upkeep import maintenance as m
+from gateway.upkeep.eviction import CachePolicy
 from gateway.upkeep.registry_api import RegistryApi, parse_response, raw_request
 from gateway.upkeep.retention import RetentionRule
 from gateway.upkeep.store_readers import reader_for
@@ -124,10 +130,12 @@ class SwarmStore(m.StorageFacts):
         dry_run: bool,
         log: Log,
         timeout: float = DEFAULT_TIMEOUT,
+        cache_policy: CachePolicy | None = None,
     ) -> None:
         self.docker = docker
         self.private_service = private_service
         self.rules = rules
+        self.cache_policy = cache_policy or CachePolicy()
         self.dry_run = dry_run
         self.log = log
         self.timeout = timeout
@@ -317,16 +325,17 @@ def stack_output(stack: str, run: Callable[..., Any] = subprocess.run) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m components.cli.maintenance",
-        description="Retention, then garbage collection in a read-only window, on a deployed stack.",
+        description="Retention, then garbage collection in a read-only window, then the caches' eviction, "
+        "on a deployed stack.",
     )
     parser.add_argument("--stack", help="read the access from this stack's output (else the environment)")
     parser.add_argument("--dry-run", action="store_true", help="list what would be deleted; change nothing")
     args = parser.parse_args(argv)
 
     def work(env: Mapping[str, str], log: Log) -> None:
-        service, rules = maintenance_access.settings_from(env)
+        service, rules, policy = maintenance_access.settings_from(env)
         docker = rollout.api_from(env)
-        with SwarmStore(docker, service, rules, dry_run=args.dry_run, log=log) as store:
+        with SwarmStore(docker, service, rules, dry_run=args.dry_run, log=log, cache_policy=policy) as store:
             m.run(store, dry_run=args.dry_run)
 
     return run_on_stack("maintenance", args.stack, work, log_to=sys.stdout)

@@ -76,7 +76,7 @@ def scrape_all(docker: engine_api.DockerApi, service: str) -> tuple[list[status.
 
 
 def report(env: Mapping[str, str], log: maintenance.Log) -> str:
-    private, _ = maintenance_access.settings_from(env)
+    private = maintenance_access.settings_from(env)[0]
     docker = rollout.api_from(env)
     service = gateway_service(private)
     samples, read, unread = scrape_all(docker, service)

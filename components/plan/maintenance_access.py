@@ -1,5 +1,6 @@
 """The stack output `maintenance`: what the maintenance and status tools (components/cli) need to reach a
-deployed stack (the deployer's Docker API access, the private service's name, the retention rules),
+deployed stack (the deployer's Docker API access, the private service's name, the retention rules, the
+caches' eviction policy),
 written by the program (`access`) and read back by the tools (`environment`, `settings_from`). One
 secret output: it holds the deployer's client key.
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 from components.plan.swarm_specs import service_name
 from gateway.names import PRIVATE_KEY
+from gateway.upkeep.eviction import CachePolicy
 from gateway.upkeep.maintenance import MaintenanceError
 from gateway.upkeep.retention import RetentionRule, from_record, record
 
@@ -19,6 +21,8 @@ from gateway.upkeep.retention import RetentionRule, from_record, record
 def access(
     stack: str,
     rules: tuple[RetentionRule, ...],
+    cache_ttl: str,
+    cache_max_gib: int | None,
     host: object,
     ca_pem: object,
     cert_pem: object,
@@ -33,6 +37,7 @@ def access(
         "key_pem": key_pem,
         "private_service": service_name(stack, PRIVATE_KEY),
         "retention": [record(r) for r in rules],
+        "cache_policy": CachePolicy.of(cache_ttl, cache_max_gib).record(),
     }
 
 
@@ -42,21 +47,23 @@ def environment(output: Mapping[str, Any]) -> dict[str, str]:
     for key in ("ca_pem", "cert_pem", "key_pem"):
         if output.get(key):
             env[f"OWNCR_DOCKER_{key.upper()}"] = str(output[key])
-    env["OWNCR_MAINTENANCE"] = json.dumps(
-        {"private_service": output["private_service"], "retention": output["retention"]}
-    )
+    # A stack deployed before eviction has no cache_policy: the tools then use the defaults.
+    carried = {k: output[k] for k in ("private_service", "retention", "cache_policy") if k in output}
+    env["OWNCR_MAINTENANCE"] = json.dumps(carried)
     return env
 
 
-def settings_from(env: Mapping[str, str]) -> tuple[str, tuple[RetentionRule, ...]]:
+def settings_from(env: Mapping[str, str]) -> tuple[str, tuple[RetentionRule, ...], CachePolicy]:
     raw = env.get("OWNCR_MAINTENANCE", "")
     try:
         parsed = json.loads(raw)
         service = parsed["private_service"]
         rules = tuple(from_record(r) for r in parsed.get("retention", []))
-    except (ValueError, KeyError, TypeError) as err:
+        policy = CachePolicy.from_record(parsed.get("cache_policy"))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise MaintenanceError(
-            f'OWNCR_MAINTENANCE: {err}; expected JSON {{"private_service": NAME, "retention": [...]}} '
+            f'OWNCR_MAINTENANCE: {err}; expected JSON {{"private_service": NAME, "retention": [...], '
+            '"cache_policy": {"ttl_seconds": S, "budget_bytes": B}}} '
             "(the stack output `maintenance`: run with --stack STACK)"
         ) from err
-    return str(service), rules
+    return str(service), rules, policy

@@ -1,8 +1,9 @@
 """Maintenance of the private store: tag retention, then garbage collection in a short read-only window
-for pushes; prints what it did (tags deleted per repository, blobs and bytes freed, how long pushes were
-paused) and how large the caches are. `python -m gateway maintenance --data DIR [--dry-run]` runs it
-against a local `python -m gateway run --data DIR` (`LocalStore`); the maintenance workflow runs the
-same `run` against a deployed stack (components/cli/maintenance.py, `SwarmStore`).
+for pushes; then the mirror's caches: eviction of what nobody pulled lately. Prints what it did (tags
+deleted per repository, blobs and bytes freed, how long pushes were paused, images evicted and kept
+per cache, with sizes). `python -m gateway maintenance --data DIR [--dry-run]` runs it against a local
+`python -m gateway run --data DIR` (`LocalStore`); the maintenance workflow runs the same `run` against
+a deployed stack (components/cli/maintenance.py, `SwarmStore`).
 
 Why garbage collection cannot lose an acknowledged image
 --------------------------------------------------------
@@ -46,7 +47,11 @@ Hence:
    frozen store it acts on. An untagged platform manifest it deletes whose index only arrives after
    the window is the case of point 3: the index is refused, never acknowledged.
 
-Caches are not collected: they expire by their `proxy.ttl`; the run reports their size.
+Then the caches: each is evicted, least recently pulled first, by the nodes' last-pull records, down to
+what `CachePolicy` (cacheTtl, cacheMaxGib) allows (gateway/upkeep/eviction.py; its docstring has why a
+pull during the deletions is a refetch). Outside the read-only window: caches keep serving throughout,
+and what they fetch meanwhile at worst is fetched again. The run prints, per cache, what went and what
+is kept, with sizes.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ import yaml
 
 from gateway.local.ports import free_port
 from gateway.render.registry_config import READ_ONLY_HEADER
+from gateway.upkeep.eviction import CachePolicy, CacheStorage, Eviction, evict, human
 from gateway.upkeep.registry_api import Manifest, RegistryApi
 from gateway.upkeep.retention import (
     Deletion,
@@ -102,6 +108,7 @@ class Store(Protocol):
 
     api: RegistryApi  # what clients read (the dry run plans through it)
     rules: tuple[RetentionRule, ...]
+    cache_policy: CachePolicy
 
     def writer(self) -> AbstractContextManager[RegistryApi]:
         """A writable private registry only this run reaches (used inside the window)."""
@@ -111,6 +118,7 @@ class Store(Protocol):
     def manifest_revisions(self, repository: str) -> set[str]: ...
     def private_bytes(self) -> int: ...
     def cache_bytes(self) -> dict[str, int]: ...
+    def cache_storage(self) -> CacheStorage: ...
     def set_read_only(self, read_only: bool) -> None: ...
     def collect_garbage(self, dry_run: bool) -> str: ...
 
@@ -124,19 +132,12 @@ class Report:
     bytes_before: int = 0
     bytes_after: int = 0
     paused_seconds: float = 0.0
-    cache_bytes: dict[str, int] = field(default_factory=dict)
+    cache_bytes: dict[str, int] = field(default_factory=dict)  # host -> blob bytes kept
+    evictions: dict[str, Eviction] = field(default_factory=dict)  # host -> what went (or would go)
 
     @property
     def bytes_freed(self) -> int:
         return self.bytes_before - self.bytes_after
-
-
-def human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError
 
 
 def image_size(api: RegistryApi, repository: str, manifest: Manifest) -> tuple[int, set[str]]:
@@ -208,7 +209,7 @@ def run(
     store: Store, *, dry_run: bool = False, out: TextIO = sys.stdout, now: datetime | None = None
 ) -> Report:
     """Retention, then garbage collection, both in the read-only window (unless `dry_run`, which
-    plans through the client-facing registry and changes nothing)."""
+    plans through the client-facing registry and changes nothing); then the caches' eviction."""
     report = Report()
     now = now or datetime.now(UTC)
     if dry_run:
@@ -236,7 +237,6 @@ def run(
     if summary is None:
         raise MaintenanceError(f"garbage-collect printed no summary:\n{output[-2000:]}")
     report.blobs_deleted = int(summary[2])
-    report.cache_bytes = store.cache_bytes()
     if dry_run:
         print(
             f"gc (dry run): {report.blobs_deleted} blobs unreferenced now (before the retention above); "
@@ -251,8 +251,10 @@ def run(
             f"(freed {human(report.bytes_freed)}, {report.bytes_freed} bytes)",
             file=out,
         )
-    for host, size in sorted(report.cache_bytes.items()):
-        print(f"cache {host}: {human(size)} (expires by its TTL, not collected)", file=out)
+    caches = store.cache_storage()
+    for host in sorted(caches.cache_hosts()):
+        eviction = evict(caches, host, store.cache_policy, dry_run=dry_run, out=out, now=now)
+        report.evictions[host], report.cache_bytes[host] = eviction, eviction.bytes_after
     return report
 
 
@@ -275,6 +277,10 @@ class StorageFacts:
 
     def cache_bytes(self) -> dict[str, int]:
         return self.reader.cache_bytes()
+
+    def cache_storage(self) -> CacheStorage:
+        # The caches live beside the private root, in the same bucket or below the same storage root.
+        return self.reader
 
 
 def _run_here(argv: list[str]) -> bytes:
@@ -302,6 +308,7 @@ class LocalStore(StorageFacts):
             raise MaintenanceError(f"the runner (pid {self.pid}) of {data_dir} is not running; start it")
         self.api = RegistryApi(info["private_url"])
         self.rules = tuple(from_record(r) for r in info["retention"])
+        self.cache_policy = CachePolicy.from_record(info.get("cache_policy"))  # absent: an older runner
         self.registry_bin: str = info["registry_bin"]
         self.config: str = info["private_config"]
         self.replicas: int = info["private_replicas"]

@@ -164,3 +164,15 @@ class TinyImage:
             **via,
         )
         assert done.status == 201, (done.status, done.body)
+
+    def pulls_from(self, base: str, name: str, ref: str, auth: tuple[str, str] | None = None) -> bool:
+        """The manifest by `ref` (this one, byte for byte) and every blob it names, each checked
+        against its digest."""
+        got = request(f"{base}/v2/{name}/manifests/{ref}", auth=auth, headers={"Accept": OCI_MANIFEST})
+        if got.status != 200 or got.body != self.manifest:
+            return False
+        for blob in (self.config, self.layer):
+            resp = request(f"{base}/v2/{name}/blobs/{digest_of(blob)}", auth=auth)
+            if resp.status != 200 or digest_of(resp.body) != digest_of(blob):
+                return False
+        return True

@@ -153,12 +153,6 @@ class Cluster:
             self.network,
             image=NGINX_IMAGE if is_nginx else self.registry_image,
         )
-        if spec["key"].startswith(names.CACHE_KEY_PREFIX):
-            # Node 0 carries the drill itself (the upstream stand-in, the API it drives the swarm by) and is
-            # never the one killed: the cache runs on node 1 or 2, so the node killed in (c) is the one
-            # running it, every run (kill_node_choice). Production has no such node; this only places.
-            node0 = self.engine.get("/info")["Swarm"]["NodeID"]
-            body["TaskTemplate"]["Placement"]["Constraints"] = [f"node.id!={node0}"]
         return body
 
     def _deploy_upstream(self, specs: list[swarm_specs.ServiceSpec]) -> None:
@@ -170,6 +164,7 @@ class Cluster:
             **cache,
             "key": "upstream",
             "name": name,
+            "replicas": 1,
             "alias": UPSTREAM_ALIAS,
             "command": ["registry", "serve", "/etc/distribution/config.yml"],
             "configs": [{"object": "cfg", "target": "/etc/distribution/config.yml", "mode": 0o444}],
@@ -326,8 +321,9 @@ def new_sandbox(root: Path) -> Sandbox:
 
 
 def kill_node_choice(cluster: Cluster) -> SandboxNode:
-    """The node running the upstream's cache (node 1 or 2: never node 0, see Cluster._body), so that the
-    mirror door loses its cache every run, not by luck of placement."""
+    """A node running a cache of the upstream (node 1 or 2: node 0 carries the drill itself, the upstream
+    stand-in and the API it drives the swarm by), so that the mirror door loses a cache every run, not
+    by luck of placement (each node runs one, as in production)."""
     ids = cluster.node_ids()
     cache = set(
         cluster.task_nodes(next(k for k in cluster.service_ids if k.startswith(names.CACHE_KEY_PREFIX)))

@@ -9,10 +9,11 @@ the node loss's. Afterwards every pushed tag must pull with the digest
 acknowledged at push time, the swarm must have all three managers and every service its replicas.
 Prints a table and exits 1 when a target is missed (2 when the drill itself could not run).
 
-Targets: no failed request during the rolling updates or the node's return; during the node loss,
-failures only from requests that started within the load balancer's detection window
-(lb_health.detection_seconds()); no lost image. The mirror door during the node loss is measured, not
-targeted: its upstream's cache has one replica (see docs/operations.md).
+Targets: no failed request during the rolling updates or the node's return; during the node loss, on
+both doors, failures only from requests that started within the load balancer's detection window
+(lb_health.detection_seconds()), and none of those the load balancer's own log says it sent to a live
+node; no lost image. The node killed runs a cache of the upstream (each node runs one: the mirror door
+must not notice beyond the detection window either).
 """
 
 from __future__ import annotations
@@ -108,9 +109,7 @@ def longest_failure_window(records: list[ha_load.Record]) -> float:
     return longest
 
 
-def evaluate(
-    phase: Phase, records: list[ha_load.Record], killed_at: float | None = None
-) -> tuple[Row, list[ha_load.Record]]:
+def members(phase: Phase, records: list[ha_load.Record], killed_at: float | None) -> list[ha_load.Record]:
     """A phase's requests are those that started in it, but for a request still under way when the node
     was killed: that one belongs to the node loss, whenever it started (the load balancer may have
     sent it to the node that died under it)."""
@@ -119,12 +118,18 @@ def evaluate(
         return killed_at is not None and r.start < killed_at < r.end
 
     loss = killed_at is not None and phase.start == killed_at  # the node loss's phases start at the kill
-    mine = [
+    return [
         r
         for r in records
         if r.worker in phase.workers
         and ((phase.start <= r.start < phase.end and not cut_by_the_kill(r)) or (loss and cut_by_the_kill(r)))
     ]
+
+
+def evaluate(
+    phase: Phase, records: list[ha_load.Record], killed_at: float | None = None
+) -> tuple[Row, list[ha_load.Record]]:
+    mine = members(phase, records, killed_at)
     failed = [r for r in mine if not r.ok]
     if phase.target == "measured":
         met: bool | None = None
@@ -133,6 +138,27 @@ def evaluate(
     else:
         met = not failed
     row = Row(phase.name, len(mine), len(failed), longest_failure_window(mine), phase.target, met)
+    return row, failed
+
+
+def live_node_row(
+    phase: Phase, records: list[ha_load.Record], routes: list[ha_lb.Route], victim: str, killed_at: float
+) -> tuple[Row, list[ha_load.Record]]:
+    """The node loss as the load balancer saw it: each of the phase's requests is found in its log (by the
+    client's port, accepted within a second of the request's start) and every one it sent to a node
+    other than the dead one must have succeeded. A failed request the log does not place counts as
+    sent to a live node: nothing can pass by being missing from the log."""
+    by_port: dict[int, list[ha_lb.Route]] = {}
+    for route in routes:
+        by_port.setdefault(route.port, []).append(route)
+
+    def node(r: ha_load.Record) -> str | None:
+        near = [x for x in by_port.get(r.port, []) if abs(x.accepted - r.wall) < 1.0]
+        return near[0].server if len(near) == 1 else None
+
+    chosen = [r for r in members(phase, records, killed_at) if node(r) != victim]
+    failed = [r for r in chosen if not r.ok]
+    row = Row(f"{phase.name}: sent to a live node", len(chosen), len(failed), 0.0, "0 failed", not failed)
     return row, failed
 
 
@@ -196,6 +222,7 @@ class Faults:
     phases: list[Phase] = field(default_factory=list)
     down_after: float = 0.0
     killed_at: float | None = None  # when (c) killed its node (evaluate: requests it cut off are its)
+    victim: str | None = None  # the load balancer's name of the node (c) killed
     pending_updates: list[str] = field(default_factory=list)
 
     def nginx_update(self) -> None:
@@ -241,9 +268,10 @@ class Faults:
         log(f"(c) registries back to their replicas {time.monotonic() - start:.1f}s after the kill")
         wait_for("end of the detection window", lambda: time.monotonic() - start > detection + 10, 60)
         end = time.monotonic()
-        self.phases.append(Phase("(c) node killed: registry door", start, end, REGISTRY_WORKERS,
-                                 f"failures start within {detection} s", window_limit=detection))  # fmt: skip
-        self.phases.append(Phase("(c) node killed: mirror door", start, end, MIRROR_WORKERS, "measured"))
+        for door, workers in (("registry door", REGISTRY_WORKERS), ("mirror door", MIRROR_WORKERS)):
+            target = f"failures start within {detection} s"
+            self.phases.append(Phase(f"(c) node killed: {door}", start, end, workers, target, detection))
+        self.victim = vname
 
         start = time.monotonic()
         log(f"(d) {vname} comes back")
@@ -322,13 +350,17 @@ def run(root: Path, faults: str) -> int:
         load.stop()
         records = load.recorder.snapshot()
         rows: list[Row] = []
+        routes = lb.routes()
         for phase in phases:
-            row, failed = evaluate(phase, records, drill.killed_at)
-            rows.append(row)
-            for r in failed[:5]:
-                at, took = r.start - phase.start, r.end - r.start
-                log(f"  failed in {phase.name} at +{at:.1f}s after {took:.1f}s: "
-                    f"{r.worker} {r.what} -> {r.status} {r.detail[:100].strip()}")  # fmt: skip
+            verdicts = [evaluate(phase, records, drill.killed_at)]
+            if phase.window_limit is not None and drill.victim and drill.killed_at is not None:
+                verdicts.append(live_node_row(phase, records, routes, drill.victim, drill.killed_at))
+            for row, failed in verdicts:
+                rows.append(row)
+                for r in failed[:5]:
+                    at, took = r.start - phase.start, r.end - r.start
+                    log(f"  failed in {row.fault} at +{at:.1f}s after {took:.1f}s: "
+                        f"{r.worker} {r.what} -> {r.status} {r.detail[:100].strip()}")  # fmt: skip
 
         lost = []
         for tag, acked in sorted(load.acknowledged.items()):

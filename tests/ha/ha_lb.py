@@ -27,6 +27,17 @@ from pathlib import Path
 from components.plan import lb_health
 
 HAPROXY = "haproxy"
+LOG_TAG = "owncr-lb"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One connection as the load balancer logged it."""
+
+    port: int  # the client's
+    server: str  # the node it was sent to ("<NOSRV>": none)
+    accepted: float  # epoch seconds
+    state: str  # HAProxy's termination state ("--": normal; "sC": the node never answered the connect)
 
 
 def config(listen: tuple[str, int], nodes: list[tuple[str, str]], port: int, stats_socket: Path) -> str:
@@ -43,6 +54,9 @@ def config(listen: tuple[str, int], nodes: list[tuple[str, str]], port: int, sta
 defaults
     mode tcp
     log global
+    # One line per connection (at its end): the client's port, the node it went to, the accept time.
+    # The drill routes each of its requests by it (routes()): which node answered, or failed to.
+    log-format "{LOG_TAG} %cp %s %Ts.%ms %ts"
     timeout connect {timeout}s
     timeout client 900s
     timeout server 900s
@@ -93,6 +107,15 @@ class LoadBalancer:
             self.process = subprocess.Popen(
                 [binary, "-db", "-f", str(cfg)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
+
+    def routes(self) -> list[Route]:
+        """Every connection logged so far."""
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            fields = line.split()
+            if len(fields) == 5 and fields[0] == LOG_TAG:
+                found.append(Route(int(fields[1]), fields[2], float(fields[3]), fields[4]))
+        return found
 
     def states(self) -> dict[str, str]:
         """Server name -> HAProxy's status (UP, DOWN, "UP 1/3", ...), read from its stats socket."""

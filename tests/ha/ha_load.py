@@ -42,6 +42,8 @@ class Record:
     status: int  # HTTP status, 0 when no answer came (connection refused, reset, timeout)
     ok: bool
     detail: str = ""
+    port: int = 0  # the client's port of its connection (0: none was made): the load balancer logs it
+    wall: float = 0.0  # epoch seconds at `start`
 
 
 class RequestFailed(Exception):
@@ -99,10 +101,12 @@ def request(
     what: str = "",
 ) -> tuple[int, dict[str, str], bytes]:
     """One request on its own connection; raises RequestFailed on an unexpected answer or none."""
-    start = time.monotonic()
-    status, answer, data, detail = 0, {}, b"", ""
+    start, wall = time.monotonic(), time.time()
+    status, answer, data, detail, port = 0, {}, b"", "", 0
     conn = http.client.HTTPConnection(door.host, door.port, timeout=REQUEST_TIMEOUT)
     try:
+        conn.connect()
+        port = conn.sock.getsockname()[1]
         conn.request(method, path, body=body, headers={**door.headers(), **(headers or {})})
         resp = conn.getresponse()
         status, data = resp.status, resp.read()
@@ -115,7 +119,8 @@ def request(
         conn.close()
     ok = status in expect
     if tap is not None:
-        tap.add(Record(tap.worker, what or f"{method} {path}", start, time.monotonic(), status, ok, detail))
+        end = time.monotonic()
+        tap.add(Record(tap.worker, what or f"{method} {path}", start, end, status, ok, detail, port, wall))
     if not ok:
         raise RequestFailed(f"{method} {path}: {status} {detail}")
     return status, answer, data

@@ -17,6 +17,7 @@ import pytest
 
 from tests import ROOT
 from tests.ha import ha_drill
+from tests.ha.ha_lb import Route
 from tests.ha.ha_load import Record
 
 DRILL_TIMEOUT = 25 * 60
@@ -25,7 +26,9 @@ ROWS = (
     "(a) nginx rolling update (password change)",
     "(b) private registry rolling update",
     "(c) node killed: registry door",
+    "(c) node killed: registry door: sent to a live node",
     "(c) node killed: mirror door",
+    "(c) node killed: mirror door: sent to a live node",
     "(d) node back",
     "pushed tags pull with their acknowledged digest",
     "three managers reachable, services at declared replicas",
@@ -78,6 +81,42 @@ def test_a_request_the_kill_cut_off_belongs_to_the_node_loss_not_the_phase_it_st
     # Without a kill (or once it is over) nothing moves: the same failure is the update's.
     alone, _ = ha_drill.evaluate(update, records)
     assert (alone.failed, alone.met) == (1, False)
+
+
+def test_a_failure_the_load_balancer_sent_to_a_live_node_misses_the_target() -> None:
+    """Within the detection window a failure is allowed only on the dead node, as the load balancer's own
+    log places it (client port, accept time); one its log does not place counts as on a live node."""
+    loss = ha_drill.Phase("(c)", 100, 200, ("private",), "within 12 s", window_limit=12)
+
+    def sent(port: int, ok: bool) -> Record:
+        return Record("private", "GET manifest", 101, 102, 200 if ok else 0, ok, port=port, wall=5000.0)
+
+    routes = [
+        Route(1, "node1", 5000.2, "sC"),
+        Route(2, "node2", 5000.1, "--"),
+        Route(3, "node2", 4000.0, "--"),
+    ]
+    dead_only, _ = ha_drill.live_node_row(loss, [sent(1, False), sent(2, True)], routes, "node1", 100)
+    assert (dead_only.requests, dead_only.failed, dead_only.met) == (1, 0, True)
+    live, failed = ha_drill.live_node_row(loss, [sent(1, False), sent(2, False)], routes, "node1", 100)
+    assert (live.failed, live.met) == (1, False) and failed[0].port == 2
+    # Port 3 was logged long before this request started: not its connection, so not placed.
+    unplaced, _ = ha_drill.live_node_row(loss, [sent(3, False), sent(0, False)], routes, "node1", 100)
+    assert (unplaced.failed, unplaced.met) == (2, False)
+
+
+def test_load_balancer_log_lines_parse(tmp_path) -> None:
+    lb = ha_drill.ha_lb.LoadBalancer(tmp_path, [], 8080)
+    lb.log = tmp_path / "haproxy.log"
+    lb.log.write_text(
+        "[NOTICE] something else\n"
+        f"{ha_drill.ha_lb.LOG_TAG} 40312 node2 1765141000.123 --\n"
+        f"{ha_drill.ha_lb.LOG_TAG} 40313 node1 1765141001.5 sC\n"
+    )
+    assert lb.routes() == [
+        Route(40312, "node2", 1765141000.123, "--"),
+        Route(40313, "node1", 1765141001.5, "sC"),
+    ]
 
 
 def test_table_marks_missed_rows() -> None:

@@ -20,7 +20,9 @@ from components.cli import maintenance
 from components.cli.maintenance import HELPER_LABEL, helper_spec, is_read_only, with_read_only
 from components.engine import container_exec
 from components.plan import maintenance_access
+from gateway.config import DEFAULT_CACHE_TTL
 from gateway.render.registry_config import READ_ONLY_ENV
+from gateway.upkeep.eviction import CachePolicy
 from gateway.upkeep.maintenance import MaintenanceError
 from gateway.upkeep.registry_api import parse_response, raw_request
 from gateway.upkeep.retention import RetentionRule
@@ -113,15 +115,29 @@ def test_read_only_env_is_what_distribution_reads_as_the_readonly_object() -> No
 
 def test_stack_output_round_trips_to_the_environment_main_reads() -> None:
     rules = (RetentionRule("acme", keep=3, protect=("v*",)), RetentionRule("ops", days=7))
-    output = maintenance_access.access("dev", rules, "tcp://203.0.113.5:2376", "CA", "CERT", "KEY")
+    policy = CachePolicy.of("72h", 50)
+    output = maintenance_access.access("dev", rules, "72h", 50, "tcp://203.0.113.5:2376", "CA", "CERT", "KEY")
     output = json.loads(json.dumps(output))  # as `pulumi stack output --json` gives it back
     env = maintenance_access.environment(output)
     assert env["OWNCR_DOCKER_HOST"] == "tcp://203.0.113.5:2376" and env["OWNCR_DOCKER_KEY_PEM"] == "KEY"
-    assert maintenance_access.settings_from(env) == ("owncr-dev-private", rules)
+    assert maintenance_access.settings_from(env) == ("owncr-dev-private", rules, policy)
+    assert policy == CachePolicy(72 * 3600, 50 * 1024**3)
+    unbounded = CachePolicy.of("168h", None)
     local = maintenance_access.environment(
-        maintenance_access.access("local", (), "unix:///var/run/docker.sock", None, None, None)
+        maintenance_access.access("local", (), "168h", None, "unix:///var/run/docker.sock", None, None, None)
     )
     assert set(local) == {"OWNCR_DOCKER_HOST", "OWNCR_MAINTENANCE"}
+    assert maintenance_access.settings_from(local)[2] == unbounded
+
+
+def test_a_stack_output_from_before_eviction_gets_the_default_policy() -> None:
+    older = {
+        "docker_host": "unix:///var/run/docker.sock",
+        "private_service": "owncr-local-private",
+        "retention": [],
+    }
+    _, _, policy = maintenance_access.settings_from(maintenance_access.environment(older))
+    assert policy == CachePolicy() == CachePolicy.of(DEFAULT_CACHE_TTL, None)
 
 
 @pytest.mark.parametrize(
@@ -134,6 +150,8 @@ def test_stack_output_round_trips_to_the_environment_main_reads() -> None:
             '{"private_service": "s", "retention": [{"namespace": "a", "protect": ["v*"]}]}',
             "retention.a: set keep",
         ),
+        ('{"private_service": "s", "cache_policy": {"budget_bytes": 1}}', "OWNCR_MAINTENANCE: 'ttl_seconds'"),
+        ('{"private_service": "s", "cache_policy": {"ttl_seconds": 0}}', "ttl_seconds 0 must be at least 1"),
     ],
 )
 def test_bad_settings_are_refused_naming_what_to_fix(raw: str, message: str) -> None:

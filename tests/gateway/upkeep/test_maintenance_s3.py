@@ -80,7 +80,7 @@ def test_s3_reader_sees_push_times_revisions_and_sizes_as_distribution_writes_th
     freed = re.search(r"freed [\d.]+ \w+, (\d+) bytes", done.stdout)
     assert freed and int(freed[1]) >= second.layers[0].size, done.stdout
     assert fresh.private_bytes() == stored - int(freed[1])
-    assert re.search(r"cache docker.io: 1\.\d MiB", done.stdout), done.stdout
+    assert re.search(r"cache docker.io: 1 images kept, 1\.\d MiB", done.stdout), done.stdout
     ok(
         launch.skopeo.copy(
             f"docker://{registry}/team/app:again", f"oci:{launch.workdir / 'again'}:x", src_creds=ALICE
