@@ -87,6 +87,8 @@ def service_args(spec: ServiceSpec, objects: ObjectIds, network_id: pulumi.Input
     }
     if spec["env"]:
         container["env"] = dict(spec["env"])
+    if spec["sysctls"]:
+        container["sysctl"] = dict(spec["sysctls"])
     restart = spec["restart"]
     placement: docker.ServiceTaskSpecPlacementArgsDict = {}
     if spec["max_replicas_per_node"]:

@@ -207,6 +207,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/gateway/upkeep/test_eviction.py",),
     ),
     Mutation.one(
+        "no-second-chance",
+        "a read on a live node fails when the replica it waited on leaves Swarm's DNS meanwhile",
+        "gateway/render/templates/backend_errors.conf.j2",
+        "            error_page 502 504 = {{ again }};",
+        "            error_page 502 504 = @owncr_backend_unavailable;",
+        ("tests/gateway/test_render_production.py",),
+    ),
+    Mutation.one(
         "hung-cache-unbounded",
         "a door waits for a hung cache until the client gives up (900 s), not a retryable 503 in 20 s",
         "gateway/render/templates/routes.conf.j2",

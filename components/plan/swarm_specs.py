@@ -111,6 +111,7 @@ class ServiceSpec(TypedDict):
     secrets: list[FileRef]
     mounts: list[MountSpec]
     healthcheck: HealthSpec
+    sysctls: dict[str, str]  # the task's own network namespace's kernel settings
     stop_grace_period: str
     limits: ResourcesSpec
     reservations: ResourcesSpec
@@ -331,6 +332,16 @@ def _registry_replicas(key: str, plan: ServicePlan) -> int:
     return plan.node_count
 
 
+# A cache reaches the egress by nginx's service name, which lists every node's nginx until Swarm has
+# noticed a lost node: a connect to the dead one gets no answer, and Go's dialer (Distribution has no
+# timeout of its own) gives it a share of 30 s, 10 s with three nodes, on every new connection (the
+# egress keeps none open: a pooled one to a dead node would hang a cache's request for good). With one
+# SYN retry the kernel gives up after 3 s (1 + 2) and the dialer tries the next address: a cache on a
+# live node answers well within the door's bound (cache_answer_seconds). Overlay peers answer a SYN
+# within a millisecond; a storage connection the cache opens is retried by its S3 client the same way.
+CACHE_SYSCTLS = {"net.ipv4.tcp_syn_retries": "1"}
+
+
 def _order(key: str) -> Literal["start-first", "stop-first"]:
     # nginx publishes a host-mode port: a second task on the same node cannot bind it, so start-first
     # would never start the new task; stop it first (the other nodes' nginx keep serving behind the LB).
@@ -386,6 +397,7 @@ def service_specs(bundle: Bundle, plan: ServicePlan) -> list[ServiceSpec]:
             ],
             "mounts": _mounts(plan, is_nginx),
             "healthcheck": _nginx_health(plan, sf.port) if is_nginx else _registry_health(sf.port),
+            "sysctls": dict(CACHE_SYSCTLS) if key.startswith(CACHE_KEY_PREFIX) else {},
             # Swarm's default 10 s would SIGKILL multi-GB pushes and pulls on every rolling update: nginx
             # drains from the load balancer, then finishes its transfers on SIGQUIT (drain.sh); a
             # registry serves until nginx stopped calling it, then drains for `draintimeout`

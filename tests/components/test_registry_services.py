@@ -396,6 +396,11 @@ def test_one_cache_service_per_upstream_with_a_replica_per_node(deployed):
     per_node = nginx.inputs["mode"]["replicated"]["replicas"]
     assert per_node > 1
     assert {s.inputs["mode"]["replicated"]["replicas"] for s in caches} == {per_node}
+    # A cache's connect to a lost node's egress gives up after one SYN retry (swarm_specs.CACHE_SYSCTLS);
+    # nothing else changes its kernel settings.
+    for service in run.of_type(SERVICE):
+        sysctl = service.inputs["taskSpec"]["containerSpec"].get("sysctl")
+        assert sysctl == ({"net.ipv4.tcp_syn_retries": "1"} if service in caches else None), service.name
     assert len({s.inputs["name"] for s in caches}) == 3
 
 

@@ -17,8 +17,9 @@ from collections.abc import Mapping
 TTL = 5
 
 
-def answer(query: bytes, names: Mapping[str, str]) -> bytes:
-    """The response to one DNS query: the question echoed, one A record if the name is known."""
+def answer(query: bytes, names: Mapping[str, str | tuple[str, ...]]) -> bytes:
+    """The response to one DNS query: the question echoed, an A record for each address of a known name
+    (a service in DNS round robin has one per task)."""
     (ident,) = struct.unpack("!H", query[:2])
     labels, i = [], 12
     while query[i]:
@@ -26,18 +27,23 @@ def answer(query: bytes, names: Mapping[str, str]) -> bytes:
         i += 1 + query[i]
     qtype, _ = struct.unpack("!HH", query[i + 1 : i + 5])
     question = query[12 : i + 5]
-    address = names.get(".".join(labels))
-    if address is None:
+    found = names.get(".".join(labels))
+    if found is None:
         return struct.pack("!HHHHHH", ident, 0x8183, 1, 0, 0, 0) + question  # NXDOMAIN
-    records = b""
+    addresses = (found,) if isinstance(found, str) else found
+    records = []
     if qtype == 1:  # A; any other type: the name exists, no record of that type
-        records = struct.pack("!HHHIH", 0xC00C, 1, 1, TTL, 4) + socket.inet_aton(address)
-    return struct.pack("!HHHHHH", ident, 0x8180, 1, 1 if records else 0, 0, 0) + question + records
+        records = [struct.pack("!HHHIH", 0xC00C, 1, 1, TTL, 4) + socket.inet_aton(a) for a in addresses]
+    head = struct.pack("!HHHHHH", ident, 0x8180, 1, len(records), 0, 0)
+    return head + question + b"".join(records)
 
 
 class SwarmDns:
-    def __init__(self, names: Mapping[str, str], address: str = "127.0.0.11", port: int = 53) -> None:
-        self.names = dict(names)
+    def __init__(
+        self, names: Mapping[str, str | tuple[str, ...]], address: str = "127.0.0.11", port: int = 53
+    ) -> None:
+        # Replaced whole to change an answer (as Swarm drops a lost task's address): the thread reads it.
+        self.names: dict[str, str | tuple[str, ...]] = dict(names)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((address, port))
         self.sock.settimeout(0.2)

@@ -239,8 +239,9 @@ def test_served_from_cache_when_the_upstream_is_down(
 
 def test_a_hung_cache_costs_a_bounded_wait_and_a_retryable_answer(launch: Launcher) -> None:
     """A cache that stops answering (its own request stuck on a dead peer, here: stopped outright) holds a
-    door's request for at most cache_answer_seconds, then the client gets a retryable 503 instead of
-    waiting for its own timeout."""
+    door's request for at most cache_answer_seconds, then once more on a fresh look at the caches
+    (templates/again.conf.j2: the one that hung is all there is here), then the client gets a retryable
+    503 instead of waiting for its own timeout."""
     upstream = launch.distribution("hung-cache-dockerhub")
     gateway = launch.gateway({"docker.io": upstream.url}, name="hung-cache")
     default = next(f.default for f in fields(GatewaySettings) if f.name == "upstream_timeout_seconds")
@@ -253,10 +254,10 @@ def test_a_hung_cache_costs_a_bounded_wait_and_a_retryable_answer(launch: Launch
         answer = request(
             f"http://{gateway.doors.mirror}/v2/library/never-pulled/manifests/1.0",
             headers={"Accept": ACCEPT},
-            timeout=bound + 40,
+            timeout=2 * bound + 40,
         )
         waited = time.monotonic() - started
     finally:
         os.kill(cache.pid, signal.SIGCONT)
     assert answer.status == 503 and json.loads(answer.body)["errors"][0]["code"] == "UNAVAILABLE", answer
-    assert bound - 1 <= waited <= bound + 10, (waited, bound)
+    assert 2 * bound - 1 <= waited <= 2 * bound + 10, (waited, bound)

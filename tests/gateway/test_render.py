@@ -401,9 +401,13 @@ def test_production_bundle_uses_swarm_names_and_container_paths() -> None:
         assert f.path.startswith((layout.CONFIG_DIR + "/", layout.SECRET_DIR + "/")), f.path
         assert f.secret == f.path.startswith(layout.SECRET_DIR + "/")
     conf = bundle.services["nginx"].files[0].content
-    # Once: the name resolves to every replica (DNS round robin), re-resolved through Swarm's DNS while
-    # nginx runs (a replaced task's new address); each replica one peer, so a retry goes to another.
-    assert conf.count("server owncr-registry-private:5000 max_fails=0 resolve;") == 1
+    # Once per group (reads, writes): the name resolves to every replica (DNS round robin), re-resolved
+    # through Swarm's DNS while nginx runs (a replaced task's new address); each replica one peer, so a
+    # retry goes to another. Writes never reuse a connection (a pooled one to a lost node hangs them).
+    for group in ("private", "private_write"):
+        block = conf.split(f"upstream {group} {{", 1)[1].split("}", 1)[0]
+        assert block.count("server owncr-registry-private:5000 max_fails=0 resolve;") == 1, block
+        assert ("keepalive" in block) == (group == "private"), block
     assert "server owncr-registry-cache-ghcr-io:5000 resolve;" in conf
     assert "resolver 127.0.0.11 valid=5s ipv6=off;" in conf and "zone upstream_private 64k;" in conf
     # Started under the drain wrapper; /healthz answers 503 while the drain flag exists (every server).

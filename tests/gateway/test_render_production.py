@@ -60,7 +60,7 @@ def _inside_namespace(work: Path) -> None:
     from gateway.local.plain_registry import PlainRegistry
     from gateway.names import NGINX_SERVICE, STORE_PREFIX
     from gateway.render.bundle import render_production
-    from gateway.render.layout import DEBUG_PORT, GATEWAY_PORT, METRICS_PORT, NGINX_USER
+    from gateway.render.layout import GATEWAY_PORT, METRICS_PORT, NGINX_USER
     from tests.gateway import swarm_dns
     from tests.gateway.routing_fixtures import (
         ACCEPT,
@@ -111,14 +111,7 @@ def _inside_namespace(work: Path) -> None:
         procs.append(_start(nginx_argv, work / "nginx.log", None))
         _wait(lambda: _accepts(GATEWAY_PORT), "nginx")
         for service in registries:
-            # Each registry is alone in its container in production: here each gets its own address.
-            env = {
-                **os.environ,
-                "REGISTRY_HTTP_ADDR": f"{addrs[service.name]}:{service.port}",
-                "REGISTRY_HTTP_DEBUG_ADDR": f"{addrs[service.name]}:{DEBUG_PORT}",
-            }
-            argv = [binaries.default_registry() if c == "registry" else c for c in service.command]
-            procs.append(_start(argv, work / f"{service.name}.log", env))
+            procs.append(_start_registry(service, addrs[service.name], work / f"{service.name}.log"))
         for service in registries:
             _wait(
                 lambda s=service: request(f"http://{addrs[s.name]}:{s.port}/v2/").status == 200, service.name
@@ -175,6 +168,7 @@ def _inside_namespace(work: Path) -> None:
         for key in ("private", "cache-docker-io"):
             relayed = request(f"http://127.0.0.1:{METRICS_PORT}/metrics/{key}")
             assert relayed.status == 200 and b"registry_http_requests_total" in relayed.body, key
+        _replica_lost_mid_read(work, bundle, addrs, dns, procs, via)
         print("production run: all checks passed")
     finally:
         for proc in procs:
@@ -186,14 +180,81 @@ def _inside_namespace(work: Path) -> None:
         upstream.stop()
 
 
+def _replica_lost_mid_read(
+    work: Path,
+    bundle: Any,
+    addrs: dict[str, str],
+    dns: Any,
+    procs: list[subprocess.Popen[bytes]],
+    via: Any,
+) -> None:
+    """A private replica stops answering (its node lost without a reset) while reads wait on it, and
+    Swarm's DNS drops its address meanwhile: nginx cannot retry such a read on the group's peers any
+    more (they changed under it: "no live upstreams"), so the read gets its second chance as a fresh
+    request (again.conf.j2) and the live replica answers it, after one bounded wait. Before: 503."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.names import PRIVATE_ANSWER_SECONDS, PRIVATE_KEY
+    from tests.gateway.routing_fixtures import ACCEPT
+
+    service = bundle.services[PRIVATE_KEY]
+    second = "127.0.1.50"
+    replica = _start_registry(service, second, work / "private-second.log")
+    procs.append(replica)
+    _wait(lambda: _accepts(service.port, second), "the second private replica")
+    dns.names = {**dns.names, service.name: (addrs[service.name], second)}
+    time.sleep(6)  # nginx re-resolves (valid=5s): both replicas are peers now
+
+    def read(_: int) -> tuple[int, float]:
+        start = time.monotonic()
+        got = via(
+            REGISTRY_HOST,
+            CLIENT_OUTSIDE,
+            "/v2/acme/app/manifests/1",
+            auth=("alice", "alice-password"),
+            headers={"Accept": ACCEPT},
+        )
+        return got.status, time.monotonic() - start
+
+    with ThreadPoolExecutor(8) as pool:
+        assert [s for s, _ in pool.map(read, range(8))] == [200] * 8  # both answer; connections pooled
+        os.killpg(replica.pid, signal.SIGSTOP)  # the drain wrapper and the registry it runs
+        try:
+            reads = [pool.submit(read, i) for i in range(8)]
+            time.sleep(2)
+            dns.names = {**dns.names, service.name: addrs[service.name]}  # Swarm drops the lost task
+            results = [r.result(timeout=4 * PRIVATE_ANSWER_SECONDS) for r in reads]
+        finally:
+            os.killpg(replica.pid, signal.SIGCONT)
+    assert [s for s, _ in results] == [200] * 8, results
+    waited = [t for _, t in results if t >= PRIVATE_ANSWER_SECONDS]
+    assert waited, f"no read met the stopped replica: the test proves nothing ({results})"
+    assert max(waited) < 3 * PRIVATE_ANSWER_SECONDS, results
+
+
+def _start_registry(service: Any, address: str, log: Path) -> subprocess.Popen[bytes]:
+    """A registry of the bundle, its production command and config on `address`: each registry is alone
+    in its container in production, here each gets an address of its own."""
+    from gateway.local import binaries
+    from gateway.render.layout import DEBUG_PORT
+
+    env = {
+        **os.environ,
+        "REGISTRY_HTTP_ADDR": f"{address}:{service.port}",
+        "REGISTRY_HTTP_DEBUG_ADDR": f"{address}:{DEBUG_PORT}",
+    }
+    argv = [binaries.default_registry() if c == "registry" else c for c in service.command]
+    return _start(argv, log, env)
+
+
 def _start(argv: list[str], log: Path, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
-def _accepts(port: int) -> bool:
+def _accepts(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        socket.create_connection((host, port), timeout=1).close()
         return True
     except OSError:
         return False

@@ -13,8 +13,9 @@ this kernel, as in tests/services; the caches reach nginx's egress by its name);
 PROXY-protocol trust range is the nodes' docker_gwbridge subnet, because a host-mode port here is
 forwarded by docker-proxy (dockerd runs with --iptables=false) and connections arrive from that
 bridge, not from the load balancer's address.
-A Docker Hub stand-in (a plain registry service, pinned to node 0, which the drill never kills) is
-the upstream of the cache.
+A Docker Hub stand-in (a registry behind a login that asks for a bearer token from its realm, as Docker
+Hub does; both pinned to node 0, which the drill never kills, and up before the gateway) is the
+upstream of the caches, which log in with the stack's dockerHubUsername/dockerHubToken.
 """
 
 from __future__ import annotations
@@ -43,8 +44,14 @@ from tests.services import standin_images, swarm_apply, swarm_engine
 
 STACK = "hadrill"
 DOMAIN, MIRROR_DOMAIN = "cr.example.com", "mirror.cr.example.com"
-UPSTREAM_ALIAS = "hub-standin"
+UPSTREAM_ALIAS = "hub-standin"  # what the caches call: the login front, as Docker Hub asks for a token
+UPSTREAM_BACKEND = "hub-registry"  # the registry behind it (the drill pushes fresh images straight there)
 UPSTREAM_PORT = 5000
+HUB_USER, HUB_TOKEN = "drill", "drill-hub-token"  # noqa: S105 - the stand-in's made-up login
+HUB_BEARER = "drill-bearer-token"  # noqa: S105 - what the stand-in's realm hands out
+# The login answers 401 to anything but its realm without a token: asking the realm (200 or 401 both say
+# nginx runs; curl without -f) is its health check.
+LOGIN_HEALTH = ["CMD", "curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{UPSTREAM_PORT}/token"]
 PINNED = "example/{}@sha256:" + "0" * 64
 NGINX_IMAGE = "owncr-standin/nginx:drill"
 REGISTRY_IMAGES = ("owncr-standin/registry:drill", "owncr-standin/registry:drill-next")
@@ -52,6 +59,42 @@ USERS = ("alice", "bob")
 UPSTREAM_CONFIG = (
     "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n"
 )
+# Docker Hub's login, as a cache meets it: every request without the bearer token gets 401 and a
+# `WWW-Authenticate: Bearer realm=...`; the realm gives the token for the account's Basic credentials
+# (and a 401 for others); with the token, requests reach the registry. nginx, from the stand-in image.
+_REALM = f'Bearer realm="http://{UPSTREAM_ALIAS}:{UPSTREAM_PORT}/token",service="hub"'
+_BASIC = base64.b64encode(f"{HUB_USER}:{HUB_TOKEN}".encode()).decode()
+UPSTREAM_LOGIN_CONF = f"""
+worker_processes 1;
+pid /tmp/nginx.pid;
+error_log stderr warn;
+events {{}}
+http {{
+    access_log off;
+    resolver 127.0.0.11 valid=5s ipv6=off;
+    server {{
+        listen {UPSTREAM_PORT};
+        location = /token {{
+            default_type application/json;
+            if ($http_authorization != "Basic {_BASIC}") {{
+                return 401 '{{"details":"incorrect username or password"}}';
+            }}
+            return 200 '{{"token":"{HUB_BEARER}","access_token":"{HUB_BEARER}"}}';
+        }}
+        location / {{
+            if ($http_authorization != "Bearer {HUB_BEARER}") {{
+                add_header WWW-Authenticate '{_REALM}' always;
+                return 401 '{{"errors":[{{"code":"UNAUTHORIZED","message":"authentication required"}}]}}';
+            }}
+            set $backend {UPSTREAM_BACKEND}:{UPSTREAM_PORT};
+            proxy_pass http://$backend;
+            proxy_set_header Authorization "";
+            proxy_buffering off;
+            client_max_body_size 0;
+        }}
+    }}
+}}
+"""
 
 
 def registry() -> Registry:
@@ -64,7 +107,7 @@ def registry() -> Registry:
         cache_ttl="168h",
         # The load balancer's PROXY header carries the client's loopback address.
         mirror_client_cidrs=("127.0.0.0/8",),
-        docker_hub_username=None,
+        docker_hub_username=HUB_USER,
     )
 
 
@@ -72,6 +115,7 @@ def secret_values(passwords: dict[str, str]) -> dict[str, str]:
     values = {
         gateway_wiring.HTTP_SECRET: os.urandom(16).hex(),
         gateway_wiring.HTPASSWD_SALT_KEY: os.urandom(16).hex(),
+        gateway_wiring.HUB_TOKEN: HUB_TOKEN,
     }
     return values | {gateway_wiring.password_key(u): p for u, p in passwords.items()}
 
@@ -136,11 +180,11 @@ class Cluster:
         self.network = self.engine.post(
             "/networks/create", {"Name": f"owncr-{STACK}-net", "Driver": "overlay"}
         )["Id"]
+        self._deploy_upstream(specs)
         self.objects = swarm_apply.create_objects(self.engine, STACK, bundle)
         for spec in specs:
             created = self.engine.post("/services/create", self._body(spec))
             self.service_ids[spec["key"]] = created["ID"]
-        self._deploy_upstream(specs)
         self.wait_converged(list(self.service_ids), timeout=240)
         self.log("services converged: " + ", ".join(sorted(self.service_ids)))
         return bundle
@@ -156,30 +200,54 @@ class Cluster:
         return body
 
     def _deploy_upstream(self, specs: list[swarm_specs.ServiceSpec]) -> None:
-        name = f"owncr-{STACK}-upstream"
-        data = base64.b64encode(UPSTREAM_CONFIG.encode()).decode()
-        config = self.engine.post("/configs/create", {"Name": name, "Data": data})["ID"]
-        cache = next(s for s in specs if s["key"].startswith(names.CACHE_KEY_PREFIX))
-        spec: swarm_specs.ServiceSpec = {
-            **cache,
-            "key": "upstream",
-            "name": name,
-            "replicas": 1,
-            "alias": UPSTREAM_ALIAS,
-            "command": ["registry", "serve", "/etc/distribution/config.yml"],
-            "configs": [{"object": "cfg", "target": "/etc/distribution/config.yml", "mode": 0o444}],
-            "secrets": [],
-            "mounts": [],
-            "ports": [{"target": UPSTREAM_PORT, "published": UPSTREAM_PORT, "mode": "host"}],
-        }
-        body = swarm_apply.engine_service_spec(
-            spec, {"cfg": (config, name)}, self.network, image=self.registry_image
+        """The Docker Hub stand-in, on node 0 (never killed): a registry, and the login in front of it that
+        the caches call. Up before the gateway starts, as the real upstream is."""
+        template = next(s for s in specs if s["key"].startswith(names.CACHE_KEY_PREFIX))
+        self._pinned_service(
+            {
+                **template,
+                "key": "upstream",
+                "name": f"owncr-{STACK}-upstream",
+                "replicas": 1,
+                "alias": UPSTREAM_BACKEND,
+                "command": ["registry", "serve", "/etc/distribution/config.yml"],
+                "configs": [{"object": "cfg", "target": "/etc/distribution/config.yml", "mode": 0o444}],
+                "secrets": [],
+                "mounts": [],
+                "sysctls": {},
+                "ports": [{"target": UPSTREAM_PORT, "published": UPSTREAM_PORT, "mode": "host"}],
+            },
+            UPSTREAM_CONFIG,
+            self.registry_image,
         )
+        self._pinned_service(
+            {
+                **template,
+                "key": "upstream-login",
+                "name": f"owncr-{STACK}-upstream-login",
+                "replicas": 1,
+                "alias": UPSTREAM_ALIAS,
+                "command": ["nginx", "-c", "/etc/hub/nginx.conf", "-g", "daemon off;"],
+                "configs": [{"object": "cfg", "target": "/etc/hub/nginx.conf", "mode": 0o444}],
+                "secrets": [],
+                "mounts": [],
+                "sysctls": {},
+                "ports": [],
+                "healthcheck": {**template["healthcheck"], "test": LOGIN_HEALTH},
+            },
+            UPSTREAM_LOGIN_CONF,
+            NGINX_IMAGE,
+        )
+        self.wait_converged(["upstream", "upstream-login"], timeout=120)
+
+    def _pinned_service(self, spec: swarm_specs.ServiceSpec, config_text: str, image: str) -> None:
+        name = spec["name"]
+        data = base64.b64encode(config_text.encode()).decode()
+        config = self.engine.post("/configs/create", {"Name": name, "Data": data})["ID"]
+        body = swarm_apply.engine_service_spec(spec, {"cfg": (config, name)}, self.network, image=image)
         node0 = self.engine.get("/info")["Swarm"]["NodeID"]
         body["TaskTemplate"]["Placement"]["Constraints"] = [f"node.id=={node0}"]
-        self.service_ids["upstream"] = self.engine.post("/services/create", body)["ID"]
-
-    # -- observing -----------------------------------------------------------------------------------
+        self.service_ids[spec["key"]] = self.engine.post("/services/create", body)["ID"]
 
     def converged(self, keys: list[str]) -> bool:
         """Each service runs its declared replicas, every task healthy, asked of the engine of the node
@@ -225,6 +293,48 @@ class Cluster:
         ]
         ok = len(nodes) == 3 and all(s == ("ready", "reachable") for s in states)
         return ok, ", ".join(f"{s}/{r}" for s, r in states)
+
+    def leader(self) -> str:
+        """The Swarm node id of the Raft leader."""
+        nodes = self.engine.get("/nodes")
+        return next(n["ID"] for n in nodes if (n.get("ManagerStatus") or {}).get("Leader"))
+
+    def lead_elsewhere(self, timeout: float = 120) -> None:
+        """Move Raft leadership off node 0 (which the drill never kills): demote it, through another
+        manager's API, until another leads, then promote it back and wait for three ready managers."""
+        node0, via = self.node_ids()[0], self.engines[1]
+
+        def set_role(role: str) -> None:
+            # The node object moves on as it reports its status: a stale version is refused, read again.
+            for attempt in range(10):
+                node = via.get(f"/nodes/{node0}")
+                spec = {**node["Spec"], "Role": role}
+                try:
+                    via.post(f"/nodes/{node0}/update?version={node['Version']['Index']}", spec)
+                    return
+                except swarm_engine.EngineError as err:
+                    if "out of sequence" not in str(err) or attempt == 9:
+                        raise
+                    time.sleep(0.5)
+
+        def led_by_another() -> bool:
+            nodes = via.get("/nodes")
+            return any((n.get("ManagerStatus") or {}).get("Leader") and n["ID"] != node0 for n in nodes)
+
+        set_role("worker")
+        deadline = time.monotonic() + timeout
+        while not led_by_another():
+            if time.monotonic() > deadline:
+                raise TimeoutError("no other manager took the lead")
+            time.sleep(0.5)
+        set_role("manager")
+        while True:  # node 0's API answers for the swarm again once it is a manager
+            with contextlib.suppress(swarm_engine.EngineError):
+                if self.quorum()[0]:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError("node 0 did not rejoin as a ready, reachable manager")
+            time.sleep(0.5)
 
     def declared_replicas(self) -> tuple[bool, str]:
         parts, ok = [], True
@@ -320,15 +430,18 @@ def new_sandbox(root: Path) -> Sandbox:
     )
 
 
-def kill_node_choice(cluster: Cluster) -> SandboxNode:
+def kill_node_choice(cluster: Cluster, *, leader: bool = False) -> SandboxNode:
     """A node running a cache of the upstream (node 1 or 2: node 0 carries the drill itself, the upstream
     stand-in and the API it drives the swarm by), so that the mirror door loses a cache every run, not
-    by luck of placement (each node runs one, as in production)."""
+    by luck of placement (each node runs one, as in production). `leader`: the Raft leader, which must be
+    one of them (Cluster.lead_elsewhere), so that the swarm also has to elect another."""
     ids = cluster.node_ids()
     cache = set(
         cluster.task_nodes(next(k for k in cluster.service_ids if k.startswith(names.CACHE_KEY_PREFIX)))
     )
-    candidates = [node for node in cluster.box.nodes[1:] if ids[node.index] in cache]
+    wanted = {cluster.leader()} if leader else set(ids[1:])
+    candidates = [node for node in cluster.box.nodes[1:] if ids[node.index] in cache & wanted]
     if not candidates:
-        raise RuntimeError(f"the cache runs on none of nodes 1 and 2 (its tasks: {sorted(cache)})")
+        what = "the leader" if leader else "nodes 1 and 2"
+        raise RuntimeError(f"the cache runs on none of {what} (its tasks: {sorted(cache)})")
     return candidates[0]

@@ -248,10 +248,15 @@ class Faults:
                                  ALL_WORKERS, "0 failed"))  # fmt: skip
         log("(b) done")
 
-    def node_loss(self) -> None:
-        """(c) a node killed hard, then (d) the same node coming back."""
+    def node_loss(self, leader: bool) -> None:
+        """(c) a node killed hard, then (d) the same node coming back. `leader`: the node killed is the
+        Raft leader (moved off node 0 first), so the swarm must also elect another."""
         cluster, lb = self.cluster, self.lb
-        victim = ha_cluster.kill_node_choice(cluster)
+        if leader:
+            if cluster.leader() == cluster.node_ids()[0]:
+                cluster.lead_elsewhere()
+            log(f"(c) the Raft leader is node{cluster.node_ids().index(cluster.leader())}")
+        victim = ha_cluster.kill_node_choice(cluster, leader=leader)
         vname = f"node{victim.index}"
         vid = cluster.node_ids()[victim.index]
         held = [k for k in cluster.service_ids if vid in cluster.task_nodes(k)]
@@ -287,7 +292,7 @@ class Faults:
         log("(d) done: every service at its replicas, all nodes UP")
 
 
-def run(root: Path, faults: str) -> int:
+def run(root: Path, faults: str, leader: bool = False) -> int:
     cluster = ha_cluster.Cluster(box=ha_cluster.new_sandbox(root), log=log, storage=root / "storage")
     cluster.storage.mkdir()
     lb: ha_lb.LoadBalancer | None = None
@@ -344,7 +349,7 @@ def run(root: Path, faults: str) -> int:
         for key in drill.pending_updates:
             cluster.wait_update(key, timeout=300)
         if "c" in faults:
-            drill.node_loss()
+            drill.node_loss(leader)
         phases += drill.phases
 
         load.stop()
@@ -432,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
         help="which faults to inject: a (nginx update), b (registry update), c (node loss, then (d) its "
         "return); default all: abc",
     )
+    parser.add_argument(
+        "--kill-leader",
+        action="store_true",
+        help="(c) kills the Raft leader (each node runs a cache, so it still runs one)",
+    )
     args = parser.parse_args(argv)
     if not args.faults or set(args.faults) - set("abc"):
         parser.error(f"--faults takes letters from 'abc', not {args.faults!r}")
@@ -442,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     root = Path(tempfile.mkdtemp(prefix="owncr-ha-"))
     try:
-        return run(root, args.faults)
+        return run(root, args.faults, args.kill_leader)
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         return 2

@@ -79,6 +79,8 @@ def container_spec(c: Mapping[str, Any]) -> dict[str, Any]:
             {"File": _file(s), "ConfigID": s["config_id"], "ConfigName": s["config_name"]}
             for s in c.get("configs") or []
         ],
+        # Only when set (`if value, ok := rawContainerSpec["sysctl"]`), values as strings.
+        **({"Sysctls": {k: str(v) for k, v in c["sysctl"].items()}} if c.get("sysctl") else {}),
     }
 
 
