@@ -15,9 +15,9 @@ from moto.server import ThreadedMotoServer
 from gateway.bench.images import Layer, MiB
 from gateway.config import GatewaySettings, S3Storage
 from gateway.local.ports import free_port
-from gateway.local.runner import GatewayError
 from gateway.render.registry_config import PRIVATE_ROOT
 from tests.gateway.client_harness import USERS, Images, Launcher, ok, team_settings
+from tests.gateway.routing_fixtures import request
 
 ALICE = f"alice:{USERS['alice']}"
 BUCKET = "owncr-test"
@@ -85,9 +85,14 @@ def test_private_registry_on_s3_round_trip(
 def test_without_path_style_addressing_the_bucket_is_not_found(launch: Launcher, s3_endpoint: str) -> None:
     """The control for `forcepathstyle` (read by Distribution >= 3.0's S3 driver): without it the driver
     addresses the bucket as a subdomain of the endpoint host (owncr-test.127.0.0.1), which does not
-    exist. R2's endpoint needs path style for the same reason. A Distribution 3 cache reads its
-    scheduler state at start, so it exits at once (the runner names it) instead of failing pulls later."""
+    exist, and every storage request fails: a push is refused and the registry's log says why. R2's
+    endpoint needs path style for the same reason."""
     _bucket(s3_endpoint)
     upstream = launch.distribution("dockerhub")
-    with pytest.raises(GatewayError, match=rf"(?s)cache-docker-io exited.*lookup {BUCKET}\.127\.0\.0\.1"):
-        launch.local_gateway(_settings(s3_endpoint, upstream.url, force_path_style=False))
+    gateway = launch.local_gateway(_settings(s3_endpoint, upstream.url, force_path_style=False))
+    started = request(
+        f"{gateway.registry_url}/v2/team/on-s3/blobs/uploads/", "POST", auth=("alice", USERS["alice"])
+    )
+    assert started.status >= 500, (started.status, started.body)
+    log = (gateway.data_dir / "logs" / "private.log").read_text(errors="replace")
+    assert f"lookup {BUCKET}.127.0.0.1" in log, log[-2000:]

@@ -391,15 +391,17 @@ class Cluster:
             time.sleep(1)
         raise TimeoutError(f"{key}: update still {state!r} after {timeout}s")
 
-    def kill(self, node: SandboxNode) -> None:
+    def kill(self, node: SandboxNode) -> float:
         """A hard node loss: its link goes down, then its dockerd, containerd, docker-proxy and every
-        container process die by SIGKILL at once (no stop signal, no drain)."""
+        container process die by SIGKILL at once (no stop signal, no drain). Returns when the node died
+        to the others (its link down, monotonic seconds)."""
         engine = self.engines[node.index]
         pids: list[int] = []
         with contextlib.suppress(OSError, swarm_engine.EngineError):  # a node already dead has none
             for c in engine.get("/containers/json"):
                 pids.append(engine.get(f"/containers/{c['Id']}/json")["State"]["Pid"])
         run("ip", "link", "set", f"owsb{self.box.tag}v{node.index}", "down")
+        died = time.monotonic()
         in_netns = run("ip", "netns", "pids", node.netns, check=False).stdout.split()
         for pid in {*pids, *map(int, in_netns)}:
             if pid > 0:
@@ -409,6 +411,7 @@ class Cluster:
         if node.process is not None:
             node.process.wait(timeout=30)
             node.process = None
+        return died
 
     def revive(self, node: SandboxNode) -> None:
         """The node boots again: link up, dockerd starts on its old state (a rebooted droplet)."""

@@ -100,6 +100,16 @@ def test_a_failure_the_load_balancer_sent_to_a_live_node_misses_the_target() -> 
     assert (dead_only.requests, dead_only.failed, dead_only.met) == (1, 0, True)
     live, failed = ha_drill.live_node_row(loss, [sent(1, False), sent(2, False)], routes, "node1", 100)
     assert (live.failed, live.met) == (1, False) and failed[0].port == 2
+
+    # A write under way when the node died may fail (its relay to the dead replica was cut); a read may not.
+    def cut(port: int, what: str) -> Record:
+        return Record("private", what, 99, 131, 0, False, port=port, wall=4999.0)
+
+    routes_cut = [Route(4, "node2", 4999.1, "--"), Route(5, "node2", 4999.1, "--")]
+    writes, _ = ha_drill.live_node_row(loss, [cut(4, "PUT blob")], routes_cut, "node1", 100)
+    assert (writes.requests, writes.met) == (0, True)
+    reads, _ = ha_drill.live_node_row(loss, [cut(5, "GET manifest")], routes_cut, "node1", 100)
+    assert (reads.failed, reads.met) == (1, False)
     # Port 3 was logged long before this request started: not its connection, so not placed.
     unplaced, _ = ha_drill.live_node_row(loss, [sent(3, False), sent(0, False)], routes, "node1", 100)
     assert (unplaced.failed, unplaced.met) == (2, False)
