@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway.names import cache_key, upstream_id
+from gateway.names import PULLS_FLUSH_SECONDS, cache_key, upstream_id
 from gateway.upkeep import maintenance
 from gateway.upkeep.eviction import CachePolicy
 from gateway.upkeep.store_readers import (
@@ -84,12 +84,21 @@ def test_eviction_on_a_directory_by_ttl_dry_run_budget_and_refetch(launch: Launc
     pull_all(gateway, images)
     storage = gateway.data / "storage"
     root = storage / "cache" / HUB
-    for label in ("old", "fresh"):
-        record = storage / pulls_prefix(HUB) / record_key(f"library/{label}", images[label].digest)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.touch()
-        if label == "old":
-            age(record, 10)
+    records = {
+        label: storage / pulls_prefix(HUB) / record_key(f"library/{label}", image.digest)
+        for label, image in images.items()
+    }
+    # The cache stores a blob as it streams it and nginx writes its pull records within a flush: wait for
+    # both (each nginx writes a record once an hour at most), then set each image's story.
+    deadline = time.monotonic() + PULLS_FLUSH_SECONDS + 20
+    while not all(r.exists() for r in records.values()) or not all(
+        (root / blob_data(b)).exists() for image in images.values() for b in blobs(image)
+    ):
+        assert time.monotonic() < deadline, "records and cached blobs within a flush"
+        time.sleep(0.2)
+    age(records["old"], 10)
+    for label in ("unrecorded", "forgotten"):
+        records[label].unlink()
     for label in ("old", "fresh", "forgotten"):
         image = images[label]
         age(root / revision_dir(f"library/{label}", image.digest) / "link", 10)
