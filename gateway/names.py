@@ -58,9 +58,9 @@ def cache_service(upstream: str) -> str:
 # --- routes ------------------------------------------------------------------------------------------
 
 INTERNAL = "/_owncr/"  # prefix of every internal location; a door's router returns only URIs below it
-ANSWER = "answer"  # nginx answers itself: /_owncr/answer/<status>, /answer/ping, /answer/failed
+ANSWER = "answer"  # nginx answers itself: /_owncr/answer/<status>, /answer/ping, /answer/missed, ...
 PING = "ping"
-FAILED = "failed"
+MISSED, FAILED = "missed", "failed"  # the mirror door's answers for private names: a cache's 404, 500
 REFUSED = "refused"  # the access log's route of a refusal
 AUTH = "auth"  # the registry door's login check
 PRIVATE_READ = "private_read"  # manifests, tag lists, the catalog, upload status: small answers, bounded
@@ -156,6 +156,7 @@ ERRORS: dict[str, tuple[str, str]] = {
     ),
     "unsupported": ("UNSUPPORTED", "the operation is unsupported"),
     "manifest_too_big": ("MANIFEST_INVALID", "manifest larger than 4 MiB"),
+    "subject_invalid": ("MANIFEST_INVALID", "subject is not a descriptor with a valid digest"),
     "not_mirrored": (
         "UNAVAILABLE",
         "the upstream registry is not answering or is rate limiting, and this is not mirrored yet; "
@@ -195,6 +196,7 @@ def njs_names(upstreams: Iterable[str], hub: str, name_component: str) -> str:
             for name, route in (
                 ("answer", ANSWER),
                 ("ping", PING),
+                ("missed", MISSED),
                 ("failed", FAILED),
                 ("refused", REFUSED),
                 ("privateRead", PRIVATE_READ),

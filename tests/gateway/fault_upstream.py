@@ -4,8 +4,9 @@ ever), or answers 429 with a Retry-After, or 503, as the test sets it. It counts
 mode; the registry behind it keeps its own access log of what it was really asked.
 
 As Docker Hub does, it can also ask for a token from its own realm (`login`: the Basic credentials it
-gives tokens for) and answer blob GETs with a redirect to a download path on itself (`redirect_blobs`),
-so that the calls a cache makes to other URLs than the upstream's own are seen here too."""
+gives tokens for), answer blob GETs with a redirect to a download path on itself (`redirect_blobs`),
+so that the calls a cache makes to other URLs than the upstream's own are seen here too, and answer
+`401` for a repository it does not know (`unknown_401`: the registry behind it answered 404)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,20 @@ DOWNLOAD = "/download"  # where redirected blob GETs land, followed by the blob'
 
 
 class FaultUpstream:
-    def __init__(self, target: str, *, login: str | None = None, redirect_blobs: bool = False) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        login: str | None = None,
+        redirect_blobs: bool = False,
+        download_base: str | None = None,
+        unknown_401: bool = False,
+    ) -> None:
         self.target = urlsplit(target)
         self.login = login  # "user:password"
         self.redirect_blobs = redirect_blobs
+        self.download_base = download_base  # where redirects point (a CDN host); default: here
+        self.unknown_401 = unknown_401
         self.mode = "pass"
         self.seen: Counter[str] = Counter()  # mode -> requests that arrived in it
         self.paths: list[tuple[str, str, str]] = []  # (mode, method, path)
@@ -96,7 +107,7 @@ class FaultUpstream:
             realm = f"{self.url}/token"
             self._reply(h, 401, b"", {"WWW-Authenticate": f'Bearer realm="{realm}",service="fault-upstream"'})
         elif self.redirect_blobs and h.command == "GET" and "/blobs/sha256:" in h.path:
-            self._reply(h, 307, b"", {"Location": f"{self.url}{DOWNLOAD}{h.path}"})
+            self._reply(h, 307, b"", {"Location": f"{self.download_base or self.url}{DOWNLOAD}{h.path}"})
         else:
             self._pass(h, h.path)
 
@@ -130,6 +141,12 @@ class FaultUpstream:
                     conn.putheader(key, value)
             conn.endheaders()
             resp = conn.getresponse()
+            if self.unknown_401 and resp.status == 404 and path.startswith("/v2/"):
+                resp.read()
+                body = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}\n'
+                challenge = f'Bearer realm="{self.url}/token",service="fault",error="insufficient_scope"'
+                self._reply(h, 401, body, {"WWW-Authenticate": challenge})
+                return
             h.send_response_only(resp.status)
             for key, value in resp.getheaders():
                 if key.lower() not in ("connection", "transfer-encoding", "keep-alive"):

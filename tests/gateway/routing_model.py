@@ -60,8 +60,9 @@ def normalize(path: str) -> str:
 
 
 def _parse(uri: str) -> tuple[str, str, bool, bool] | None:
-    m = ENDPOINT.match(uri)
-    if m is None or not all(COMPONENT.match(c) for c in m[1].split("/")):
+    # Whole matches: `$` also matches before a final newline (here as in njs's PCRE engine).
+    m = ENDPOINT.fullmatch(uri)
+    if m is None or not all(COMPONENT.fullmatch(c) for c in m[1].split("/")):
         return None
     rest = m[2]
     ref = m[3]

@@ -24,6 +24,7 @@ import yaml
 from gateway import names
 from gateway.bench.images import Image, Layer, MiB
 from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, Upstream, User
+from gateway.local.ports import free_ports
 from gateway.local.runner import LocalGateway
 from gateway.names import cache_key, cache_route
 from tests.gateway.client_harness import Images, Launcher
@@ -331,6 +332,43 @@ def test_token_realm_and_blob_redirects_go_through_the_egress_signed(
         status, _, body, _ = get(egress, forged)
         assert status == 403, (forged, status, body)
         assert json.loads(body)["errors"][0]["code"] == "DENIED"
+
+
+def test_a_failed_download_host_is_remembered_without_the_upstream(launch: Launcher, images: Images) -> None:
+    """A blob redirect to a host that does not answer (a dead CDN host) fails that download, and the
+    egress remembers the host: its next download there is answered at once, while the upstream itself is
+    not marked down (other names still pull; its gauge stays 0), so the doors answer as usual."""
+    hub = launch.distribution("cdn-hub")
+    image = images.get("cdn-app", [Layer(MiB, 541)])
+    other = images.get("cdn-other", [Layer(MiB, 542)])
+    launch.seed(hub, image, "library/app:1.0")
+    launch.seed(hub, other, "library/other:1.0")
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    fault = FaultUpstream(hub.url, redirect_blobs=True, download_base=dead).start()
+    launch.on_close(fault.stop)
+    node = launch.local_gateway(settings(fault.url, launch.workdir / "cdn-storage"), name="cdn-gw")
+    door = f"127.0.0.1:{node.mirror_port}"
+    blob = f"/v2/library/app/blobs/{image.layers[0].digest}"
+
+    def spared() -> float:
+        text = get(node.metrics_url.removeprefix("http://"), "/metrics")[2].decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("owncr_upstream_spared_total{"))  # fmt: skip
+
+    assert get(door, blob)[0] in (500, 502, 503)
+    before = spared()
+    assert get(door, f"/v2/library/other/blobs/{other.layers[0].digest}")[0] in (500, 502, 503)
+    assert spared() > before  # the second download host visit was answered from memory
+    status, _, body, _ = get(
+        door, "/v2/library/other/manifests/1.0", headers={"Accept": image.manifest.media_type}
+    )
+    assert status == 200, body  # the upstream is not remembered as down
+    text = get(node.metrics_url.removeprefix("http://"), "/metrics")[2].decode()
+    assert not [
+        line
+        for line in text.splitlines()
+        if line.startswith("owncr_upstream_unavailable{") and not line.endswith(" 0")
+    ]
 
 
 OUTAGE_SECONDS = 6  # upstream_down_seconds of the outage test: how long a node remembers a failure

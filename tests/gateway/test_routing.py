@@ -23,6 +23,7 @@ from tests.gateway.routing_fixtures import (
     ACCEPT,
     API_VERSION,
     HTTP_SECRET,
+    OCI_MANIFEST,
     Response,
     TinyImage,
     assert_oci_error,
@@ -39,6 +40,7 @@ IMPOSTOR = TinyImage.make("someone else's acme/app on the upstream")
 UPSTREAM_TOOL = TinyImage.make("ghcr tool")
 PRIVATE_APP = TinyImage.make("our acme/app")
 PRIVATE_OPS = TinyImage.make("our team/ops/tool")
+DIGEST = PRIVATE_APP.digest
 
 
 class Env:
@@ -285,6 +287,45 @@ def test_invalid_paths_are_refused(env: Env) -> None:
     for sneaky in ("/v2/library/../acme/app/tags/list", "/v2/library%2F..%2Facme/app/tags/list"):
         assert_oci_error(request(env.mir + sneaky), 404, "NAME_UNKNOWN")
     assert_oci_error(request(f"{env.mir}/other"), 404, "NOT_FOUND")
+
+
+@pytest.mark.parametrize("path", ["/v2/acme/app/manifests/1.0%0A", f"/v2/acme/app/blobs/{DIGEST}%0A"])
+def test_a_reference_ending_in_a_newline_is_refused_on_both_engines(env: Env, path: str) -> None:
+    # On the njs engine a pattern's `$` also matches before a final newline: the router would have
+    # passed the reference on with it.
+    assert_oci_error(request(env.reg + path, auth=ALICE), 404, "NAME_INVALID")
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        {"digest": PRIVATE_APP.digest + "\n"},  # `$` before a final newline (njs engine)
+        {"digest": PRIVATE_APP.digest.upper()},
+        {"digest": PRIVATE_APP.digest[:-1]},
+        {"digest": 7},
+        "sha256:0",
+        [],
+    ],
+)
+def test_a_manifest_whose_subject_is_not_a_digest_is_refused_before_it_is_stored(
+    env: Env, subject: object
+) -> None:
+    manifest = json.loads(TinyImage.make("a referrer").manifest)
+    if isinstance(subject, dict):
+        subject = {"mediaType": OCI_MANIFEST, "size": len(PRIVATE_APP.manifest), **subject}
+    body = json.dumps({**manifest, "subject": subject}).encode()
+    put = request(
+        f"{env.reg}/v2/acme/app/manifests/{digest_of(body)}",
+        "PUT",
+        auth=ALICE,
+        body=body,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    error = assert_oci_error(put, 400, "MANIFEST_INVALID")
+    assert "subject" in str(error["message"])
+    assert request(f"{env.reg}/v2/acme/app/manifests/{digest_of(body)}", auth=ALICE).status == 404
+    listed = request(f"{env.reg}/v2/acme/app/referrers/{PRIVATE_APP.digest}", auth=ALICE)
+    assert listed.status == 200 and digest_of(body) not in listed.body.decode()
 
 
 def test_mirror_door_ping_is_anonymous(env: Env) -> None:

@@ -42,11 +42,12 @@ NAMES = [
     "acme/./app", "x/../acme/app", "acme%2Fapp", "team/ops/tool", "team/ops", "team/opsx/tool",
     "team/tool", "team%2fops/tool", "team/ops/../ops/tool", "library/alpine", "alpine", "ghcr.io/org/tool",
     "ghcr.io/acme/app", "ghcr.io", "quay.io/x/y", "constructor/x", "__proto__/x", "a__b/c", "a--b/c",
-    "a_/b", "-a/b", "a%00b/c",
+    "a_/b", "-a/b", "a%00b/c", "acme%0A/app", "library/alpine%0A",
 ]  # fmt: skip
 ENDPOINTS = [
     "manifests/1.0", f"manifests/{DIGEST}", f"blobs/{DIGEST}", "blobs/uploads/", "blobs/uploads",
     "blobs/uploads/0d3a-upload", "tags/list", f"referrers/{DIGEST}", "manifests/", "manifests/a/b", "other",
+    "manifests/1.0%0A", f"blobs/{DIGEST}%0A",
 ]  # fmt: skip
 SPECIAL_PATHS = ["/v2/", "/v2", "/v2/_catalog", "/v2/_catalog/", "/", "/v2/..", "/v1/x"]
 QUERIES = [

@@ -18,6 +18,7 @@ from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
 from gateway.local.plain_registry import PlainRegistry
 from gateway.local.ports import free_ports
 from gateway.local.runner import LocalGateway
+from tests.gateway.fault_upstream import FaultUpstream
 from tests.gateway.routing_fixtures import (
     ACCEPT,
     HTTP_SECRET,
@@ -235,6 +236,53 @@ def test_private_names_answer_exactly_like_unknown_names_on_the_mirror(
     unknown = request(f"{env.mir}/v2/nobody/app/{what}", method, headers={"Accept": ACCEPT})
     assert private.status in (404, 500)  # 500: Distribution's proxy on a digest no upstream has
     assert _comparable(private, "acme/app") == _comparable(unknown, "nobody/app")
+
+
+def _same_answers(mirror: str, states: str) -> None:
+    for what in ENDPOINTS:
+        for method in ("GET", "HEAD"):
+            private = request(f"{mirror}/v2/acme/app/{what}", method, headers={"Accept": ACCEPT})
+            unknown = request(f"{mirror}/v2/nobody/app/{what}", method, headers={"Accept": ACCEPT})
+            if states == "pass":
+                assert private.status in (404, 500), (what, method, private.status, private.body)
+            else:  # "not mirrored yet": a retryable answer, with its wait (seconds left may tick between)
+                assert private.status == 503 and int(private.headers["Retry-After"]) > 0, (what, private.body)
+                for resp in (private, unknown):
+                    del resp.headers["Retry-After"]
+            answers = _comparable(private, "acme/app"), _comparable(unknown, "nobody/app")
+            assert answers[0] == answers[1], (states, what, method)
+
+
+@pytest.mark.parametrize("state", ["pass", "503", "429"])
+def test_private_and_unknown_names_answer_alike_whatever_the_upstream_says(
+    tmp_path: Path, state: str
+) -> None:
+    """Docker Hub answers 401 for a repository it does not know, and an upstream can be down or rate
+    limiting: in none of these may the mirror door tell a private name from an unknown one."""
+    hub = PlainRegistry(tmp_path, "hub").start()
+    fault = FaultUpstream(hub.url, login="puller:hub-secret", unknown_401=True).start()
+    settings = GatewaySettings(
+        namespaces=("acme",),
+        users=(User(*ALICE, push=("acme",)),),
+        upstreams=(Upstream("docker.io", fault.url, "puller", "hub-secret"),),
+        storage=FilesystemStorage(str(tmp_path / "storage")),
+        http_secret=HTTP_SECRET,
+        mirror_client_cidrs=("127.0.0.1/32",),
+    )
+    reg, mir = free_ports(2)
+    try:
+        with LocalGateway(settings, data_dir=tmp_path / "gw", registry_port=reg, mirror_port=mir) as gw:
+            if state != "pass":
+                fault.set(state)
+                # One request finds the upstream failing; the egress remembers it.
+                assert request(f"{gw.mirror_url}/v2/nobody/first/manifests/1", timeout=60).status == 503
+            _same_answers(gw.mirror_url, state)
+            if state == "pass":
+                assert ("pass", "GET", "/v2/nobody/app/manifests/1") in fault.paths  # it was asked
+                assert not [path for _, _, path in fault.paths if "acme" in path]  # private: never
+    finally:
+        fault.stop()
+        hub.stop()
 
 
 def test_the_catalog_refusal_names_no_namespace(env: Env) -> None:

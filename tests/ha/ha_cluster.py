@@ -345,19 +345,27 @@ class Cluster:
             parts.append(f"{key} {have}/{want}")
         return ok, ", ".join(parts)
 
-    def nginx_errors(self) -> list[str]:
-        """nginx's upstream errors from every nginx container on every live node (`docker service logs`
-        would wait for the dead node's), to say why a request failed."""
-        name = self.engine.get(f"/services/{self.service_ids[names.NGINX_KEY]}")["Spec"]["Name"]
+    def errors(self) -> list[str]:
+        """nginx's upstream errors and the caches' own errors, from every container on every live node
+        (`docker service logs` would wait for the dead node's), to say why a request failed."""
+        # nginx's error log lines (`<date> [error] <pid>#<tid>: *<connection> upstream timed out ...`);
+        # a cache's, less its tracing exporter's (nothing collects traces in the drill).
+        wanted_lines = {names.NGINX_KEY: lambda line: "[error]" in line and "upstream" in line}
+        for key in self.service_ids:
+            if key.startswith(names.CACHE_KEY_PREFIX):
+                wanted_lines[key] = lambda line: "level=error" in line and "traces export" not in line
         lines: list[str] = []
-        for engine in self.engines:
-            with contextlib.suppress(OSError, swarm_engine.EngineError, subprocess.TimeoutExpired):
-                wanted = json.dumps({"label": [f"com.docker.swarm.service.name={name}"]})
-                for c in engine.get("/containers/json?all=1&filters=" + urllib.parse.quote(wanted)):
-                    out = subprocess.run([*engine.cli, "logs", "--timestamps", c["Id"]],
-                                         capture_output=True, text=True, timeout=20, check=False)  # fmt: skip
-                    lines += [line for line in out.stderr.splitlines() if "upstream" in line]
-        return sorted(lines)
+        for key, wanted in wanted_lines.items():
+            name = self.engine.get(f"/services/{self.service_ids[key]}")["Spec"]["Name"]
+            label = json.dumps({"label": [f"com.docker.swarm.service.name={name}"]})
+            for engine in self.engines:
+                with contextlib.suppress(OSError, swarm_engine.EngineError, subprocess.TimeoutExpired):
+                    for c in engine.get("/containers/json?all=1&filters=" + urllib.parse.quote(label)):
+                        command = [*engine.cli, "logs", "--timestamps", c["Id"]]
+                        out = subprocess.run(command, capture_output=True, text=True, timeout=20, check=False)
+                        text = out.stdout + out.stderr
+                        lines += [f"{key}: {line}" for line in text.splitlines() if wanted(line)]
+        return sorted(lines, key=lambda line: line.split(": ", 1)[1])
 
     # -- changing ------------------------------------------------------------------------------------
 

@@ -14,11 +14,16 @@ import store from 'store.js';
 
 var N = owncr.names;
 var E = N.egress;
-// Failure memory: the upstream's id -> "<until ms>,<status>" (status: 429 rate limit, 503 down). Each
-// node keeps its own in this dictionary and publishes what it learns to the store (store.js), under
-// upstreams/<id>: a cache reaches the egress of any node, so the node whose door answers a miss may not
-// be the one that saw the upstream fail (docs/architecture.md, "How nodes agree").
+// Failure memory, per what failed: the upstream's id (its own origin and its token realm: without
+// tokens nothing can be pulled) or a redirect's target host ('target:<host>', a CDN) -> "<until
+// ms>,<status>" (status: 429 rate limit, 503 down). Each node keeps its own in this dictionary and
+// publishes what it learns of an upstream to the store (store.js), under upstreams/<id>: a cache reaches
+// the egress of any node, so the node whose door answers a miss may not be the one that saw the upstream
+// fail (docs/architecture.md, "How nodes agree"). A failed download host only spares this node's egress
+// the wait: one dead CDN host must not mark the whole upstream down, and the doors' answers follow the
+// upstream's state alone.
 var MEMORY = 'owncr_upstreams';
+var TARGET = 'target:';
 // Beside it, each upstream's last token challenge (the WWW-Authenticate of its answer to a ping), kept in
 // the store as challenges/<id> too.
 var CHALLENGE = 'challenge:';
@@ -33,7 +38,7 @@ var VIA = new RegExp('^' + VIA_PREFIX + '(' + E.realm + '|' + E.redirect + ')'
 
 // "<until ms>,<status>" -> {seconds left, status}, or null once passed (or not one of ours).
 function state(value) {
-    var m = /^(\d{1,15}),(429|503)$/.exec(String(value || ''));
+    var m = owncr.whole(/^(\d{1,15}),(429|503)$/, String(value || ''));
     var left = m === null ? 0 : Number(m[1]) - Date.now();
     return left > 0 ? {seconds: Math.ceil(left / 1000), status: m[2], value: m[0]} : null;
 }
@@ -90,10 +95,24 @@ function upstreamKind(uri) {
     return uri.indexOf('/tags/') >= 0 ? 'tags' : 'ping';
 }
 
-function route(r, where, url, authorization, kind) {
+// Where a request goes, unless what it would reach (`memory`: a failure memory's key) is remembered as
+// failing: then answered from that memory at once.
+function route(r, memory, where, url, authorization, kind) {
+    r.variables.owncr_kind = kind;
+    r.variables.owncr_egress_memory = memory;
+    var down = remembered(memory);
+    if (down !== null) {
+        r.variables.owncr_egress_retry = String(down.seconds);
+        // A cache's ping gets the upstream's last challenge (see failed()), when this node knows it.
+        var challenge = kind === 'ping' ? ngx.shared[MEMORY].get(CHALLENGE + memory) : null;
+        if (challenge) {
+            r.variables.owncr_egress_challenge = viaRealm(r, String(challenge));
+            return owncr.egress(E.challenged[down.status]);
+        }
+        return owncr.egress(E.remembered[down.status]);
+    }
     r.variables.owncr_egress_url = url;
     r.variables.owncr_egress_authorization = authorization;
-    r.variables.owncr_kind = kind;
     return owncr.egress(where);
 }
 
@@ -101,25 +120,13 @@ function route(r, where, url, authorization, kind) {
 function next(r) {
     var id = r.variables.owncr_upstream;
     var uri = r.variables.request_uri;
-    var ping = uri === '/v2/' || uri === '/v2';
-    var down = remembered(id);
-    if (down !== null) {
-        r.variables.owncr_egress_retry = String(down.seconds);
-        // A cache's ping gets the upstream's last challenge (see failed()), when this node knows it.
-        var challenge = ping ? ngx.shared[MEMORY].get(CHALLENGE + id) : null;
-        if (challenge) {
-            r.variables.owncr_egress_challenge = viaRealm(r, String(challenge));
-            return owncr.egress(E.challenged[down.status]);
-        }
-        return owncr.egress(E.remembered[down.status]);
-    }
     var auth = r.headersIn.Authorization || '';
     if (uri.indexOf(VIA_PREFIX) !== 0) {
-        var kind = upstreamKind(uri);
-        var where = ping ? E.ping : kind === 'blob' ? E.stream : E.answer;
-        return route(r, where, r.variables.owncr_egress_origin + uri, auth, kind);
+        var kind = uri === '/v2/' || uri === '/v2' ? 'ping' : upstreamKind(uri);
+        var where = kind === 'ping' ? E.ping : kind === 'blob' ? E.stream : E.answer;
+        return route(r, id, where, r.variables.owncr_egress_origin + uri, auth, kind);
     }
-    var m = VIA.exec(uri);
+    var m = owncr.whole(VIA, uri);
     var origin = m === null ? '' : m[3] + '://' + m[4];
     var path = m === null ? '' : m[5] || '';
     if (m === null || m[2] !== signature(r, m[1], origin, path)) {
@@ -128,12 +135,12 @@ function next(r) {
     // A token request carries the cache's upstream login; a redirected download is signed by its URL
     // (presigned) and must not carry the upstream's token to another host.
     return m[1] === E.realm
-        ? route(r, E.answer, origin + path + (m[6] || ''), auth, 'token')
-        : route(r, E.stream, origin + path + (m[6] || ''), '', 'download');
+        ? route(r, id, E.answer, origin + path + (m[6] || ''), auth, 'token')
+        : route(r, TARGET + m[4].toLowerCase(), E.stream, origin + path + (m[6] || ''), '', 'download');
 }
 
 function via(r, kind, url) {
-    var m = /^(https?):\/\/([^/?]+)(\/[^?]*)?(\?.*)?$/i.exec(url);
+    var m = owncr.whole(/^(https?):\/\/([^/?]+)(\/[^?]*)?(\?.*)?$/i, url);
     if (m === null) {
         return url;
     }
@@ -164,8 +171,15 @@ async function failed(r) {
     var given = r.variables.upstream_http_retry_after;
     var seconds = status === 429 || given ? retryAfter(given)
         : Number(r.variables.owncr_egress_down_seconds);
-    var until = Date.now() + seconds * 1000;
-    await keep(r, id, 'upstreams/' + id, until + ',' + (status === 429 ? 429 : 503));
+    var value = (Date.now() + seconds * 1000) + ',' + (status === 429 ? 429 : 503);
+    var memory = r.variables.owncr_egress_memory;
+    if (memory !== id) {
+        // A download host: remembered here only (see MEMORY).
+        ngx.shared[MEMORY].set(memory, value);
+        r.headersOut['Retry-After'] = String(seconds);
+        return r.return(status);
+    }
+    await keep(r, id, 'upstreams/' + id, value);
     // A cache's ping: Distribution reads the token realm its upstream login is for from the answer to
     // the ping it sends as it starts, once; a failure there would leave it pulling anonymously until it
     // restarts. It gets the upstream's last challenge instead, kept by whichever node saw it (loaded
@@ -201,6 +215,25 @@ async function challenged(r) {
         return r.return(401);
     }
     answerChallenge(r, challenge);
+}
+
+// js_content of an upstream's 401 to anything but a ping. To a repository request, made with the token
+// its realm gave for that repository, it says the upstream does not know the name or will not show it
+// (Docker Hub answers so for both): that is a registry's "unknown", as a 404 tells the cache, so that
+// the mirror door answers such a name exactly as it answers a private one (router.js). A token or a
+// download refused (a wrong upstream login) is passed on.
+function unauthorized(r) {
+    var unknown = {manifest: 'manifest_unknown', blob: 'blob_unknown', tags: 'name_unknown'};
+    var kind = r.variables.owncr_kind;
+    if (owncr.own(unknown, kind)) {
+        r.headersOut['Content-Type'] = 'application/json';
+        return r.return(404, owncr.error(unknown[kind]));
+    }
+    var challenge = r.variables.upstream_http_www_authenticate;
+    if (challenge) {
+        r.headersOut['WWW-Authenticate'] = viaRealm(r, challenge);
+    }
+    r.return(401);
 }
 
 function viaRealm(r, challenge) {
@@ -241,7 +274,7 @@ async function missed(r) {
 function upstreamStates(r) {
     var states = {};
     ngx.shared[MEMORY].keys(1000).forEach(function (id) {
-        var down = remembered(id);
+        var down = owncr.own(N.upstreams, id) ? remembered(id) : null;
         if (down !== null) {
             states[id] = down;
         }
@@ -249,4 +282,4 @@ function upstreamStates(r) {
     return JSON.stringify(states);
 }
 
-export default {next, failed, challenged, answered, missed, upstreamStates};
+export default {next, failed, challenged, unauthorized, answered, missed, upstreamStates};

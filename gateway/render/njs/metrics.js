@@ -65,7 +65,7 @@ function record(r) {
     var v = r.variables;
     // Neither door's name nor /healthz (a port probe, a request no server_name matched): "none".
     var door = v.owncr_door || 'none';
-    var status = STATUS.test(v.status) ? v.status : 'other';
+    var status = owncr.whole(STATUS, v.status) !== null ? v.status : 'other';
     add('owncr_requests_total', {door: door, status: status}, 1);
     add('owncr_received_bytes_total', {door: door}, Number(v.request_length));
     add('owncr_sent_bytes_total', {door: door}, Number(v.bytes_sent));

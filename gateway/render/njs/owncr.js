@@ -36,10 +36,26 @@ function own(obj, key) {
     return typeof key === 'string' && Object.prototype.hasOwnProperty.call(obj, key);
 }
 
+// A match of `re` covering all of `text`, or null. On the njs engine (PCRE) a pattern's `$` also matches
+// just before a final newline, on QuickJS it does not: "sha256:<hex>\n" would pass one engine's check,
+// then reach a header (an invalid one: a 500 after the write) or a path. Every check of text a client or
+// an upstream sent goes through here, the same on both engines.
+function whole(re, text) {
+    var m = typeof text === 'string' ? re.exec(text) : null;
+    return m !== null && m.index === 0 && m[0] === text ? m : null;
+}
+
+// A content digest as the registries accept one (the algorithms Distribution 3.1.1 registers).
+var DIGEST = /^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
+
+function isDigest(text) {
+    return whole(DIGEST, text) !== null;
+}
+
 // The upstream a cache route serves, from the router's $owncr_upstream (empty: not a cache route).
 function upstreamOf(r) {
     var id = r.variables.owncr_upstream || '';
     return own(names.upstreams, id) ? id : null;
 }
 
-export default {names, errorBody, error, internal, answer, egress, own, upstreamOf};
+export default {names, errorBody, error, internal, answer, egress, own, whole, isDigest, upstreamOf};

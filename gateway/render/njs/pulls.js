@@ -19,13 +19,12 @@ function seen(r) {
     try {
         var v = r.variables;
         var id = owncr.upstreamOf(r);
-        // The digest the client was answered with (a manifest by tag says which one it got); exactly
-        // one, whole (njs's `$` also matches before a final newline).
+        // The digest the client was answered with (a manifest by tag says which one it got).
         var sent = v.sent_http_docker_content_digest || '';
-        var digest = DIGEST.exec(sent);
+        var digest = owncr.whole(DIGEST, sent);
         var door = v.owncr_door === 'mirror' || v.owncr_door === 'registry';  // not a cache's own call
         if (!door || id === null || v.owncr_kind !== 'manifest' || v.status !== '200' || digest === null
-            || digest[0] !== sent || (v.request_method !== 'GET' && v.request_method !== 'HEAD')) {
+            || (v.request_method !== 'GET' && v.request_method !== 'HEAD')) {
             return '';
         }
         var key = id + '/' + v.owncr_repository + '/' + digest[1];

@@ -15,7 +15,6 @@ import store from 'store.js';
 
 var N = owncr.names;
 var INDEX = N.ociIndex;
-var DIGEST = /^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
 // This request's internal URI: /_owncr/<manifest_write or referrers>/v2/<name>/<manifests|referrers>/<ref>.
 var ROUTE = new RegExp('^' + N.internal + '(?:' + N.routes.manifestWrite + '|' + N.routes.referrers + ')'
     + '(/v2/(.+)/(manifests|referrers)/([^/]+))$');
@@ -26,7 +25,7 @@ function answer(r, status, body, type) {
 }
 
 function route(r) {
-    var m = ROUTE.exec(r.uri);
+    var m = owncr.whole(ROUTE, r.uri);
     return m === null ? null : {path: m[1], name: m[2], ref: m[4]};
 }
 
@@ -80,7 +79,14 @@ async function updateIndex(r, name, subject, change) {
 // The manifest's subject digest, or null (not JSON, no subject, or not a digest).
 function subjectOf(manifest) {
     var s = manifest && manifest.subject;
-    return s && typeof s.digest === 'string' && DIGEST.test(s.digest) ? s.digest : null;
+    return s && typeof s.digest === 'string' && owncr.isDigest(s.digest) ? s.digest : null;
+}
+
+// A manifest that names a subject which is not one (not a descriptor, or its digest not exactly one):
+// refused before it is stored, as nothing could list it, and its digest would reach OCI-Subject.
+function badSubject(manifest) {
+    var s = manifest !== null && typeof manifest === 'object' ? manifest.subject : undefined;
+    return s !== undefined && s !== null && subjectOf(manifest) === null;
 }
 
 function parsed(text) {
@@ -134,6 +140,9 @@ function relay(r, reply) {
 
 async function put(r, where) {
     var body = r.requestText || '';
+    if (badSubject(parsed(body))) {
+        return answer(r, 400, owncr.error('subject_invalid'));
+    }
     var reply = await r.subrequest(owncr.internal(N.routes.privateWrite, where.path), {method: 'PUT'});
     var manifest = reply.status === 201 ? parsed(body) : null;
     var subject = subjectOf(manifest);
@@ -157,7 +166,7 @@ async function put(r, where) {
 async function remove(r, where) {
     // The subject is in the manifest being deleted: read it first (only a digest names one manifest).
     var subject = null;
-    if (DIGEST.test(where.ref)) {
+    if (owncr.isDigest(where.ref)) {
         var current = await r.subrequest(owncr.internal(N.routes.referrersManifest, where.path));
         subject = current.status === 200 ? subjectOf(parsed(current.responseText)) : null;
     }
@@ -194,7 +203,7 @@ async function write(r) {
 // js_content of GET/HEAD /v2/<name>/referrers/<digest>: the subject's index, filtered by artifactType.
 async function list(r) {
     var where = route(r);
-    if (where === null || !DIGEST.test(where.ref)) {
+    if (where === null || !owncr.isDigest(where.ref)) {
         return answer(r, 400, owncr.error('digest_invalid'));
     }
     var index = await readIndex(r, where.name, where.ref);

@@ -32,8 +32,8 @@ var ENDPOINT = /^\/v2\/(.+?)\/(manifests\/([\w.:+=-]+)|blobs\/uploads\/?[\w.=-]*
 var COMPONENT = new RegExp(N.nameComponent);
 
 function parse(uri) {
-    var m = ENDPOINT.exec(uri);
-    if (m === null || !m[1].split('/').every(function (c) { return COMPONENT.test(c); })) {
+    var m = owncr.whole(ENDPOINT, uri);
+    if (m === null || !m[1].split('/').every(function (c) { return owncr.whole(COMPONENT, c) !== null; })) {
         return null;
     }
     var ref = m[3];
@@ -90,8 +90,10 @@ function ping(r) {
 
 // The upstream and what is asked of it go to egress.js and metrics.js in $owncr_upstream and
 // $owncr_kind: no module reads them back out of a route name.
-function toCache(r, p) {
-    // Docker Hub at the root; any other upstream under /v2/<host>/..., stripped before its cache.
+// The upstream a mirrored name is asked of, and the name as its cache stores it: Docker Hub at the root,
+// any other upstream under /v2/<host>/..., stripped before its cache. What the door answers if the cache
+// has no such thing goes with it (routes.conf.j2).
+function mirrored(r, p) {
     var slash = p.name.indexOf('/');
     var id = N.hub;
     var name = p.name;
@@ -100,11 +102,15 @@ function toCache(r, p) {
         name = p.name.slice(slash + 1);
     }
     r.variables.owncr_upstream = id;
-    r.variables.owncr_kind = upstreamKind(p);
-    r.variables.owncr_repository = name;  // as the cache stores it (pulls.js records it)
-    // What the door answers if the cache has no such thing (routes.conf.j2, mirror_door.conf.j2).
     r.variables.owncr_error = notFound(p);
-    return go(r, N.upstreams[id].routes[cacheVariant(p)], '/v2/' + name + '/' + p.rest);
+    return {id: id, name: name};
+}
+
+function toCache(r, p) {
+    var m = mirrored(r, p);
+    r.variables.owncr_kind = upstreamKind(p);
+    r.variables.owncr_repository = m.name;  // as the cache stores it (pulls.js records it)
+    return go(r, N.upstreams[m.id].routes[cacheVariant(p)], '/v2/' + m.name + '/' + p.rest);
 }
 
 // Tag manifests are micro-cached, blobs coalesced (routes.conf.j2); manifests by digest and tag lists
@@ -290,12 +296,13 @@ function mirrorTarget(r) {
         return fail(r, 404, 'BLOB_UPLOAD_UNKNOWN', 'the mirror is read-only');
     }
     if (privateNamespace(cfg, p.name) !== null) {
-        // Private names do not exist on the mirror door (and never reach an upstream). A manifest by
-        // digest that no upstream has is a 500 from Distribution's proxy (v3.1.1), so that is the answer.
-        r.variables.owncr_error = notFound(p);
+        // Private names do not exist on the mirror door (and never reach an upstream): answered as a
+        // name the upstream does not know, in its every state (down or rate limiting: 503). A manifest
+        // by digest that no upstream has is a 500 from Distribution's proxy (v3.1.1).
+        mirrored(r, p);
         r.variables.owncr_route = N.routes.refused;
         var byDigest = p.rest.indexOf('manifests/') === 0 && !p.tag;
-        return owncr.answer(byDigest ? N.routes.failed : 404);
+        return owncr.answer(byDigest ? N.routes.failed : N.routes.missed);
     }
     return toCache(r, p);
 }

@@ -36,7 +36,7 @@ function config(r) {
 }
 
 function checked(key) {
-    if (!KEY.test(key)) {
+    if (owncr.whole(KEY, key) === null) {
         throw new Error('store: refused key ' + JSON.stringify(key));
     }
     return key;
@@ -214,7 +214,7 @@ async function read(r, key) {
 function leaseOf(found) {
     try {
         var lease = JSON.parse(found.text);
-        if (typeof lease.until === 'number' && typeof lease.id === 'string' && /^[a-f0-9]{32}$/.test(lease.id)) {
+        if (typeof lease.until === 'number' && typeof lease.id === 'string' && owncr.whole(/^[a-f0-9]{32}$/, lease.id) !== null) {
             return lease;
         }
     } catch (e) {
