@@ -53,7 +53,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "private names readable anonymously on the mirror door",
         "gateway/render/njs/router.js",
         "        var byDigest = p.rest.indexOf('manifests/') === 0 && !p.tag;\n"
-        "        return owncr.answer(byDigest ? N.routes.failed : 404);",
+        "        return owncr.answer(byDigest ? N.routes.failed : N.routes.missed);",
         "        return go(r, N.routes.privateRead, uri);",
         (
             "tests/gateway/test_routing.py::test_mirror_door_hides_private_names",
@@ -205,6 +205,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    return stored if pulled is None else max(stored, pulled)",
         "    return stored",
         ("tests/gateway/upkeep/test_eviction.py",),
+    ),
+    Mutation.one(
+        "blob-bytes-unchecked",
+        "a blob whose bytes do not match its digest is served in full, and a door keeps it",
+        "gateway/render/njs/egress.js",
+        "        if (got !== hex) {",
+        "        if (false) {",
+        ("tests/gateway/test_clients_fleet.py",),
+    ),
+    Mutation.one(
+        "private-names-answered-apart",
+        "the mirror door answers a private name 404 while an unknown one gets the upstream's 503",
+        "gateway/render/njs/router.js",
+        "        return owncr.answer(byDigest ? N.routes.failed : N.routes.missed);",
+        "        return owncr.answer(byDigest ? N.routes.failed : 404);",
+        ("tests/gateway/test_security.py",),
     ),
     Mutation.one(
         "no-second-chance",

@@ -6,7 +6,9 @@ mode; the registry behind it keeps its own access log of what it was really aske
 As Docker Hub does, it can also ask for a token from its own realm (`login`: the Basic credentials it
 gives tokens for), answer blob GETs with a redirect to a download path on itself (`redirect_blobs`),
 so that the calls a cache makes to other URLs than the upstream's own are seen here too, and answer
-`401` for a repository it does not know (`unknown_401`: the registry behind it answered 404)."""
+`401` for a repository it does not know (`unknown_401`: the registry behind it answered 404). And it can
+lie: `lie(n)` makes the next n blob bodies it serves (its own blob paths or downloads) other bytes of the
+same length."""
 
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ class FaultUpstream:
         self.redirect_blobs = redirect_blobs
         self.download_base = download_base  # where redirects point (a CDN host); default: here
         self.unknown_401 = unknown_401
+        self.lies = 0  # blob bodies still to corrupt
+        self.lied = 0
         self.mode = "pass"
         self.seen: Counter[str] = Counter()  # mode -> requests that arrived in it
         self.paths: list[tuple[str, str, str]] = []  # (mode, method, path)
@@ -80,6 +84,18 @@ class FaultUpstream:
     def set(self, mode: str) -> None:
         assert mode in MODES, mode
         self.mode = mode
+
+    def lie(self, times: int = 1) -> None:
+        with self._lock:
+            self.lies = times
+
+    def _lying(self, h: BaseHTTPRequestHandler, path: str, status: int) -> bool:
+        with self._lock:
+            if self.lies <= 0 or h.command != "GET" or status != 200 or "/blobs/sha256:" not in path:
+                return False
+            self.lies -= 1
+            self.lied += 1
+            return True
 
     def count(self, mode: str) -> int:
         with self._lock:
@@ -157,7 +173,10 @@ class FaultUpstream:
             h.end_headers()
             if h.command == "HEAD":
                 return
+            lying = self._lying(h, path, resp.status)
             while chunk := resp.read(256 * 1024):
+                if lying:  # the first byte changed, the length kept
+                    chunk, lying = bytes([chunk[0] ^ 0xFF]) + chunk[1:], False
                 h.wfile.write(chunk)
         finally:
             conn.close()

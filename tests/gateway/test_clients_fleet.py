@@ -334,6 +334,63 @@ def test_token_realm_and_blob_redirects_go_through_the_egress_signed(
         assert json.loads(body)["errors"][0]["code"] == "DENIED"
 
 
+def fetch(door: str, path: str) -> bytes | None:
+    """A blob's body, or None when it was cut off (fewer bytes than its Content-Length)."""
+    host, port = door.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        assert resp.status == 200, (path, resp.status, resp.read()[:300])
+        try:
+            return resp.read()
+        except http.client.IncompleteRead:
+            return None
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("redirect", [False, True], ids=["blob", "download"])
+def test_bytes_that_do_not_match_their_digest_are_never_kept(
+    launch: Launcher, images: Images, redirect: bool
+) -> None:
+    """The upstream (or a CDN or a proxy in between) answers a blob with other bytes once: the clients
+    streamed them are cut off, the cache stores nothing, no door keeps it, and every later client gets
+    the real blob, for one more upstream fetch. Also with a fleet asking at once."""
+    hub = launch.distribution(f"liar-hub-{int(redirect)}")
+    image = images.get(f"liar-app-{int(redirect)}", [Layer(4 * MiB, 551), Layer(4 * MiB, 552)])
+    launch.seed(hub, image, "library/app:1.0")
+    fault = FaultUpstream(hub.url, redirect_blobs=redirect).start()
+    launch.on_close(fault.stop)
+    node = launch.local_gateway(
+        settings(fault.url, launch.workdir / f"liar-storage-{int(redirect)}"), name=f"liar-{int(redirect)}"
+    )
+    door = f"127.0.0.1:{node.mirror_port}"
+
+    def hub_gets(digest: str) -> int:
+        return sum(1 for r in hub.requests() if r.method == "GET" and r.path.endswith(f"/blobs/{digest}"))
+
+    one, fleet = image.layers
+    fault.lie(1)
+    assert fetch(door, f"/v2/library/app/blobs/{one.digest}") is None  # cut off
+    assert fault.lied == 1
+    for _ in range(3):  # the real bytes, fetched once more, then kept
+        body = fetch(door, f"/v2/library/app/blobs/{one.digest}")
+        assert body is not None and "sha256:" + hashlib.sha256(body).hexdigest() == one.digest
+    assert hub_gets(one.digest) == 2
+
+    fault.lie(1)
+    with ThreadPoolExecutor(6) as pool:
+        bodies = list(pool.map(lambda _: fetch(door, f"/v2/library/app/blobs/{fleet.digest}"), range(6)))
+    assert fault.lied == 2
+    complete = [b for b in bodies if b is not None]
+    assert all("sha256:" + hashlib.sha256(b).hexdigest() == fleet.digest for b in complete), len(complete)
+    assert len(complete) < 6  # someone was streamed the lie, and cut off
+    later = fetch(door, f"/v2/library/app/blobs/{fleet.digest}")
+    assert later is not None and "sha256:" + hashlib.sha256(later).hexdigest() == fleet.digest
+    assert "is not sha256:" in node.log_path("nginx").read_text()
+
+
 def test_a_failed_download_host_is_remembered_without_the_upstream(launch: Launcher, images: Images) -> None:
     """A blob redirect to a host that does not answer (a dead CDN host) fails that download, and the
     egress remembers the host: its next download there is answered at once, while the upstream itself is

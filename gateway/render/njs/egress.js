@@ -6,8 +6,12 @@
 //
 // Distribution follows the token realm and blob redirects its upstream names (Docker Hub: auth.docker.io,
 // its CDN). So that those calls are bounded too, the egress rewrites both URLs to point back at itself,
-// signed: /_owncr/via/<kind>/<signature>/<scheme>/<host><path>. Only URLs an upstream handed out are
-// fetched this way; the egress is no open proxy for whoever reaches its port.
+// signed: /_owncr/via/<kind>/<signature>/[<blob's sha256 hex>/]<scheme>/<host><path>. Only URLs an
+// upstream handed out are fetched this way; the egress is no open proxy for whoever reaches its port.
+//
+// A blob's bytes are checked against its digest as they pass (verified(), on the upstream's own blob
+// path and on a redirected download alike): a body that does not match is cut short by its last chunk,
+// so the cache never stores it and no door keeps it (nginx keeps no body that arrived short).
 import crypto from 'crypto';
 import owncr from 'owncr.js';
 import store from 'store.js';
@@ -34,7 +38,10 @@ var RETRY_AFTER_MAX = 600;
 // downloads stream (egress.conf.j2 gives each its read timeout).
 var VIA_PREFIX = owncr.internal(N.routes.via, '/');
 var VIA = new RegExp('^' + VIA_PREFIX + '(' + E.realm + '|' + E.redirect + ')'
-    + '/([0-9a-f]{32})/(https?)/([^/?]+)(/[^?]*)?(\\?.*)?$');
+    + '/([0-9a-f]{32})/(?:([0-9a-f]{64})/)?(https?)/([^/?]+)(/[^?]*)?(\\?.*)?$');
+// A blob on the upstream's own path: the digest its bytes must have. Only sha256 is checked (what njs's
+// crypto offers, and every public registry's digest); a door keeps no other blob (routes.conf.j2).
+var BLOB = /\/blobs\/sha256:([0-9a-f]{64})$/;
 
 // "<until ms>,<status>" -> {seconds left, status}, or null once passed (or not one of ours).
 function state(value) {
@@ -78,9 +85,9 @@ async function published(r, id) {
     return state(await recall(r, id, 'upstreams/' + id));
 }
 
-function signature(r, kind, origin, path) {
+function signature(r, kind, hex, origin, path) {
     return crypto.createHmac('sha256', r.variables.owncr_auth_salt)
-        .update('owncr-egress\n' + kind + '\n' + origin + path).digest('hex').slice(0, 32);
+        .update('owncr-egress\n' + kind + '\n' + hex + '\n' + origin + path).digest('hex').slice(0, 32);
 }
 
 // What a cache asked its upstream for, for metrics.js ($owncr_kind): its own paths, the token realm,
@@ -124,31 +131,36 @@ function next(r) {
     if (uri.indexOf(VIA_PREFIX) !== 0) {
         var kind = uri === '/v2/' || uri === '/v2' ? 'ping' : upstreamKind(uri);
         var where = kind === 'ping' ? E.ping : kind === 'blob' ? E.stream : E.answer;
+        var blob = kind === 'blob' ? BLOB.exec(r.variables.uri) : null;
+        r.variables.owncr_egress_digest = blob === null ? '' : blob[1];
         return route(r, id, where, r.variables.owncr_egress_origin + uri, auth, kind);
     }
     var m = owncr.whole(VIA, uri);
-    var origin = m === null ? '' : m[3] + '://' + m[4];
-    var path = m === null ? '' : m[5] || '';
-    if (m === null || m[2] !== signature(r, m[1], origin, path)) {
+    var hex = m === null ? '' : m[3] || '';
+    var origin = m === null ? '' : m[4] + '://' + m[5];
+    var path = m === null ? '' : m[6] || '';
+    if (m === null || m[2] !== signature(r, m[1], hex, origin, path)) {
         return owncr.egress(E.forged);
     }
+    r.variables.owncr_egress_digest = hex;
     // A token request carries the cache's upstream login; a redirected download is signed by its URL
     // (presigned) and must not carry the upstream's token to another host.
     return m[1] === E.realm
-        ? route(r, id, E.answer, origin + path + (m[6] || ''), auth, 'token')
-        : route(r, TARGET + m[4].toLowerCase(), E.stream, origin + path + (m[6] || ''), '', 'download');
+        ? route(r, id, E.answer, origin + path + (m[7] || ''), auth, 'token')
+        : route(r, TARGET + m[5].toLowerCase(), E.stream, origin + path + (m[7] || ''), '', 'download');
 }
 
-function via(r, kind, url) {
+// `url` on the egress, signed; a blob's redirect carries the digest its bytes must have (`hex`).
+function via(r, kind, url, hex) {
     var m = owncr.whole(/^(https?):\/\/([^/?]+)(\/[^?]*)?(\?.*)?$/i, url);
     if (m === null) {
         return url;
     }
     var scheme = m[1].toLowerCase();
     var path = m[3] || '';
-    var sig = signature(r, kind, scheme + '://' + m[2], path);
-    return 'http://' + r.variables.http_host + VIA_PREFIX + kind + '/' + sig + '/' + scheme + '/' + m[2]
-        + path + (m[4] || '');
+    var sig = signature(r, kind, hex, scheme + '://' + m[2], path);
+    return 'http://' + r.variables.http_host + VIA_PREFIX + kind + '/' + sig + '/' + (hex ? hex + '/' : '')
+        + scheme + '/' + m[2] + path + (m[4] || '');
 }
 
 function retryAfter(value) {
@@ -238,7 +250,7 @@ function unauthorized(r) {
 
 function viaRealm(r, challenge) {
     return challenge.replace(/realm="([^"]+)"/i, function (all, url) {
-        return 'realm="' + via(r, E.realm, url) + '"';
+        return 'realm="' + via(r, E.realm, url, '') + '"';
     });
 }
 
@@ -250,7 +262,46 @@ function answered(r) {
     }
     var location = r.headersOut.Location;
     if (location && /^https?:\/\//i.test(location)) {
-        r.headersOut.Location = via(r, E.redirect, location);
+        r.headersOut.Location = via(r, E.redirect, location, r.variables.owncr_egress_digest);
+    }
+}
+
+// This request's check, in the body filter's module state: a QuickJS context serves one request at a
+// time, and the filter's first call (marked in a request variable) starts it afresh.
+var checking = null;
+
+// js_body_filter of the stream location (under QuickJS, which frees each chunk once passed on: the njs
+// engine keeps every chunk of a request until it ends, measured 900 MB for a 300 MB blob). A blob's
+// complete answer passes with its last chunk held back until the bytes are known to have the digest;
+// a body that does not is cut short by that chunk and logged, so what the cache streamed is never
+// stored (Distribution verifies before it commits; a door keeps no body that arrived short). A client
+// that was streamed the start of it sees its download cut off; no later one receives it.
+function verified(r, data, flags) {
+    var hex = r.variables.owncr_egress_digest;
+    if (!hex || r.method !== 'GET' || r.status !== 200 || r.headersIn.Range !== undefined) {
+        return r.sendBuffer(data, flags);
+    }
+    if (r.variables.owncr_egress_checking !== '1') {
+        r.variables.owncr_egress_checking = '1';
+        checking = {hash: crypto.createHash('sha256'), held: null};
+    }
+    if (data.length) {
+        checking.hash.update(data);
+        if (checking.held !== null) {
+            r.sendBuffer(checking.held);
+        }
+        checking.held = Buffer.from(data);  // a copy: nginx reuses the buffer it passed
+    }
+    if (flags.last) {
+        var got = checking.hash.digest('hex');
+        var held = checking.held;
+        checking = null;
+        if (got !== hex) {
+            r.error('egress: the answer to ' + r.variables.owncr_egress_url + ' is not sha256:' + hex
+                + ' (it is sha256:' + got + '): cut short');
+            return r.sendBuffer('', {last: true});
+        }
+        r.sendBuffer(held === null ? '' : held, {last: true});
     }
 }
 
@@ -282,4 +333,4 @@ function upstreamStates(r) {
     return JSON.stringify(states);
 }
 
-export default {next, failed, challenged, unauthorized, answered, missed, upstreamStates};
+export default {next, failed, challenged, unauthorized, answered, verified, missed, upstreamStates};
