@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Iterable
 from typing import Literal
+from urllib.parse import urlsplit
 
 # --- upstreams ---------------------------------------------------------------------------------------
 
@@ -98,8 +99,9 @@ def uri(route: str, rest: str = "/") -> str:
 
 
 # The egress's outcomes (egress.js next()): asked and answered whole, asked and streamed, answered from
-# its memory of a rate limit (429) or an outage (503) without asking, or refused (a forged via URL).
-EGRESS_ANSWER, EGRESS_STREAM, EGRESS_FORGED = "answer", "stream", "forged"
+# its memory of a rate limit (429) or an outage (503) without asking, or refused (a forged via URL; a
+# target that is not a public address, egress.js checkTarget).
+EGRESS_ANSWER, EGRESS_STREAM, EGRESS_FORGED, EGRESS_INSIDE = "answer", "stream", "forged", "inside"
 # A cache's ping (GET /v2/), which tells it the token realm its upstream login is for: its own location,
 # so that the challenge is kept (locally and in the store) and answered again while the upstream fails.
 EGRESS_PING = "ping"
@@ -107,6 +109,15 @@ REMEMBERED = {429: "remembered_429", 503: "remembered_503"}
 # A cache's ping answered from that memory: with the upstream's last token challenge, when one is known.
 CHALLENGED = {429: "challenged_429", 503: "challenged_503"}
 VIA_REALM, VIA_REDIRECT = "realm", "redirect"
+
+
+def origin_key(url: str) -> str:
+    """`https://Registry-1.docker.io` -> `registry-1.docker.io:443`: an origin as egress.js compares
+    targets with the trusted ones (lower case, the scheme's port filled in)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{(parts.hostname or '').lower()}:{port}"
+
 
 # --- the store: how nodes agree (gateway/render/njs/store.js, docs/architecture.md) -------------------
 
@@ -165,6 +176,7 @@ ERRORS: dict[str, tuple[str, str]] = {
     "upstream_rate_limited": ("TOOMANYREQUESTS", "{host} is rate limiting; retry later"),
     "upstream_down": ("UNAVAILABLE", "{host} is not answering; retry later"),
     "forged": ("DENIED", "not a URL this egress handed out"),
+    "inside": ("DENIED", "the upstream named a target that is not a public address"),
     "not_api": ("NOT_FOUND", "not a registry API path"),
     "name_invalid": ("NAME_INVALID", "not a registry API path"),
     "unauthorized": ("UNAUTHORIZED", "authentication required"),
@@ -216,6 +228,7 @@ def njs_names(upstreams: Iterable[str], hub: str, name_component: str) -> str:
             "ping": EGRESS_PING,
             "stream": EGRESS_STREAM,
             "forged": EGRESS_FORGED,
+            "inside": EGRESS_INSIDE,
             "remembered": {str(status): outcome for status, outcome in REMEMBERED.items()},
             "challenged": {str(status): outcome for status, outcome in CHALLENGED.items()},
             "realm": VIA_REALM,

@@ -207,6 +207,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/gateway/upkeep/test_eviction.py",),
     ),
     Mutation.one(
+        "upstream-targets-unchecked",
+        "an upstream's redirect or realm reaches the gateway's private registry (or the cloud's metadata)",
+        "gateway/render/njs/egress.js",
+        "    var why = checkTarget(r, url);",
+        "    var why = null;",
+        ("tests/gateway/test_security.py",),
+    ),
+    Mutation.one(
         "blob-bytes-unchecked",
         "a blob whose bytes do not match its digest is served in full, and a door keeps it",
         "gateway/render/njs/egress.js",

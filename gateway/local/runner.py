@@ -82,8 +82,11 @@ class LocalGateway:
         nginx_bin: str | None = None,
         registry_bin: str | None = None,
         startup_timeout: float = 30.0,
+        egress_resolver: str | None = None,
     ) -> None:
         self.settings = settings
+        # The egress's DNS server (`host[:port]`); by default the machine's, when an upstream is a name.
+        self.egress_resolver = egress_resolver
         self.data_dir = Path(data_dir).resolve()
         self.registry_port = registry_port
         self.mirror_port = mirror_port
@@ -140,7 +143,7 @@ class LocalGateway:
             egress_ports={u.host: next(ports) for u in upstreams},
             metrics_port=self.metrics_port,
             debug_ports={key: next(ports) for key in registries},
-            egress_resolver=system_resolver(self.settings.upstreams),
+            egress_resolver=self.egress_resolver or system_resolver(self.settings.upstreams),
             # Run as root, nginx would switch its workers to `nobody`, which cannot read the 0600
             # secrets written below; a local run keeps the invoking user (production: `nginx`).
             nginx_user="root" if os.geteuid() == 0 else None,

@@ -203,6 +203,7 @@ def render_nginx_conf(
             for u in settings.upstreams
         ],
         egress_resolver=layout.egress_resolver,
+        egress_trusted=" ".join(sorted({names.origin_key(u.url) for u in settings.upstreams})),
         upstream_ca_file=UPSTREAM_CA_FILE
         if any(u.url.startswith("https://") for u in settings.upstreams)
         else "",

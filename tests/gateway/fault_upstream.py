@@ -35,13 +35,17 @@ class FaultUpstream:
         *,
         login: str | None = None,
         redirect_blobs: bool = False,
-        download_base: str | None = None,
+        downloads_fail: bool = False,
         unknown_401: bool = False,
+        redirect_to: str | None = None,
+        realm: str | None = None,
     ) -> None:
         self.target = urlsplit(target)
         self.login = login  # "user:password"
         self.redirect_blobs = redirect_blobs
-        self.download_base = download_base  # where redirects point (a CDN host); default: here
+        self.downloads_fail = downloads_fail  # its download path (a CDN host) answers 503
+        self.redirect_to = redirect_to  # a blob redirect's Location as sent, "{digest}" filled in
+        self.realm = realm  # the token realm it names; default: its own /token
         self.unknown_401 = unknown_401
         self.lies = 0  # blob bodies still to corrupt
         self.lied = 0
@@ -117,13 +121,18 @@ class FaultUpstream:
             return
         if self.login is not None and h.path.startswith("/token"):
             self._token(h)
+        elif h.path.startswith(DOWNLOAD + "/") and self.downloads_fail:
+            self._reply(h, 503, b"", {})
         elif h.path.startswith(DOWNLOAD + "/"):
             self._pass(h, h.path.removeprefix(DOWNLOAD))  # a presigned-like URL: no login asked
         elif self.login is not None and h.headers.get("Authorization") != f"Bearer {TOKEN}":
-            realm = f"{self.url}/token"
+            realm = self.realm or f"{self.url}/token"
             self._reply(h, 401, b"", {"WWW-Authenticate": f'Bearer realm="{realm}",service="fault-upstream"'})
+        elif self.redirect_to is not None and h.command == "GET" and "/blobs/sha256:" in h.path:
+            digest = h.path.rsplit("/", 1)[1]
+            self._reply(h, 307, b"", {"Location": self.redirect_to.format(digest=digest)})
         elif self.redirect_blobs and h.command == "GET" and "/blobs/sha256:" in h.path:
-            self._reply(h, 307, b"", {"Location": f"{self.download_base or self.url}{DOWNLOAD}{h.path}"})
+            self._reply(h, 307, b"", {"Location": f"{self.url}{DOWNLOAD}{h.path}"})
         else:
             self._pass(h, h.path)
 

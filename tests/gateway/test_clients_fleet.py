@@ -24,7 +24,6 @@ import yaml
 from gateway import names
 from gateway.bench.images import Image, Layer, MiB
 from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, Upstream, User
-from gateway.local.ports import free_ports
 from gateway.local.runner import LocalGateway
 from gateway.names import cache_key, cache_route
 from tests.gateway.client_harness import Images, Launcher
@@ -392,16 +391,16 @@ def test_bytes_that_do_not_match_their_digest_are_never_kept(
 
 
 def test_a_failed_download_host_is_remembered_without_the_upstream(launch: Launcher, images: Images) -> None:
-    """A blob redirect to a host that does not answer (a dead CDN host) fails that download, and the
-    egress remembers the host: its next download there is answered at once, while the upstream itself is
-    not marked down (other names still pull; its gauge stays 0), so the doors answer as usual."""
+    """A blob redirect to a download host that fails (a dead CDN host; here the stand-in's download path
+    answers 503) fails that download, and the egress remembers the host: its next download there is
+    answered at once, while the upstream itself is not marked down (other names still pull; its gauge
+    stays 0), so the doors answer as usual."""
     hub = launch.distribution("cdn-hub")
     image = images.get("cdn-app", [Layer(MiB, 541)])
     other = images.get("cdn-other", [Layer(MiB, 542)])
     launch.seed(hub, image, "library/app:1.0")
     launch.seed(hub, other, "library/other:1.0")
-    dead = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
-    fault = FaultUpstream(hub.url, redirect_blobs=True, download_base=dead).start()
+    fault = FaultUpstream(hub.url, redirect_blobs=True, downloads_fail=True).start()
     launch.on_close(fault.stop)
     node = launch.local_gateway(settings(fault.url, launch.workdir / "cdn-storage"), name="cdn-gw")
     door = f"127.0.0.1:{node.mirror_port}"

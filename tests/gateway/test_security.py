@@ -18,7 +18,8 @@ from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
 from gateway.local.plain_registry import PlainRegistry
 from gateway.local.ports import free_ports
 from gateway.local.runner import LocalGateway
-from tests.gateway.fault_upstream import FaultUpstream
+from gateway.names import private_key
+from tests.gateway.fault_upstream import DOWNLOAD, FaultUpstream
 from tests.gateway.routing_fixtures import (
     ACCEPT,
     HTTP_SECRET,
@@ -30,6 +31,8 @@ from tests.gateway.routing_fixtures import (
     request,
 )
 from tests.gateway.spool_watch import SpoolWatch, nginx_processes
+from tests.gateway.swarm_dns import SwarmDns
+from tests.services.swarm_engine import free_udp_port
 
 ALICE = ("alice", "alice-password")  # pushes acme and team
 BOB = ("bob", "bob-password")  # pulls acme only
@@ -38,6 +41,18 @@ SECRET_LAYER = TinyImage.make("team's secret layer")
 UPSTREAM = TinyImage.make("an upstream image")
 MiB = 1 << 20
 DIGEST = digest_of(b"no such blob")
+
+
+def one_upstream(namespace: str, upstream: Upstream, storage: Path) -> GatewaySettings:
+    """A gateway with one private namespace (alice pushes it) and one upstream, mirrored for loopback."""
+    return GatewaySettings(
+        namespaces=(namespace,),
+        users=(User(*ALICE, push=(namespace,)),),
+        upstreams=(upstream,),
+        storage=FilesystemStorage(str(storage)),
+        http_secret=HTTP_SECRET,
+        mirror_client_cidrs=("127.0.0.1/32",),
+    )
 
 
 class Env:
@@ -261,13 +276,8 @@ def test_private_and_unknown_names_answer_alike_whatever_the_upstream_says(
     limiting: in none of these may the mirror door tell a private name from an unknown one."""
     hub = PlainRegistry(tmp_path, "hub").start()
     fault = FaultUpstream(hub.url, login="puller:hub-secret", unknown_401=True).start()
-    settings = GatewaySettings(
-        namespaces=("acme",),
-        users=(User(*ALICE, push=("acme",)),),
-        upstreams=(Upstream("docker.io", fault.url, "puller", "hub-secret"),),
-        storage=FilesystemStorage(str(tmp_path / "storage")),
-        http_secret=HTTP_SECRET,
-        mirror_client_cidrs=("127.0.0.1/32",),
+    settings = one_upstream(
+        "acme", Upstream("docker.io", fault.url, "puller", "hub-secret"), tmp_path / "storage"
     )
     reg, mir = free_ports(2)
     try:
@@ -335,3 +345,118 @@ def test_http10_without_host_reaches_the_registry(env: Env) -> None:
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), data[:300]
     assert b'"tags":["1"]' in body
+
+
+# ---- 10. the gateway follows an upstream's word only to public addresses ------------------------------
+
+INSIDE_NAME = "inside.example.com"  # resolves to 127.0.0.1 through the egress's DNS stand-in
+# Every form of a Location that names the private registry (port {port}); {path} is its blob path.
+INSIDE_FORMS = {
+    "absolute": "http://127.0.0.1:{port}{path}",
+    "scheme-relative": "//127.0.0.1:{port}{path}",
+    "user information": "http://mirror@127.0.0.1:{port}{path}",
+    "IPv4-mapped IPv6": "http://[::ffff:127.0.0.1]:{port}{path}",
+    "IPv6 loopback": "http://[::1]:{port}{path}",
+    "decimal": "http://2130706433:{port}{path}",
+    "octal": "http://0177.0.0.1:{port}{path}",
+    "short": "http://127.1:{port}{path}",
+    "hexadecimal": "http://0x7f000001:{port}{path}",
+    "our name": "http://localhost:{port}{path}",
+    "a service name": "http://owncr-registry-private:5000{path}",
+    "the cloud's metadata": "http://169.254.169.254/latest/meta-data/",
+    "a name that resolves inside": f"http://{INSIDE_NAME}:{{port}}{{path}}",
+}
+
+
+class Hostile:
+    """A gateway whose one upstream answers every blob GET with a redirect the test sets, and a private
+    registry holding a secret blob the upstream also says it has (so a cache asks for it)."""
+
+    def __init__(self, gateway: LocalGateway, fault: FaultUpstream) -> None:
+        self.gateway = gateway
+        self.fault = fault
+        self.private_port = gateway.bundle.services[private_key(0)].port if gateway.bundle else 0
+        self.blob = digest_of(SECRET_LAYER.layer)
+
+    def private_asked(self) -> int:
+        """Requests for the secret blob in the private registry's log."""
+        log = self.gateway.log_path(private_key(0)).read_text(errors="replace")
+        return log.count(f"/blobs/{self.blob}")
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
+    work = tmp_path_factory.mktemp("hostile")
+    hub = PlainRegistry(work, "hub").start()
+    fault = FaultUpstream(hub.url).start()
+    dns = SwarmDns({INSIDE_NAME: "127.0.0.1"}, "127.0.0.1", free_udp_port()).start()
+    try:
+        SECRET_LAYER.push(hub.url, "library/app", "1")  # the upstream has the blob: a cache asks for it
+        settings = one_upstream("team", Upstream("docker.io", fault.url), work / "storage")
+        reg, mir = free_ports(2)
+        resolver = f"127.0.0.1:{dns.sock.getsockname()[1]}"
+        with LocalGateway(
+            settings, data_dir=work / "gw", registry_port=reg, mirror_port=mir, egress_resolver=resolver
+        ) as gw:
+            SECRET_LAYER.push(gw.registry_url, "team/secret", "1", auth=ALICE)
+            yield Hostile(gw, fault)
+    finally:
+        dns.stop()
+        fault.stop()
+        hub.stop()
+
+
+@pytest.mark.parametrize("form", INSIDE_FORMS)
+def test_a_blob_redirect_inside_is_refused_in_every_form(hostile: Hostile, form: str) -> None:
+    """As an attacker's upstream would: a blob redirect to the gateway's own private registry. The
+    anonymous mirror client gets an upstream error, never the private layer; a literal address or one of
+    our names is refused before any connection (the private registry is never asked); a name that
+    resolves inside is refused at connect time, its answer never relayed."""
+    path = f"/v2/team/secret/blobs/{hostile.blob}"
+    hostile.fault.redirect_to = INSIDE_FORMS[form].format(port=hostile.private_port, path=path)
+    log = hostile.gateway.log_path("nginx")
+    seen, asked = len(log.read_text()), hostile.private_asked()
+    try:
+        resp = request(f"{hostile.gateway.mirror_url}/v2/library/app/blobs/{hostile.blob}", timeout=60)
+    finally:
+        hostile.fault.redirect_to = None
+    assert resp.status in (500, 502, 503), (resp.status, resp.body[:200])
+    assert SECRET_LAYER.layer not in resp.body
+    refusal = [line for line in log.read_text()[seen:].splitlines() if "egress: refused" in line]
+    assert refusal, f"no refusal logged for {form}"
+    if form == "a name that resolves inside":
+        assert "resolved to 127.0.0.1:" in refusal[0], refusal
+    else:
+        assert hostile.private_asked() == asked, f"{form}: the private registry was asked"
+
+
+def test_a_relative_blob_redirect_stays_on_the_upstream(hostile: Hostile) -> None:
+    """A path-absolute Location is the upstream's own origin (trusted): followed, through the egress."""
+    hostile.fault.redirect_to = f"{DOWNLOAD}/v2/library/app/blobs/{{digest}}"
+    try:
+        resp = request(f"{hostile.gateway.mirror_url}/v2/library/app/blobs/{hostile.blob}", timeout=60)
+    finally:
+        hostile.fault.redirect_to = None
+    assert resp.status == 200 and resp.body == SECRET_LAYER.layer
+
+
+def test_a_token_realm_inside_gets_neither_the_login_nor_a_request(tmp_path: Path) -> None:
+    """An upstream that names a realm on another loopback service (here the registry behind it, which
+    the gateway does not trust: only the upstream's own origin is): the cache's token request is refused
+    before any connection, so the upstream login goes nowhere and nothing is pulled."""
+    hub = PlainRegistry(tmp_path, "hub").start()
+    fault = FaultUpstream(hub.url, login="puller:hub-secret", realm=f"{hub.url}/token").start()
+    try:
+        UPSTREAM.push(hub.url, "library/known", "1")
+        login = Upstream("docker.io", fault.url, "puller", "hub-secret")
+        settings = one_upstream("team", login, tmp_path / "storage")
+        reg, mir = free_ports(2)
+        with LocalGateway(settings, data_dir=tmp_path / "gw", registry_port=reg, mirror_port=mir) as gw:
+            resp = request(f"{gw.mirror_url}/v2/library/known/manifests/1", headers={"Accept": ACCEPT})
+            # Without a token the cache has nothing to serve (a tag it never pulled: its 404).
+            assert resp.status != 200 and UPSTREAM.manifest not in resp.body, (resp.status, resp.body[:200])
+            assert not [r for r in hub.requests() if r.path.startswith("/token")]
+            assert f"egress: refused {hub.url}/token" in gw.log_path("nginx").read_text()
+    finally:
+        fault.stop()
+        hub.stop()

@@ -9,6 +9,13 @@
 // signed: /_owncr/via/<kind>/<signature>/[<blob's sha256 hex>/]<scheme>/<host><path>. Only URLs an
 // upstream handed out are fetched this way; the egress is no open proxy for whoever reaches its port.
 //
+// Every target an upstream names (a blob redirect in any Location form, a token realm) passes one check,
+// checkTarget(), before the egress connects: origins the operator configured are trusted; any other must
+// be a public address. A literal address in any spelling is refused when it is not; a name that is one of
+// ours is refused; any other name is resolved by nginx as it connects, and the address it connected to is
+// checked before a byte of the answer is relayed (answered(), verified()): nginx connects to the address
+// it resolved, once, so DNS cannot hand it another after the check.
+//
 // A blob's bytes are checked against its digest as they pass (verified(), on the upstream's own blob
 // path and on a redirected download alike): a body that does not match is cut short by its last chunk,
 // so the cache never stores it and no door keeps it (nginx keeps no body that arrived short).
@@ -42,6 +49,137 @@ var VIA = new RegExp('^' + VIA_PREFIX + '(' + E.realm + '|' + E.redirect + ')'
 // A blob on the upstream's own path: the digest its bytes must have. Only sha256 is checked (what njs's
 // crypto offers, and every public registry's digest); a door keeps no other blob (routes.conf.j2).
 var BLOB = /\/blobs\/sha256:([0-9a-f]{64})$/;
+
+// -- the target check --------------------------------------------------------------------------------
+
+// An IPv4 literal as inet_aton reads one (and so some resolvers and clients): 1 to 4 parts, each decimal,
+// 0x-hexadecimal or 0-octal, the last filling the bytes left: "2130706433", "0177.0.0.1" and "127.1" are
+// all 127.0.0.1. The four bytes, or null when `host` is no such literal.
+function ipv4(host) {
+    var parts = host.split('.');
+    if (parts.length > 4) {
+        return null;
+    }
+    var nums = [];
+    for (var i = 0; i < parts.length; i++) {
+        var p = parts[i];
+        if (owncr.whole(/^(0x[0-9a-f]*|0[0-7]*|[1-9][0-9]*)$/i, p) === null) {
+            return null;
+        }
+        nums.push(/^0x/i.test(p) ? parseInt(p.slice(2) || '0', 16) : p[0] === '0' ? parseInt(p, 8) : Number(p));
+    }
+    var last = nums.pop();
+    var room = Math.pow(256, 4 - nums.length);
+    if (nums.some(function (n) { return n > 255; }) || last >= room) {
+        return null;
+    }
+    for (var k = 3 - nums.length; k >= 0; k--) {
+        nums.push(Math.floor(last / Math.pow(256, k)) % 256);
+    }
+    return nums;
+}
+
+// Not a public IPv4 address: this host, private, shared (CGN), link-local (the cloud's metadata),
+// documentation, benchmarking, multicast, reserved.
+var NOT_PUBLIC_V4 = [[0, 8], [10, 8], [100, 64, 10], [127, 8], [169, 254, 16], [172, 16, 12], [192, 0, 0, 24],
+    [192, 0, 2, 24], [192, 168, 16], [198, 18, 15], [198, 51, 100, 24], [203, 0, 113, 24], [224, 4], [240, 4]];
+
+function publicV4(b) {
+    var n = ((b[0] * 256 + b[1]) * 256 + b[2]) * 256 + b[3];
+    return !NOT_PUBLIC_V4.some(function (net) {
+        var bits = net[net.length - 1];
+        var base = 0;
+        for (var i = 0; i < 4; i++) {
+            base = base * 256 + (i < net.length - 1 ? net[i] : 0);
+        }
+        var size = Math.pow(2, 32 - bits);
+        return Math.floor(n / size) === Math.floor(base / size);
+    });
+}
+
+// An IPv6 literal (without brackets) is public only as global unicast (2000::/3), less 6to4 (2002::/16,
+// which embeds an IPv4 address) and documentation (2001:db8::/32): loopback, unspecified, unique-local,
+// link-local, multicast, IPv4-mapped (::ffff:127.0.0.1) and NAT64 forms all fall outside.
+function publicV6(host) {
+    var first = owncr.whole(/^([0-9a-f]{1,4}):([0-9a-f]{1,4}):[0-9a-f:.]*$/i, host);
+    if (first === null) {
+        return false;
+    }
+    var a = parseInt(first[1], 16);
+    var b = parseInt(first[2], 16);
+    return a >= 0x2000 && a <= 0x3fff && a !== 0x2002 && !(a === 0x2001 && b === 0xdb8);
+}
+
+// The gateway's own names: one label (a Swarm service, `localhost`), or a suffix private networks use.
+var OURS = /(^[^.]*$|^tasks\.|\.(localhost|local|internal|lan|home\.arpa)$)/i;
+
+// Whether the gateway may follow `url` (an upstream's word): null when it may, else why not. `connect` is
+// set to '1' when the name must still be checked at connect time (checkConnected).
+function checkTarget(r, url) {
+    var m = owncr.whole(/^(https?):\/\/([^/?#]*)([/?#].*)?$/i, url);
+    if (m === null) {
+        return 'not an http(s) URL';
+    }
+    if (m[2].indexOf('@') >= 0) {
+        return 'a URL with user information';
+    }
+    var hp = owncr.whole(/^(\[[0-9a-f:.]+\]|[^:\[\]]+)(?::([0-9]{1,5}))?$/i, m[2].toLowerCase());
+    if (hp === null) {
+        return 'not a host';
+    }
+    var host = hp[1].replace(/\.$/, '');
+    var port = hp[2] ? Number(hp[2]) : m[1].toLowerCase() === 'https' ? 443 : 80;
+    var trusted = ' ' + r.variables.owncr_egress_trusted + ' ';
+    if (trusted.indexOf(' ' + host + ':' + port + ' ') >= 0) {
+        return null;
+    }
+    if (host[0] === '[') {
+        return publicV6(host.slice(1, -1)) ? null : 'an IPv6 address that is not public';
+    }
+    var v4 = ipv4(host);
+    if (v4 !== null) {
+        return publicV4(v4) ? null : 'an IPv4 address that is not public';
+    }
+    if (owncr.whole(/^[a-z0-9-]+(\.[a-z0-9-]+)*$/, host) === null || OURS.test(host)) {
+        return 'a name of this network';
+    }
+    r.variables.owncr_egress_connect = '1';
+    return null;
+}
+
+// The address nginx connected to for a name checkTarget() let through, checked before the answer is
+// relayed: null when public, else why not.
+function checkConnected(r) {
+    if (r.variables.owncr_egress_connect !== '1') {
+        return null;
+    }
+    var addr = String(r.variables.upstream_addr || '').split(', ').pop();
+    var v6 = owncr.whole(/^\[([0-9a-f:.]+)\]:[0-9]+$/i, addr);
+    var v4 = owncr.whole(/^([0-9.]+):[0-9]+$/, addr);
+    if (v6 !== null ? publicV6(v6[1]) : v4 !== null && ipv4(v4[1]) !== null && publicV4(ipv4(v4[1]))) {
+        return null;
+    }
+    return 'resolved to ' + (addr || 'no address');
+}
+
+// An error answer (an error page's content handler) from a target refused at connect time: nothing of it
+// is relayed, nor remembered.
+function inside(r) {
+    var why = checkConnected(r);
+    if (why !== null) {
+        r.error('egress: refused ' + r.variables.owncr_egress_url + ' (an upstream named it): ' + why);
+    }
+    return why !== null;
+}
+
+// The answer of a target refused at connect time: an upstream error, with nothing of what came back.
+function refuse(r, url, why) {
+    r.error('egress: refused ' + url + ' (an upstream named it): ' + why);
+    r.variables.owncr_egress_refused = '1';
+    r.status = 502;
+    ['Location', 'WWW-Authenticate', 'Content-Length', 'Content-Type', 'Docker-Content-Digest', 'ETag',
+        'Content-Range'].forEach(function (h) { delete r.headersOut[h]; });
+}
 
 // "<until ms>,<status>" -> {seconds left, status}, or null once passed (or not one of ours).
 function state(value) {
@@ -143,6 +281,12 @@ function next(r) {
         return owncr.egress(E.forged);
     }
     r.variables.owncr_egress_digest = hex;
+    var url = origin + path + (m[7] || '');
+    var why = checkTarget(r, url);
+    if (why !== null) {
+        r.error('egress: refused ' + url + ' (an upstream named it): ' + why);
+        return owncr.egress(E.inside);
+    }
     // A token request carries the cache's upstream login; a redirected download is signed by its URL
     // (presigned) and must not carry the upstream's token to another host.
     return m[1] === E.realm
@@ -177,6 +321,9 @@ function retryAfter(value) {
 // nginx's own 502/504 after a refused connection or a timeout): remember a rate limit or an outage, on
 // this node and in the store, before the cache hears of it, then pass the status on.
 async function failed(r) {
+    if (inside(r)) {
+        return r.return(502);
+    }
     var id = r.variables.owncr_upstream;
     var statuses = String(r.variables.upstream_status || '').split(/[,:] */);
     var status = Number(statuses[statuses.length - 1]) || 502;
@@ -235,6 +382,9 @@ async function challenged(r) {
 // the mirror door answers such a name exactly as it answers a private one (router.js). A token or a
 // download refused (a wrong upstream login) is passed on.
 function unauthorized(r) {
+    if (inside(r)) {
+        return r.return(502);
+    }
     var unknown = {manifest: 'manifest_unknown', blob: 'blob_unknown', tags: 'name_unknown'};
     var kind = r.variables.owncr_kind;
     if (owncr.own(unknown, kind)) {
@@ -254,15 +404,46 @@ function viaRealm(r, challenge) {
     });
 }
 
-// js_header_filter of the proxied locations: keep follow-up URLs (token realm, redirects) on the egress.
+// A Location in any form, made absolute against the URL that was asked (RFC 3986's reference
+// resolution for the forms registries send): absolute, scheme-relative (//host/...), path-absolute and
+// relative (on the same origin). Anything else is passed as it is (and refused by checkTarget).
+function absolute(base, location) {
+    if (/^[a-z][a-z0-9+.-]*:/i.test(location)) {
+        return location;
+    }
+    var b = /^([a-z]+:)(\/\/[^/?#]*)([^?#]*)/i.exec(base);
+    if (b === null) {
+        return location;
+    }
+    if (location.indexOf('//') === 0) {
+        return b[1] + location;
+    }
+    if (location[0] === '/') {
+        return b[1] + b[2] + location;
+    }
+    return b[1] + b[2] + b[3].replace(/[^/]*$/, '') + location;
+}
+
+// js_header_filter of the proxied locations: an answer from a target whose address is not public is
+// refused (nothing of it relayed); follow-up URLs (token realm, redirects, in every form) stay on the
+// egress, where each is checked when followed.
 function answered(r) {
+    var why = checkConnected(r);
+    if (why !== null) {
+        return refuse(r, r.variables.owncr_egress_url, why);
+    }
     var challenge = r.headersOut['WWW-Authenticate'];
     if (challenge) {
         r.headersOut['WWW-Authenticate'] = viaRealm(r, challenge);
     }
     var location = r.headersOut.Location;
-    if (location && /^https?:\/\//i.test(location)) {
-        r.headersOut.Location = via(r, E.redirect, location, r.variables.owncr_egress_digest);
+    if (location) {
+        var target = absolute(r.variables.owncr_egress_url, location);
+        var signed = via(r, E.redirect, target, r.variables.owncr_egress_digest);
+        if (signed === target) {  // not an http(s) URL: the cache would follow it past the egress
+            return refuse(r, target, 'not an http(s) URL');
+        }
+        r.headersOut.Location = signed;
     }
 }
 
@@ -277,6 +458,9 @@ var checking = null;
 // stored (Distribution verifies before it commits; a door keeps no body that arrived short). A client
 // that was streamed the start of it sees its download cut off; no later one receives it.
 function verified(r, data, flags) {
+    if (r.variables.owncr_egress_refused === '1') {
+        return flags.last ? r.sendBuffer('', {last: true}) : undefined;
+    }
     var hex = r.variables.owncr_egress_digest;
     if (!hex || r.method !== 'GET' || r.status !== 200 || r.headersIn.Range !== undefined) {
         return r.sendBuffer(data, flags);
