@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import FilesystemStorage, GatewaySettings, Upstream, User
+from gateway.config import JS_ENGINES, FilesystemStorage, GatewaySettings, Upstream, User
 from gateway.local.plain_registry import PlainRegistry
 from gateway.local.ports import free_ports
 from gateway.local.runner import LocalGateway
@@ -43,9 +43,12 @@ MiB = 1 << 20
 DIGEST = digest_of(b"no such blob")
 
 
-def one_upstream(namespace: str, upstream: Upstream, storage: Path) -> GatewaySettings:
+def one_upstream(
+    namespace: str, upstream: Upstream, storage: Path, js_engine: str | None = None
+) -> GatewaySettings:
     """A gateway with one private namespace (alice pushes it) and one upstream, mirrored for loopback."""
     return GatewaySettings(
+        js_engine=js_engine,
         namespaces=(namespace,),
         users=(User(*ALICE, push=(namespace,)),),
         upstreams=(upstream,),
@@ -365,7 +368,11 @@ INSIDE_FORMS = {
     "a service name": "http://owncr-registry-private:5000{path}",
     "the cloud's metadata": "http://169.254.169.254/latest/meta-data/",
     "a name that resolves inside": f"http://{INSIDE_NAME}:{{port}}{{path}}",
+    # 87.0.0.1 to inet_aton, 127.0.0.1 to nginx, which connects: caught on the address it connected to.
+    "leading zeros": "http://0127.0.0.01:{port}{path}",
 }
+# Refused on the address nginx connected to (the private registry was asked, its answer dropped).
+AT_CONNECT = ("a name that resolves inside", "leading zeros")
 
 
 class Hostile:
@@ -384,15 +391,16 @@ class Hostile:
         return log.count(f"/blobs/{self.blob}")
 
 
-@pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
+@pytest.fixture(scope="module", params=JS_ENGINES)
+def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
+    """On both njs engines: the target check parses what an upstream sent (numbers, patterns)."""
     work = tmp_path_factory.mktemp("hostile")
     hub = PlainRegistry(work, "hub").start()
     fault = FaultUpstream(hub.url).start()
     dns = SwarmDns({INSIDE_NAME: "127.0.0.1"}, "127.0.0.1", free_udp_port()).start()
     try:
         SECRET_LAYER.push(hub.url, "library/app", "1")  # the upstream has the blob: a cache asks for it
-        settings = one_upstream("team", Upstream("docker.io", fault.url), work / "storage")
+        settings = one_upstream("team", Upstream("docker.io", fault.url), work / "storage", request.param)
         reg, mir = free_ports(2)
         resolver = f"127.0.0.1:{dns.sock.getsockname()[1]}"
         with LocalGateway(
@@ -424,7 +432,7 @@ def test_a_blob_redirect_inside_is_refused_in_every_form(hostile: Hostile, form:
     assert SECRET_LAYER.layer not in resp.body
     refusal = [line for line in log.read_text()[seen:].splitlines() if "egress: refused" in line]
     assert refusal, f"no refusal logged for {form}"
-    if form == "a name that resolves inside":
+    if form in AT_CONNECT:
         assert "resolved to 127.0.0.1:" in refusal[0], refusal
     else:
         assert hostile.private_asked() == asked, f"{form}: the private registry was asked"
@@ -440,12 +448,15 @@ def test_a_relative_blob_redirect_stays_on_the_upstream(hostile: Hostile) -> Non
     assert resp.status == 200 and resp.body == SECRET_LAYER.layer
 
 
-def test_a_token_realm_inside_gets_neither_the_login_nor_a_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["inside", "another domain"])
+def test_a_token_realm_elsewhere_gets_neither_the_login_nor_a_request(tmp_path: Path, where: str) -> None:
     """An upstream that names a realm on another loopback service (here the registry behind it, which
-    the gateway does not trust: only the upstream's own origin is): the cache's token request is refused
-    before any connection, so the upstream login goes nowhere and nothing is pulled."""
+    the gateway does not trust: only the upstream's own origin is), or on a public host outside its own
+    domain: the cache's token request is refused before any connection, so the upstream login goes
+    nowhere and nothing is pulled."""
     hub = PlainRegistry(tmp_path, "hub").start()
-    fault = FaultUpstream(hub.url, login="puller:hub-secret", realm=f"{hub.url}/token").start()
+    realm = f"{hub.url}/token" if where == "inside" else "https://auth.attacker.example/token"
+    fault = FaultUpstream(hub.url, login="puller:hub-secret", realm=realm).start()
     try:
         UPSTREAM.push(hub.url, "library/known", "1")
         login = Upstream("docker.io", fault.url, "puller", "hub-secret")
@@ -456,7 +467,7 @@ def test_a_token_realm_inside_gets_neither_the_login_nor_a_request(tmp_path: Pat
             # Without a token the cache has nothing to serve (a tag it never pulled: its 404).
             assert resp.status != 200 and UPSTREAM.manifest not in resp.body, (resp.status, resp.body[:200])
             assert not [r for r in hub.requests() if r.path.startswith("/token")]
-            assert f"egress: refused {hub.url}/token" in gw.log_path("nginx").read_text()
+            assert f"egress: refused {realm}" in gw.log_path("nginx").read_text()
     finally:
         fault.stop()
         hub.stop()

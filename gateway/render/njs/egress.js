@@ -113,8 +113,14 @@ function publicV6(host) {
 // The gateway's own names: one label (a Swarm service, `localhost`), or a suffix private networks use.
 var OURS = /(^[^.]*$|^tasks\.|\.(localhost|local|internal|lan|home\.arpa)$)/i;
 
-// Whether the gateway may follow `url` (an upstream's word): null when it may, else why not. `connect` is
-// set to '1' when the name must still be checked at connect time (checkConnected).
+// An origin the operator configured (every upstream's, egress.conf.j2): followed wherever it is.
+function trusted(r, host, port) {
+    return (' ' + r.variables.owncr_egress_trusted + ' ').indexOf(' ' + host + ':' + port + ' ') >= 0;
+}
+
+// Whether the gateway may follow `url` (an upstream's word): null when it may, else why not. A target
+// let through is checked again on the address nginx connects to (checkConnected): a name's, and a
+// literal's too, as nginx may read a literal otherwise than here (it takes 010.0.0.1 for 10.0.0.1).
 function checkTarget(r, url) {
     var m = owncr.whole(/^(https?):\/\/([^/?#]*)([/?#].*)?$/i, url);
     if (m === null) {
@@ -129,10 +135,10 @@ function checkTarget(r, url) {
     }
     var host = hp[1].replace(/\.$/, '');
     var port = hp[2] ? Number(hp[2]) : m[1].toLowerCase() === 'https' ? 443 : 80;
-    var trusted = ' ' + r.variables.owncr_egress_trusted + ' ';
-    if (trusted.indexOf(' ' + host + ':' + port + ' ') >= 0) {
+    if (trusted(r, host, port)) {
         return null;
     }
+    r.variables.owncr_egress_connect = '1';
     if (host[0] === '[') {
         return publicV6(host.slice(1, -1)) ? null : 'an IPv6 address that is not public';
     }
@@ -143,8 +149,19 @@ function checkTarget(r, url) {
     if (owncr.whole(/^[a-z0-9-]+(\.[a-z0-9-]+)*$/, host) === null || OURS.test(host)) {
         return 'a name of this network';
     }
-    r.variables.owncr_egress_connect = '1';
     return null;
+}
+
+// A token request carries the upstream login: only to a configured origin or the upstream's own domain
+// (its last two labels: auth.docker.io for registry-1.docker.io), as Distribution itself allows realms.
+function loginMayGo(r, scheme, hostport) {
+    var hp = /^(.*?)(?::([0-9]+))?$/.exec(hostport.toLowerCase());
+    var host = hp[1];
+    var port = hp[2] || (scheme.toLowerCase() === 'https' ? '443' : '80');
+    var upstream = /^https?:\/\/([^/:]+)/i.exec(r.variables.owncr_egress_origin);
+    var domain = function (h) { return h.split('.').slice(-2).join('.'); };
+    return trusted(r, host, port)
+        || (upstream !== null && host.indexOf('.') > 0 && domain(host) === domain(upstream[1].toLowerCase()));
 }
 
 // The address nginx connected to for a name checkTarget() let through, checked before the answer is
@@ -283,6 +300,9 @@ function next(r) {
     r.variables.owncr_egress_digest = hex;
     var url = origin + path + (m[7] || '');
     var why = checkTarget(r, url);
+    if (why === null && m[1] === E.realm && !loginMayGo(r, m[4], m[5])) {
+        why = 'a token realm outside the upstream\'s domain (it would get the upstream login)';
+    }
     if (why !== null) {
         r.error('egress: refused ' + url + ' (an upstream named it): ' + why);
         return owncr.egress(E.inside);
