@@ -67,6 +67,7 @@ AUTH = "auth"  # the registry door's login check
 PRIVATE_READ = "private_read"  # manifests, tag lists, the catalog, upload status: small answers, bounded
 PRIVATE_BLOB = "private_blob"  # blob GET/HEAD: a transfer, bounded between two reads
 PRIVATE_WRITE = "private_write"
+PRIVATE_START = "private_start"  # an upload's start without a body: answered at once, so bounded and retried
 MANIFEST_WRITE = "manifest_write"  # referrers.js stores the manifest and keeps its subject's index
 REFERRERS = "referrers"  # GET /v2/<name>/referrers/<digest>, answered by referrers.js
 REFERRERS_INDEX = "referrers_index"  # referrers.js's own reads and writes through the private registry
@@ -214,6 +215,7 @@ def njs_names(upstreams: Iterable[str], hub: str, name_component: str) -> str:
                 ("privateRead", PRIVATE_READ),
                 ("privateBlob", PRIVATE_BLOB),
                 ("privateWrite", PRIVATE_WRITE),
+                ("privateStart", PRIVATE_START),
                 ("manifestWrite", MANIFEST_WRITE),
                 ("referrers", REFERRERS),
                 ("referrersIndex", REFERRERS_INDEX),

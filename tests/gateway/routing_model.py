@@ -19,6 +19,7 @@ from gateway.names import (
     PING,
     PRIVATE_BLOB,
     PRIVATE_READ,
+    PRIVATE_START,
     PRIVATE_WRITE,
     REFERRERS,
     REFUSED,
@@ -156,8 +157,8 @@ def registry_door(
             return Expect(REFERRERS if read else PRIVATE_WRITE)
         if rest.startswith("manifests/") and method in ("PUT", "DELETE"):
             return Expect(MANIFEST_WRITE)
-        if not read:
-            return Expect(PRIVATE_WRITE)
+        if not read:  # the property test sends every write with an empty body: a POST starts bodiless
+            return Expect(PRIVATE_START if method == "POST" and upload else PRIVATE_WRITE)
         return Expect(PRIVATE_BLOB if rest.startswith("blobs/") and not upload else PRIVATE_READ)
     if not read:
         return Expect(REFUSED, 403, "DENIED")

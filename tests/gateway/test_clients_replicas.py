@@ -97,3 +97,30 @@ def test_a_hung_replica_costs_a_read_one_bounded_wait_then_another_replica_answe
         os.kill(second.pid, signal.SIGCONT)
     assert max(waits) >= PRIVATE_ANSWER_SECONDS - 1, f"no read reached the stopped replica: {waits}"
     assert max(waits) <= PRIVATE_ANSWER_SECONDS + 5, waits
+
+
+def test_a_hung_replica_costs_an_upload_start_one_bounded_wait_then_another_replica_starts_it(
+    launch: Launcher,
+) -> None:
+    """An upload's start (a POST without a body, as every client sends one) that a replica does not answer
+    (its node lost without a reset, over a connection opened just before: here, stopped outright) is
+    given up on after PRIVATE_ANSWER_SECONDS and started on the other replica, where the upload then
+    completes; before, it waited for the uploads' 900 s timeout."""
+    upstream = launch.distribution("dockerhub")
+    gateway = launch.gateway({"docker.io": upstream.url}, private_replicas=2, name="hung-start")
+    base = f"http://{gateway.doors.registry}"
+    auth = ("alice", USERS["alice"])
+    (second,) = [p for p in gateway.children() if f"{private_key(1)}.yml" in cmdline(p.pid)]
+    os.kill(second.pid, signal.SIGSTOP)
+    waits = []
+    try:
+        for _ in range(READS // 2):  # round robin: about half of them go to the stopped replica first
+            started = time.monotonic()
+            start = request(f"{base}/v2/team/started/blobs/uploads/", "POST", auth=auth, body=b"", timeout=60)
+            waits.append(time.monotonic() - started)
+            assert start.status == 202, (start.status, start.body[:200])
+    finally:
+        os.kill(second.pid, signal.SIGCONT)
+    assert max(waits) >= PRIVATE_ANSWER_SECONDS - 1, f"no start reached the stopped replica: {waits}"
+    assert max(waits) <= PRIVATE_ANSWER_SECONDS + 5, waits
+    TinyImage.make("started after a hung replica").push(base, "team/started", "1", auth)

@@ -401,10 +401,11 @@ def test_production_bundle_uses_swarm_names_and_container_paths() -> None:
         assert f.path.startswith((layout.CONFIG_DIR + "/", layout.SECRET_DIR + "/")), f.path
         assert f.secret == f.path.startswith(layout.SECRET_DIR + "/")
     conf = bundle.services["nginx"].files[0].content
-    # Once per group (reads, writes): the name resolves to every replica (DNS round robin), re-resolved
-    # through Swarm's DNS while nginx runs (a replaced task's new address); each replica one peer, so a
-    # retry goes to another. Writes never reuse a connection (a pooled one to a lost node hangs them).
-    for group in ("private", "private_write"):
+    # Once per group (small reads; writes and blob reads): the name resolves to every replica (DNS round
+    # robin), re-resolved through Swarm's DNS while nginx runs (a replaced task's new address); each
+    # replica one peer, so a retry goes to another. Writes and blob reads never reuse a connection (a
+    # pooled one to a lost node hangs them).
+    for group in ("private", "private_fresh"):
         block = conf.split(f"upstream {group} {{", 1)[1].split("}", 1)[0]
         assert block.count("server owncr-registry-private:5000 max_fails=0 resolve;") == 1, block
         assert ("keepalive" in block) == (group == "private"), block

@@ -348,9 +348,20 @@ class Cluster:
     def errors(self) -> list[str]:
         """nginx's upstream errors and the caches' own errors, from every container on every live node
         (`docker service logs` would wait for the dead node's), to say why a request failed."""
-        # nginx's error log lines (`<date> [error] <pid>#<tid>: *<connection> upstream timed out ...`);
-        # a cache's, less its tracing exporter's (nothing collects traces in the drill).
-        wanted_lines = {names.NGINX_KEY: lambda line: "[error]" in line and "upstream" in line}
+
+        # nginx's error log lines (`<date> [error] <pid>#<tid>: *<connection> upstream timed out ...`) and
+        # its slow requests (2 s or more: a door's, a cache's through the egress); a cache's errors, less
+        # its tracing exporter's (nothing collects traces in the drill).
+        def slow(line: str) -> bool:
+            try:
+                return float(line.rsplit('"seconds":', 1)[1].rstrip("}\n ")) >= 2
+            except (IndexError, ValueError):
+                return False
+
+        def nginx(line: str) -> bool:
+            return ("[error]" in line and "upstream" in line) or slow(line)
+
+        wanted_lines = {names.NGINX_KEY: nginx}
         for key in self.service_ids:
             if key.startswith(names.CACHE_KEY_PREFIX):
                 wanted_lines[key] = lambda line: "level=error" in line and "traces export" not in line

@@ -422,8 +422,8 @@ def run(root: Path, faults: str, leader: bool = False) -> int:
         print(table(rows), flush=True)
         missed = [r.fault for r in rows if r.met is False]
         if missed or any(r.failed for r in rows if r.fault.endswith(LIVE_NODE)):
-            for line in cluster.errors()[-40:]:
-                log(f"  {line[:400]}")
+            for line in cluster.errors()[-60:]:
+                log(f"  {line[:1200]}")
         if missed:
             log("MISSED: " + "; ".join(missed))
             return 1

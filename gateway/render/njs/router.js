@@ -193,6 +193,13 @@ function formBody(r) {
     return false;
 }
 
+// A request without a body (every registry client starts an upload or a mount so): nothing to stream,
+// so nginx may send it again to another replica.
+function bodiless(r) {
+    var length = r.headersIn['Content-Length'];
+    return (length === undefined || length === '0') && r.headersIn['Transfer-Encoding'] === undefined;
+}
+
 function deniedWrite(r, user, rights, name) {
     var where = rights.push.length ? rights.push.join(', ') : 'no namespace';
     return fail(r, 403, 'DENIED', 'push to ' + name + ' is denied; ' + user + ' may push to: ' + where,
@@ -210,7 +217,7 @@ function privateRoute(r, p, read) {
         return N.routes.manifestWrite;
     }
     if (!read) {
-        return N.routes.privateWrite;
+        return r.method === 'POST' && p.upload && bodiless(r) ? N.routes.privateStart : N.routes.privateWrite;
     }
     // Blob downloads get a transfer's timeouts; every other read a small answer's (routes.conf.j2).
     return p.rest.indexOf('blobs/') === 0 && !p.upload ? N.routes.privateBlob : N.routes.privateRead;
