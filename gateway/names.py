@@ -110,6 +110,9 @@ REMEMBERED = {429: "remembered_429", 503: "remembered_503"}
 # A cache's ping answered from that memory: with the upstream's last token challenge, when one is known.
 CHALLENGED = {429: "challenged_429", 503: "challenged_503"}
 VIA_REALM, VIA_REDIRECT = "realm", "redirect"
+# A blob path whose bytes the egress checks against its digest (egress.js verified): sha256 only, what
+# njs's crypto offers. A door's blob cache keeps no other (nginx.conf.j2's map).
+CHECKED_BLOB = r"/blobs/sha256:([0-9a-f]{64})$"
 
 
 def origin_key(url: str) -> str:
@@ -237,6 +240,7 @@ def njs_names(upstreams: Iterable[str], hub: str, name_component: str) -> str:
             "redirect": VIA_REDIRECT,
         },
         "ociIndex": OCI_INDEX,
+        "checkedBlob": CHECKED_BLOB,
         "store": {
             "prefix": STORE_PREFIX,
             "leaseSeconds": STORE_LEASE_SECONDS,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import http.client
 import json
 import time
@@ -26,10 +25,11 @@ from gateway.bench.images import Image, Layer, MiB
 from gateway.config import FilesystemStorage, GatewaySettings, S3Storage, Upstream, User
 from gateway.local.runner import LocalGateway
 from gateway.names import cache_key, cache_route
+from gateway.upkeep.status import Figures, scrape
 from tests.gateway.client_harness import Images, Launcher
 from tests.gateway.fault_upstream import DOWNLOAD, TOKEN, FaultUpstream
 from tests.gateway.production_versions import assert_production
-from tests.gateway.routing_fixtures import HTTP_SECRET
+from tests.gateway.routing_fixtures import HTTP_SECRET, digest_of
 
 DEFAULTS = GatewaySettings.__dataclass_fields__
 UPSTREAM_TIMEOUT = DEFAULTS["upstream_timeout_seconds"].default
@@ -151,7 +151,7 @@ def test_a_client_cut_off_mid_blob_leaves_no_truncated_blob(launch: Launcher, im
     status, headers, body, _ = get(gateway.doors.mirror, path)
     assert status == 200
     assert int(headers["Content-Length"]) == len(body) == layer.size
-    assert "sha256:" + hashlib.sha256(body).hexdigest() == layer.digest
+    assert digest_of(body) == layer.digest
     # A range of it, and a HEAD, are answered from what was stored, not a short copy.
     status, headers, part, _ = get(gateway.doors.mirror, path, headers={"Range": "bytes=1000-1999"})
     assert (status, part) == (206, body[1000:2000])
@@ -320,7 +320,7 @@ def test_token_realm_and_blob_redirects_go_through_the_egress_signed(
     via = names.uri(names.VIA)  # /_owncr/via/
     assert signed.netloc == egress and signed.path.startswith(f"{via}{names.VIA_REDIRECT}/")
     status, _, body, _ = get(egress, signed.path)
-    assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == image.layers[0].digest
+    assert status == 200 and digest_of(body) == image.layers[0].digest
     kind, sig, rest = signed.path.removeprefix(via).split("/", 2)
     for forged in (
         f"{via}{kind}/{'0' * 32}/{rest}",  # a made-up signature
@@ -375,7 +375,7 @@ def test_bytes_that_do_not_match_their_digest_are_never_kept(
     assert fault.lied == 1
     for _ in range(3):  # the real bytes, fetched once more, then kept
         body = fetch(door, f"/v2/library/app/blobs/{one.digest}")
-        assert body is not None and "sha256:" + hashlib.sha256(body).hexdigest() == one.digest
+        assert body is not None and digest_of(body) == one.digest
     assert hub_gets(one.digest) == 2
 
     fault.lie(1)
@@ -383,10 +383,10 @@ def test_bytes_that_do_not_match_their_digest_are_never_kept(
         bodies = list(pool.map(lambda _: fetch(door, f"/v2/library/app/blobs/{fleet.digest}"), range(6)))
     assert fault.lied == 2
     complete = [b for b in bodies if b is not None]
-    assert all("sha256:" + hashlib.sha256(b).hexdigest() == fleet.digest for b in complete), len(complete)
+    assert all(digest_of(b) == fleet.digest for b in complete), len(complete)
     assert len(complete) < 6  # someone was streamed the lie, and cut off
     later = fetch(door, f"/v2/library/app/blobs/{fleet.digest}")
-    assert later is not None and "sha256:" + hashlib.sha256(later).hexdigest() == fleet.digest
+    assert later is not None and digest_of(later) == fleet.digest
     assert "is not sha256:" in node.log_path("nginx").read_text()
 
 
@@ -406,10 +406,11 @@ def test_a_failed_download_host_is_remembered_without_the_upstream(launch: Launc
     door = f"127.0.0.1:{node.mirror_port}"
     blob = f"/v2/library/app/blobs/{image.layers[0].digest}"
 
+    def figures() -> Figures:
+        return Figures(scrape(f"{node.metrics_url}/metrics"))
+
     def spared() -> float:
-        text = get(node.metrics_url.removeprefix("http://"), "/metrics")[2].decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("owncr_upstream_spared_total{"))  # fmt: skip
+        return figures().total("owncr_upstream_spared_total")
 
     assert get(door, blob)[0] in (500, 502, 503)
     before = spared()
@@ -419,12 +420,7 @@ def test_a_failed_download_host_is_remembered_without_the_upstream(launch: Launc
         door, "/v2/library/other/manifests/1.0", headers={"Accept": image.manifest.media_type}
     )
     assert status == 200, body  # the upstream is not remembered as down
-    text = get(node.metrics_url.removeprefix("http://"), "/metrics")[2].decode()
-    assert not [
-        line
-        for line in text.splitlines()
-        if line.startswith("owncr_upstream_unavailable{") and not line.endswith(" 0")
-    ]
+    assert figures().total("owncr_upstream_unavailable") == 0
 
 
 OUTAGE_SECONDS = 6  # upstream_down_seconds of the outage test: how long a node remembers a failure

@@ -5,14 +5,16 @@ holds on the other at once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from gateway.bench.images import Layer
 from gateway.names import PRIVATE_ANSWER_SECONDS, private_key
-from tests.gateway.client_harness import USERS, Images, Launcher, cmdline
+from tests.gateway.client_harness import USERS, GatewayProcess, Images, Launcher, cmdline
 from tests.gateway.routing_fixtures import ACCEPT, TinyImage, digest_of, request
 
 PUSHES = 20
@@ -70,6 +72,23 @@ def test_a_delete_through_one_replica_holds_on_every_replica(launch: Launcher) -
         assert request(manifest, auth=auth, headers={"Accept": ACCEPT}).status == 404
 
 
+@contextlib.contextmanager
+def second_replica_stopped(gateway: GatewayProcess) -> Iterator[None]:
+    """The second private replica stopped outright (as a node lost without a reset), then resumed."""
+    (second,) = [p for p in gateway.children() if f"{private_key(1)}.yml" in cmdline(p.pid)]
+    os.kill(second.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(second.pid, signal.SIGCONT)
+
+
+def assert_one_bounded_wait(waits: list[float], what: str) -> None:
+    """Some request met the stopped replica, and waited PRIVATE_ANSWER_SECONDS, not longer."""
+    assert max(waits) >= PRIVATE_ANSWER_SECONDS - 1, f"no {what} reached the stopped replica: {waits}"
+    assert max(waits) <= PRIVATE_ANSWER_SECONDS + 5, waits
+
+
 def test_a_hung_replica_costs_a_read_one_bounded_wait_then_another_replica_answers(launch: Launcher) -> None:
     """A replica that stops answering (its node lost without a reset: here, stopped outright) holds a
     manifest read for PRIVATE_ANSWER_SECONDS, then nginx asks the other replica: the client gets its
@@ -80,10 +99,8 @@ def test_a_hung_replica_costs_a_read_one_bounded_wait_then_another_replica_answe
     image = TinyImage.make("hung replica")
     auth = ("alice", USERS["alice"])
     image.push(base, "team/hung", "1.0", auth)
-    (second,) = [p for p in gateway.children() if f"{private_key(1)}.yml" in cmdline(p.pid)]
-    os.kill(second.pid, signal.SIGSTOP)
     waits = []
-    try:
+    with second_replica_stopped(gateway):
         for _ in range(READS // 2):  # round robin: about half of them go to the stopped replica first
             started = time.monotonic()
             manifest = request(
@@ -93,10 +110,7 @@ def test_a_hung_replica_costs_a_read_one_bounded_wait_then_another_replica_answe
             assert (manifest.status, manifest.body) == (200, image.manifest)
         blob = request(f"{base}/v2/team/hung/blobs/{digest_of(image.layer)}", auth=auth, timeout=120)
         assert (blob.status, blob.body) == (200, image.layer)
-    finally:
-        os.kill(second.pid, signal.SIGCONT)
-    assert max(waits) >= PRIVATE_ANSWER_SECONDS - 1, f"no read reached the stopped replica: {waits}"
-    assert max(waits) <= PRIVATE_ANSWER_SECONDS + 5, waits
+    assert_one_bounded_wait(waits, "read")
 
 
 def test_a_hung_replica_costs_an_upload_start_one_bounded_wait_then_another_replica_starts_it(
@@ -110,17 +124,12 @@ def test_a_hung_replica_costs_an_upload_start_one_bounded_wait_then_another_repl
     gateway = launch.gateway({"docker.io": upstream.url}, private_replicas=2, name="hung-start")
     base = f"http://{gateway.doors.registry}"
     auth = ("alice", USERS["alice"])
-    (second,) = [p for p in gateway.children() if f"{private_key(1)}.yml" in cmdline(p.pid)]
-    os.kill(second.pid, signal.SIGSTOP)
     waits = []
-    try:
+    with second_replica_stopped(gateway):
         for _ in range(READS // 2):  # round robin: about half of them go to the stopped replica first
             started = time.monotonic()
             start = request(f"{base}/v2/team/started/blobs/uploads/", "POST", auth=auth, body=b"", timeout=60)
             waits.append(time.monotonic() - started)
             assert start.status == 202, (start.status, start.body[:200])
-    finally:
-        os.kill(second.pid, signal.SIGCONT)
-    assert max(waits) >= PRIVATE_ANSWER_SECONDS - 1, f"no start reached the stopped replica: {waits}"
-    assert max(waits) <= PRIVATE_ANSWER_SECONDS + 5, waits
+    assert_one_bounded_wait(waits, "start")
     TinyImage.make("started after a hung replica").push(base, "team/started", "1", auth)

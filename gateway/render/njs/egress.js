@@ -47,8 +47,9 @@ var VIA_PREFIX = owncr.internal(N.routes.via, '/');
 var VIA = new RegExp('^' + VIA_PREFIX + '(' + E.realm + '|' + E.redirect + ')'
     + '/([0-9a-f]{32})/(?:([0-9a-f]{64})/)?(https?)/([^/?]+)(/[^?]*)?(\\?.*)?$');
 // A blob on the upstream's own path: the digest its bytes must have. Only sha256 is checked (what njs's
-// crypto offers, and every public registry's digest); a door keeps no other blob (routes.conf.j2).
-var BLOB = /\/blobs\/sha256:([0-9a-f]{64})$/;
+// crypto offers, and every public registry's digest); a door keeps no other blob (gateway/names.py
+// CHECKED_BLOB, nginx.conf.j2).
+var BLOB = new RegExp(N.checkedBlob);
 
 // -- the target check --------------------------------------------------------------------------------
 
@@ -118,6 +119,16 @@ function trusted(r, host, port) {
     return (' ' + r.variables.owncr_egress_trusted + ' ').indexOf(' ' + host + ':' + port + ' ') >= 0;
 }
 
+// The port a URL without one names, as the trusted origins are written (gateway/names.py origin_key).
+function defaultPort(scheme) {
+    return scheme.toLowerCase() === 'https' ? 443 : 80;
+}
+
+// Logged for every target refused, before or after connecting.
+function logRefused(r, url, why) {
+    r.error('egress: refused ' + url + ' (an upstream named it): ' + why);
+}
+
 // Whether the gateway may follow `url` (an upstream's word): null when it may, else why not. A target
 // let through is checked again on the address nginx connects to (checkConnected): a name's, and a
 // literal's too, as nginx may read a literal otherwise than here (it takes 010.0.0.1 for 10.0.0.1).
@@ -134,8 +145,7 @@ function checkTarget(r, url) {
         return 'not a host';
     }
     var host = hp[1].replace(/\.$/, '');
-    var port = hp[2] ? Number(hp[2]) : m[1].toLowerCase() === 'https' ? 443 : 80;
-    if (trusted(r, host, port)) {
+    if (trusted(r, host, hp[2] ? Number(hp[2]) : defaultPort(m[1]))) {
         return null;
     }
     r.variables.owncr_egress_connect = '1';
@@ -157,10 +167,9 @@ function checkTarget(r, url) {
 function loginMayGo(r, scheme, hostport) {
     var hp = /^(.*?)(?::([0-9]+))?$/.exec(hostport.toLowerCase());
     var host = hp[1];
-    var port = hp[2] || (scheme.toLowerCase() === 'https' ? '443' : '80');
     var upstream = /^https?:\/\/([^/:]+)/i.exec(r.variables.owncr_egress_origin);
     var domain = function (h) { return h.split('.').slice(-2).join('.'); };
-    return trusted(r, host, port)
+    return trusted(r, host, hp[2] || defaultPort(scheme))
         || (upstream !== null && host.indexOf('.') > 0 && domain(host) === domain(upstream[1].toLowerCase()));
 }
 
@@ -173,7 +182,8 @@ function checkConnected(r) {
     var addr = String(r.variables.upstream_addr || '').split(', ').pop();
     var v6 = owncr.whole(/^\[([0-9a-f:.]+)\]:[0-9]+$/i, addr);
     var v4 = owncr.whole(/^([0-9.]+):[0-9]+$/, addr);
-    if (v6 !== null ? publicV6(v6[1]) : v4 !== null && ipv4(v4[1]) !== null && publicV4(ipv4(v4[1]))) {
+    var bytes = v4 === null ? null : ipv4(v4[1]);
+    if (v6 !== null ? publicV6(v6[1]) : bytes !== null && publicV4(bytes)) {
         return null;
     }
     return 'resolved to ' + (addr || 'no address');
@@ -184,14 +194,14 @@ function checkConnected(r) {
 function inside(r) {
     var why = checkConnected(r);
     if (why !== null) {
-        r.error('egress: refused ' + r.variables.owncr_egress_url + ' (an upstream named it): ' + why);
+        logRefused(r, r.variables.owncr_egress_url, why);
     }
     return why !== null;
 }
 
 // The answer of a target refused at connect time: an upstream error, with nothing of what came back.
 function refuse(r, url, why) {
-    r.error('egress: refused ' + url + ' (an upstream named it): ' + why);
+    logRefused(r, url, why);
     r.variables.owncr_egress_refused = '1';
     r.status = 502;
     ['Location', 'WWW-Authenticate', 'Content-Length', 'Content-Type', 'Docker-Content-Digest', 'ETag',
@@ -304,14 +314,14 @@ function next(r) {
         why = 'a token realm outside the upstream\'s domain (it would get the upstream login)';
     }
     if (why !== null) {
-        r.error('egress: refused ' + url + ' (an upstream named it): ' + why);
+        logRefused(r, url, why);
         return owncr.egress(E.inside);
     }
     // A token request carries the cache's upstream login; a redirected download is signed by its URL
     // (presigned) and must not carry the upstream's token to another host.
     return m[1] === E.realm
-        ? route(r, id, E.answer, origin + path + (m[7] || ''), auth, 'token')
-        : route(r, TARGET + m[5].toLowerCase(), E.stream, origin + path + (m[7] || ''), '', 'download');
+        ? route(r, id, E.answer, url, auth, 'token')
+        : route(r, TARGET + m[5].toLowerCase(), E.stream, url, '', 'download');
 }
 
 // `url` on the egress, signed; a blob's redirect carries the digest its bytes must have (`hex`).
